@@ -1,0 +1,95 @@
+"""A folder of ``images/`` + ``labels/`` with matching stems (the layout of the study's dataset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from raysearch.data.sources import DataError, check_pair
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            if p.stem in found:
+                raise DataError(f"{folder}: two files share the stem {p.stem!r}: {found[p.stem].name} and {p.name}")
+            found[p.stem] = p
+    return found
+
+
+def _preview(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{path}: cannot read this image (missing, truncated or not an image file)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A binary mask as {0, 1}; accepts 0/255 or 0/1 grayscale (or identical-channel color) PNGs."""
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise DataError(f"{path}: cannot read this mask (missing, truncated or not an image file)")
+    if m.ndim == 3:
+        if m.shape[2] == 4:
+            m = m[..., :3]
+        if not (m == m[..., :1]).all():
+            raise DataError(f"{path}: mask is a color image with differing channels; expected a grayscale 0/255 mask")
+        m = m[..., 0]
+    values = np.unique(m)
+    if set(values.tolist()) <= {0, 255}:
+        return (m == 255).astype(np.uint8)
+    if set(values.tolist()) <= {0, 1}:
+        return m.astype(np.uint8)
+    shown = values[:8].tolist()
+    raise DataError(
+        f"{path}: mask is not binary: it holds the values {shown}{' ...' if len(values) > 8 else ''}; "
+        f"expected only 0 and 255 (or 0 and 1). Was it saved as JPEG or resized with interpolation?"
+    )
+
+
+class FolderSource:
+    """``root/images/<stem>.<ext>`` with ``root/labels/<stem>.png``; every image needs exactly one
+    mask and every mask an image (checked at construction, so a bad folder fails before training)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        img_dir, lab_dir = self.root / "images", self.root / "labels"
+        for d in (img_dir, lab_dir):
+            if not d.is_dir():
+                raise DataError(f"{d}: folder not found; expected {self.root}/images and {self.root}/labels")
+        images, labels = _index(img_dir), _index(lab_dir)
+        missing = sorted(set(images) - set(labels))
+        extra = sorted(set(labels) - set(images))
+        if missing:
+            raise DataError(f"{lab_dir}: no mask for {len(missing)} image(s): {_preview(missing)}")
+        if extra:
+            raise DataError(f"{img_dir}: no image for {len(extra)} mask(s): {_preview(extra)}")
+        if not images:
+            raise DataError(f"{img_dir}: no images found (extensions {', '.join(IMAGE_EXTS)})")
+        self._stems = sorted(images)
+        self._images = [images[s] for s in self._stems]
+        self._labels = [labels[s] for s in self._stems]
+
+    @property
+    def stems(self) -> list[str]:
+        return self._stems
+
+    def __len__(self) -> int:
+        return len(self._stems)
+
+    def describe(self, i: int) -> str:
+        return f"{self._images[i]} (mask {self._labels[i]})"
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = read_image_rgb(self._images[i]), read_mask(self._labels[i])
+        check_pair(image, mask, str(self._images[i]))
+        return image, mask

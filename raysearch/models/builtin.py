@@ -1,0 +1,64 @@
+"""Registers the built-in families. Builders import their module lazily so that validating a
+spec (e.g. in a Ray driver or benchd-side tool) does not import torch."""
+
+from __future__ import annotations
+
+from raysearch.models.registry import ModelFamily, register_family, _FAMILIES
+
+
+def _fastscnn(spec):
+    from raysearch.models.fastscnn import FastSCNN
+
+    return FastSCNN(spec)
+
+
+def _bisenetv2(spec):
+    from raysearch.models.bisenetv2 import BiSeNetV2
+
+    return BiSeNetV2(spec)
+
+
+def _deeplabv3(spec):
+    from raysearch.models.deeplabv3 import DeepLabV3
+
+    return DeepLabV3(spec)
+
+
+def _check_width(base: int):
+    def check(spec) -> None:
+        if int(base * spec.a) < 1:
+            raise ValueError(
+                f"a={spec.a:g} makes the narrowest layer of {spec.arch} int({base}*a)=0 channels; "
+                f"use a >= {1 / base:g}"
+            )
+
+    return check
+
+
+_BUILTIN = (
+    ModelFamily(
+        "fastscnn",
+        _fastscnn,
+        knobs=("a", "t", "r", "pp"),
+        validate=_check_width(32),
+        description="Fast-SCNN (Poudel et al. 2019) as the reference study parameterized it",
+    ),
+    ModelFamily(
+        "bisenetv2",
+        _bisenetv2,
+        knobs=("a", "t", "r"),
+        validate=_check_width(8),  # the stem block's 1x1 squeeze is int(8*a) wide
+        description="BiSeNetV2 (Yu et al. 2021); t/r: expansion and repetitions of the GE blocks",
+    ),
+    ModelFamily(
+        "deeplabv3",
+        _deeplabv3,
+        knobs=("a",),
+        validate=_check_width(16),
+        description="DeepLabV3 with a MobileNetV3-Large backbone (output stride 16), ASPP head",
+    ),
+)
+
+for _family in _BUILTIN:
+    if _family.name not in _FAMILIES:
+        register_family(_family)

@@ -1,0 +1,62 @@
+"""A small registry of model families: a name, the knobs it reads from the spec, a builder.
+
+Fast-SCNN, BiSeNetV2 and DeepLabV3 register themselves here exactly like a user's own family
+would (``register_family``), so the search code never names an architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+    from raysearch.models.spec import ModelSpec
+
+
+def _no_check(spec: "ModelSpec") -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """name: the ``arch`` value; build: spec -> nn.Module returning logits (N, classes, H, W);
+    knobs: the spec fields this family reads (beyond input_hw/in_channels/num_classes), in the
+    order an expert would tune them; validate: extra per-family checks raising ValueError."""
+
+    name: str
+    build: Callable[["ModelSpec"], "nn.Module"]
+    knobs: tuple[str, ...] = ()
+    validate: Callable[["ModelSpec"], None] = field(default=_no_check)
+    description: str = ""
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
+    key = family.name.lower()
+    if key in _FAMILIES and not replace:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    _FAMILIES[key] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    _load_builtin()
+    try:
+        return _FAMILIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"arch={name!r} is not a registered model family; known: {sorted(_FAMILIES)}") from None
+
+
+def families() -> dict[str, ModelFamily]:
+    _load_builtin()
+    return dict(_FAMILIES)
+
+
+def _load_builtin() -> None:
+    # The built-in families register on import of their module; importing here (not at module
+    # top) keeps `ModelSpec` importable without importing torch twice in a cycle.
+    import raysearch.models.builtin  # noqa: F401

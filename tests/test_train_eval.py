@@ -1,0 +1,100 @@
+"""Training recipe, checkpoints/resume, and evaluation on torch and ONNX (real, tiny)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raysearch.data.folder import FolderSource
+from raysearch.evaluate import TorchPredictor, evaluate, evaluate_onnx, prob_to_logit
+from raysearch.export import export_onnx
+from raysearch.models import ModelSpec
+from raysearch.train import TrainConfig, load_checkpoint, train
+
+from conftest import write_pair
+
+SPEC = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory):
+    """Bright boxes on a noisy dark background (96x128): learnable in a few epochs."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("boxes")
+    for split, n in (("train", 24), ("val", 6), ("test", 6)):
+        for i in range(n):
+            img = rng.integers(0, 60, (96, 128, 3), dtype=np.uint8)
+            mask = np.zeros((96, 128), np.uint8)
+            y, x = rng.integers(5, 40), rng.integers(5, 60)
+            h, w = rng.integers(25, 50), rng.integers(30, 60)
+            img[y:y + h, x:x + w] = rng.integers(150, 255, 3)
+            mask[y:y + h, x:x + w] = 255
+            write_pair(root / split, f"{split}{i}", img, mask)
+    return {s: FolderSource(root / s) for s in ("train", "val", "test")}
+
+
+def test_poly_schedule_hand_computed():
+    cfg = TrainConfig(epochs=10)
+    assert cfg.lr_at(0) == 0.01
+    assert cfg.lr_at(9) == pytest.approx(0.01 * 0.1 ** 0.9)
+    assert TrainConfig(epochs=1000).lr_at(999) == 1e-4  # floored
+
+
+@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(batch_size=0), dict(lr=0), dict(num_workers=-1)])
+def test_bad_config(kwargs):
+    with pytest.raises(ValueError, match=list(kwargs)[0]):
+        TrainConfig(**kwargs)
+
+
+def test_training_learns_and_keeps_the_best_epoch(boxes, tmp_path):
+    seen = []
+    cfg = TrainConfig(epochs=12, batch_size=4, progress=False)
+    res = train(SPEC, boxes["train"], boxes["val"], cfg, out_dir=tmp_path, on_epoch=seen.append)
+    assert [m.epoch for m in seen] == list(range(1, 13)) and len(res.history) == 12
+    losses = [m.val_loss for m in res.history]
+    assert res.best_epoch == int(np.argmin(losses)) + 1 and res.best_val_loss == min(losses)
+    assert [m.lr for m in res.history] == [cfg.lr_at(e) for e in range(12)]
+    assert res.history[-1].train_loss < res.history[0].train_loss
+    # the returned model is the best epoch's, and so is best.pt
+    reloaded = load_checkpoint(tmp_path / "best.pt")
+    for a, b in zip(res.model.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+    torch_eval = evaluate(TorchPredictor(res.model), boxes["test"], input_hw=SPEC.input_hw, in_channels=3)
+    assert torch_eval.iou > 0.5, torch_eval  # it learned the boxes
+    onnx_path = export_onnx(res.model, tmp_path / "m.onnx").path
+    onnx_eval = evaluate_onnx(onnx_path, boxes["test"])
+    assert onnx_eval.iou == pytest.approx(torch_eval.iou, abs=1e-3)
+    assert set(onnx_eval.per_image) == set(boxes["test"].stems)
+
+
+def test_callback_stops_and_resume_continues(boxes, tmp_path):
+    cfg = TrainConfig(epochs=4, batch_size=8, progress=False)
+    first = train(SPEC, boxes["train"], boxes["val"], cfg, out_dir=tmp_path, on_epoch=lambda m: m.epoch < 2)
+    assert len(first.history) == 2 and first.stopped_early
+    second = train(SPEC, boxes["train"], boxes["val"], cfg, out_dir=tmp_path, resume=True)
+    assert [m.epoch for m in second.history] == [1, 2, 3, 4] and not second.stopped_early
+    assert second.history[:2] == first.history
+    with pytest.raises(ValueError, match="was trained for"):
+        train(SPEC.replace(a=0.25), boxes["train"], boxes["val"], cfg, out_dir=tmp_path, resume=True)
+
+
+def test_seeded_training_is_reproducible(boxes):
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False, seed=3)
+    a = train(SPEC, boxes["train"], boxes["val"], cfg)
+    b = train(SPEC, boxes["train"], boxes["val"], cfg)
+    assert a.history[0].train_loss == b.history[0].train_loss
+
+
+def test_thresholds_and_the_round_trip(boxes):
+    src = boxes["test"]
+    gt_everywhere = lambda x: np.full((x.shape[0], 1, *x.shape[2:]), 3.0, np.float32)  # logit 3 everywhere
+    hi = evaluate(gt_everywhere, src, input_hw=(64, 64), in_channels=3, logit_threshold=5.0)
+    assert hi.iou == 0.0  # nothing predicted, every image has a box
+    lo = evaluate(gt_everywhere, src, input_hw=(64, 64), in_channels=3, logit_threshold=prob_to_logit(0.5))
+    # everything predicted: IoU = box area / image area, per image
+    expected = np.mean([src.load(i)[1].mean() for i in range(len(src))])
+    assert lo.iou_native_gt == pytest.approx(expected, abs=1e-9)
+    assert prob_to_logit(0.5) == 0.0 and prob_to_logit(1 / (1 + math.exp(-0.5))) == pytest.approx(0.5)
