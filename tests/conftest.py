@@ -43,3 +43,19 @@ def tiny_folder(tmp_path: Path) -> Path:
         mask[10 + i:40, 20:70 - i] = 255
         write_pair(root, f"s{i}", img, mask)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where torch sees a CUDA device."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -52,7 +52,7 @@ class SegDataset(Dataset):
         if scale == 1.0:
             return image, mask
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        interp = cv2.INTER_LINEAR  # as albumentations' Resize, and as the test transform resizes
         return cv2.resize(image, size, interpolation=interp), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 
     def __len__(self) -> int:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv with everything the search side
+# and the tests need. Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || { echo "setup: installing torch==2.13.0 (CPU)"; pip install -q torch==2.13.0; }
+echo "setup: installing raysearch + benchd with the [search,test] extras"
+pip install -q -e ".[search,test]"
+echo "setup: done ($(python -c 'import torch, ray, mlflow, onnxruntime as o; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}, onnxruntime {o.__version__}")'))"

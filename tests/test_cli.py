@@ -1,0 +1,105 @@
+"""The `raysearch` console script, run as a user runs it (a real subprocess)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+EXE = shutil.which("raysearch") or str(Path(sys.executable).parent / "raysearch")
+
+
+def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    p = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"raysearch {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.mark.parametrize("flags,params", [
+    (["--a", "1", "--t", "6", "--r", "3", "--pp", "1"], 1_122_673),
+    (["--a", "1", "--t", "6", "--r", "3", "--pp", "0", "--in-channels", "1"], 1_122_097),
+    (["--a", "0.125", "--t", "2", "--r", "1", "--pp", "0"], 4_519),
+])
+def test_summary_json(flags, params):
+    out = json.loads(run("summary", *flags, "--res", "512", "--json").stdout)
+    assert set(out) == {"params_total", "params_executed", "macs", "input_mb", "fwd_pass_mb"}
+    assert out["params_total"] == params
+
+
+def test_summary_baseline_macs_and_text():
+    assert round(json.loads(run("summary", "--json").stdout)["macs"] / 1e6, 2) == 830.67
+    text = run("summary", "--res", "256x512").stdout
+    assert "256x512" in text and "params_total" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["summary", "--a", "0"], "a=0.0"),
+    (["summary", "--res", "100"], "100x100"),
+    (["evaluate", "--onnx", "nope.onnx"], "nope.onnx"),
+    (["train", "--data", "/no/such/dir", "--epochs", "1"], "/no/such/dir"),
+    (["export", "--checkpoint", "missing.pt", "--out", "x.onnx"], "missing.pt"),
+])
+def test_bad_input_is_one_clear_line(args, needle):
+    p = run(*args, check=False)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_explains_every_command():
+    for cmd in ("summary", "synth", "train", "evaluate", "export"):
+        assert "usage: raysearch " + cmd in run(cmd, "--help").stdout
+
+
+def test_synth_writes_the_folder_layout(tmp_path):
+    run("synth", str(tmp_path / "a"), "--n", "10", "--seed", "3", "--quiet")
+    run("synth", str(tmp_path / "b"), "--n", "10", "--seed", "3", "--quiet")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert len(files) == 20 and {f.parts[0] for f in files} == {"train", "val", "test"}
+    for f in files:  # same seed, same bytes
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+@pytest.mark.slow
+def test_train_export_evaluate_round_trip(tmp_path):
+    out = tmp_path / "run"
+    run("train", "--data", "synthetic:40", "--a", "0.125", "--t", "2", "--r", "1", "--pp", "0", "--res", "64",
+        "--epochs", "2", "--out", str(out), "--quiet")
+    assert {"best.pt", "last.pt", "model.onnx", "metrics.json"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["spec"]["input_hw"] == [64, 64] and len(metrics["history"]) == 2
+    ev = json.loads(run("evaluate", "--onnx", str(out / "model.onnx"), "--data", "synthetic:40", "--json").stdout)
+    assert ev["iou"] == pytest.approx(metrics["test"]["iou"], abs=1e-9) and ev["n_images"] == 6
+    run("export", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "again.onnx"))
+    ev2 = json.loads(run("evaluate", "--onnx", str(tmp_path / "again.onnx"), "--data", "synthetic:40", "--json").stdout)
+    assert ev2["iou"] == pytest.approx(ev["iou"], abs=1e-6)
+    untrained = run("export", "--a", "0.25", "--res", "96", "--out", str(tmp_path / "u.onnx")).stdout
+    assert "[batch, 3, 96, 96]" in untrained.replace("'", "")
+
+
+@pytest.mark.slow
+def test_readme_main_command(tmp_path):
+    """The README's main job, cut to one epoch (later flags override the script's)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run(["bash", "scripts/quickstart.sh", "--epochs", "1", "--out", str(tmp_path / "qs"), "--quiet"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "test IoU" in p.stdout and (tmp_path / "qs" / "model.onnx").is_file()
+
+
+@pytest.mark.realdata
+def test_real_data_evaluate_with_the_studys_threshold(packages_dir, tmp_path):
+    out = tmp_path / "real"
+    run("train", "--data", str(packages_dir), "--limit", "24", "--a", "0.125", "--t", "2", "--r", "1", "--pp", "0",
+        "--res", "64", "--epochs", "2", "--out", str(out), "--quiet")
+    a = json.loads(run("evaluate", "--onnx", str(out / "model.onnx"), "--data", str(packages_dir), "--limit", "12",
+                       "--json").stdout)
+    b = json.loads(run("evaluate", "--onnx", str(out / "model.onnx"), "--data", str(packages_dir), "--limit", "12",
+                       "--json", "--logit-threshold", "0.5").stdout)
+    assert a["n_images"] == b["n_images"] == 12 and b["logit_threshold"] == 0.5 and a["logit_threshold"] == 0.0
+    assert 0.0 <= b["iou"] <= 1.0 and a["iou"] != b["iou"]
