@@ -14,5 +14,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || { echo "setup: installing torch==2.13.0 (CPU)"; pip install -q torch==2.13.0; }
 echo "setup: installing raysearch + benchd with the [search,test] extras"
-pip install -q -e ".[search,test]"
+# build-backend chatter goes to .venv/setup.log; shown only when the install fails
+if ! pip install -q -e ".[search,test]" > .venv/setup.log 2>&1; then
+  cat .venv/setup.log >&2
+  exit 1
+fi
 echo "setup: done ($(python -c 'import torch, ray, mlflow, onnxruntime as o; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}, onnxruntime {o.__version__}")'))"

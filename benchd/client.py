@@ -1,0 +1,341 @@
+"""BenchClient: talk to one benchd server (upload-if-missing, benchmark, info, status).
+
+Every call carries a deadline; only UNAVAILABLE is retried (with backoff); gRPC failures are
+raised as benchd.errors exceptions that keep the server's message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchd.cache import SHA256_RE, sha256_file
+from benchd.errors import BenchError, BenchNotFound, from_rpc_error
+from benchd.security import ClientTls, auth_metadata, read_token_file
+from benchd.v1 import benchd_pb2 as pb
+from benchd.v1 import benchd_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default message limit
+_GRAPH_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
+              "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
+_THROTTLE = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
+             pb.THROTTLE_STATE_THROTTLED: True}
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    # Notice a device that vanished (power cut) during a long benchmark.
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model file or blob with its content hash (computed once)."""
+
+    sha256: str
+    size_bytes: int
+    path: Path | None = None
+    data: bytes | None = None
+    name: str = ""
+
+    @classmethod
+    def of(cls, model: Model | str | os.PathLike[str] | bytes) -> Model:
+        if isinstance(model, Model):
+            return model
+        if isinstance(model, (bytes, bytearray)):
+            data = bytes(model)
+            return cls(hashlib.sha256(data).hexdigest(), len(data), data=data)
+        p = Path(model)
+        return cls(sha256_file(p), p.stat().st_size, path=p, name=p.name)
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        if self.data is not None:
+            for i in range(0, len(self.data), size):
+                yield self.data[i : i + size]
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            yield from iter(lambda: f.read(size), b"")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One benchmark, as measured by one device (units in names, like the proto)."""
+
+    model_sha256: str
+    device_name: str
+    device_class: str
+    target: str
+    runs: int
+    warmup_runs: int
+    latency_ms_mean: float
+    latency_ms_std: float
+    latency_ms_min: float
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_p95: float
+    latency_ms_p99: float
+    latency_ms_max: float
+    latency_cv: float
+    session_create_ms: float
+    first_run_ms: float
+    timed_total_s: float
+    peak_rss_bytes: int
+    rss_before_bytes: int
+    cpu_temperature_c_before: float | None
+    cpu_temperature_c_after: float | None
+    cpu_freq_mhz_before: float | None
+    cpu_freq_mhz_after: float | None
+    throttled: bool | None  # None: the device cannot tell
+    throttled_raw_before: str
+    throttled_raw_after: str
+    onnxruntime_version: str
+    intra_op_threads: int
+    batch_size: int
+    graph_optimization: str
+    inputs: tuple[dict[str, Any], ...]
+    timing_start_unix_ns: int
+    timing_end_unix_ns: int
+    queue_wait_ms: float
+    samples_ms: tuple[float, ...]
+    hit_max_duration: bool
+    benchd_version: str
+    upload_bytes_during_window: int
+    governor: str
+    call_wall_s: float = 0.0  # client-side duration of the Benchmark call
+    uploaded: bool = False  # this call had to upload the model first
+    farm_device: str | None = None  # inventory name when measured through a BenchFarm
+    attempts: int = 1  # devices tried by the farm (> 1 after a fail-over)
+
+    @classmethod
+    def from_proto(cls, resp: pb.BenchmarkResponse, target: str, **extra: Any) -> BenchResult:
+        def opt(name: str) -> float | None:
+            return getattr(resp, name) if resp.HasField(name) else None
+
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in extra or f.name in ("target",):
+                continue
+            if f.name in ("device_name", "device_class"):
+                values[f.name] = getattr(resp.device, "name" if f.name == "device_name" else "device_class")
+            elif f.name.startswith(("cpu_temperature_c_", "cpu_freq_mhz_")):
+                values[f.name] = opt(f.name)
+            elif f.name == "throttled":
+                values[f.name] = _THROTTLE.get(resp.throttled)
+            elif f.name == "graph_optimization":
+                values[f.name] = pb.GraphOptimization.Name(resp.graph_optimization).removeprefix(
+                    "GRAPH_OPTIMIZATION_").lower()
+            elif f.name == "inputs":
+                values[f.name] = tuple(
+                    {"name": i.name, "element_type": i.element_type, "graph_dims": list(i.graph_dims),
+                     "dims": list(i.dims)} for i in resp.inputs
+                )
+            elif f.name == "samples_ms":
+                values[f.name] = tuple(resp.samples_ms)
+            elif hasattr(resp, f.name):
+                values[f.name] = getattr(resp, f.name)
+        return cls(target=target, **values, **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inputs"] = list(d["inputs"])
+        d["samples_ms"] = list(d["samples_ms"])
+        return d
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    sha256: str
+    size_bytes: int
+    uploaded: bool  # False: the device already had it
+
+
+@dataclass
+class BenchOptions:
+    """Benchmark request knobs (None: the server's default)."""
+
+    runs: int | None = None
+    warmup_runs: int | None = None
+    min_duration_s: float = 0.0
+    intra_op_threads: int = 0
+    batch_size: int = 1
+    graph_optimization: str = "all"
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    return_samples: bool = False
+
+    def request(self, sha: str, reject_if_busy: bool = False) -> pb.BenchmarkRequest:
+        if self.graph_optimization not in _GRAPH_OPT:
+            raise ValueError(f"graph_optimization must be one of {sorted(_GRAPH_OPT)}")
+        req = pb.BenchmarkRequest(
+            model_sha256=sha,
+            min_duration_s=self.min_duration_s,
+            intra_op_threads=self.intra_op_threads,
+            batch_size=self.batch_size,
+            graph_optimization=_GRAPH_OPT[self.graph_optimization],
+            input_shapes=[pb.InputShape(name=k, dims=list(v)) for k, v in self.input_shapes.items()],
+            return_samples=self.return_samples,
+            reject_if_busy=reject_if_busy,
+        )
+        if self.runs is not None:
+            req.runs = self.runs
+        if self.warmup_runs is not None:
+            req.warmup_runs = self.warmup_runs
+        return req
+
+
+class BenchClient:
+    """Client of one benchd server. Thread-safe (one gRPC channel, shared)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        tls: ClientTls | None = None,
+        timeout_s: float = 30.0,
+        benchmark_timeout_s: float = 600.0,
+        retries: int = 3,
+        retry_backoff_s: float = 0.5,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        if token is None and token_file is not None:
+            token = read_token_file(token_file)
+        self.target = target
+        self.timeout_s = timeout_s
+        self.benchmark_timeout_s = benchmark_timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.chunk_bytes = chunk_bytes
+        self._metadata = auth_metadata(token)
+        options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
+        if tls is not None:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.BenchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> BenchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing
+
+    def _call(self, fn: Callable[[float], T], timeout_s: float, retries: int | None = None) -> T:
+        """Run fn(remaining_timeout) under one overall deadline, retrying UNAVAILABLE only."""
+        deadline = time.monotonic() + timeout_s
+        tries = self.retries if retries is None else retries
+        attempt = 0
+        while True:
+            try:
+                return fn(max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as err:
+                error = from_rpc_error(err, self.target)
+                pause = self.retry_backoff_s * (2**attempt)
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= tries \
+                        or time.monotonic() + pause >= deadline:
+                    raise error from None
+                attempt += 1
+                time.sleep(pause)
+
+    # -- API
+
+    def health(self, service: str = "", timeout_s: float | None = None) -> str:
+        """'SERVING' / 'NOT_SERVING' / ... of the standard health service (no token needed)."""
+        resp = self._call(
+            lambda t: self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=t),
+            timeout_s or self.timeout_s,
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    def has_model(self, model: Model | str | os.PathLike[str] | bytes) -> bool:
+        """Whether the device caches the model (a Model, path, bytes, or a sha256 hex string)."""
+        sha = model if isinstance(model, str) and SHA256_RE.match(model) else Model.of(model).sha256
+        req = pb.HasModelRequest(model_sha256=sha)
+        resp = self._call(lambda t: self._stub.HasModel(req, timeout=t, metadata=self._metadata), self.timeout_s)
+        return bool(resp.present)
+
+    def upload(self, model: Model | str | os.PathLike[str] | bytes, timeout_s: float | None = None) -> UploadResult:
+        """Stream the model in chunks (the server skips it if it already has the hash)."""
+        m = Model.of(model)
+
+        def messages() -> Iterator[pb.UploadModelRequest]:
+            yield pb.UploadModelRequest(
+                header=pb.UploadHeader(model_sha256=m.sha256, size_bytes=m.size_bytes, filename=m.name)
+            )
+            for chunk in m.chunks(self.chunk_bytes):
+                yield pb.UploadModelRequest(chunk=chunk)
+
+        # Generous deadline: 30 s plus 1 s per MiB (a Pi on Wi-Fi).
+        timeout = timeout_s or self.timeout_s + m.size_bytes / 2**20
+        resp = self._call(lambda t: self._stub.UploadModel(messages(), timeout=t, metadata=self._metadata), timeout)
+        return UploadResult(m.sha256, m.size_bytes, uploaded=not resp.already_cached)
+
+    def ensure_model(self, model: Model | str | os.PathLike[str] | bytes) -> UploadResult:
+        """Upload only if the device does not have the model yet."""
+        m = Model.of(model)
+        if self.has_model(m.sha256):
+            return UploadResult(m.sha256, m.size_bytes, uploaded=False)
+        return self.upload(m)
+
+    def benchmark(
+        self,
+        model: Model | str | os.PathLike[str] | bytes,
+        options: BenchOptions | None = None,
+        *,
+        reject_if_busy: bool = False,
+        timeout_s: float | None = None,
+        **knobs: Any,
+    ) -> BenchResult:
+        """Upload if missing, then time the model. `knobs` are BenchOptions fields."""
+        opts = dataclasses.replace(options or BenchOptions(), **knobs)
+        m = Model.of(model)
+        uploaded = self.ensure_model(m).uploaded
+        req = opts.request(m.sha256, reject_if_busy=reject_if_busy)
+        timeout = timeout_s or self.benchmark_timeout_s + opts.min_duration_s
+        for attempt in range(2):
+            start = time.monotonic()
+            try:
+                resp = self._call(
+                    lambda t: self._stub.Benchmark(req, timeout=t, metadata=self._metadata), timeout
+                )
+            except BenchNotFound:
+                if attempt:
+                    raise
+                uploaded = self.upload(m).uploaded or uploaded  # evicted meanwhile: send it again
+                continue
+            return BenchResult.from_proto(
+                resp, self.target, call_wall_s=time.monotonic() - start, uploaded=uploaded
+            )
+        raise BenchError("unreachable", target=self.target)
+
+    def info(self) -> pb.GetInfoResponse:
+        return self._call(
+            lambda t: self._stub.GetInfo(pb.GetInfoRequest(), timeout=t, metadata=self._metadata), self.timeout_s
+        )
+
+    def status(self, timeout_s: float | None = None, retries: int | None = None) -> pb.GetStatusResponse:
+        return self._call(
+            lambda t: self._stub.GetStatus(pb.GetStatusRequest(), timeout=t, metadata=self._metadata),
+            timeout_s or self.timeout_s,
+            retries,
+        )

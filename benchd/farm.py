@@ -1,0 +1,320 @@
+"""BenchFarm: spread benchmarks over the devices of an inventory file (clusters/farm.yaml).
+
+Many callers (threads here, Ray trials in other processes and nodes) may share the devices.
+Exclusivity is the server's job: each device times one model at a time. The farm only steers:
+it asks every matching device for its cheap status, tries the idle ones first with
+`reject_if_busy` (so two callers racing for one idle device do not both wait there), then
+queues on the least-loaded device. A device that fails (UNAVAILABLE, dies mid-benchmark) is
+skipped and probed again after a back-off; the job reruns elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchd.client import BenchClient, BenchOptions, BenchResult, Model
+from benchd.errors import (
+    BenchAuthError,
+    BenchBusy,
+    BenchCancelled,
+    BenchError,
+    BenchUnavailable,
+    FarmError,
+)
+from benchd.security import ClientTls, split_address
+from benchd.v1 import benchd_pb2 as pb
+
+log = logging.getLogger("benchd.farm")
+
+_DEVICE_KEYS = {"name", "address", "class", "labels", "token_file", "tls"}
+_TLS_KEYS = {"ca", "cert", "key", "server_name"}
+
+
+class FarmConfigError(ValueError):
+    """farm.yaml is invalid; the message names the file, line and entry."""
+
+
+@dataclass(frozen=True)
+class FarmDevice:
+    name: str
+    address: str
+    device_class: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    token_file: str | None = None
+    tls: ClientTls | None = None
+    line: int = 0  # line of the entry in the inventory file (for messages)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """One row of `benchd farm status`."""
+
+    device: FarmDevice
+    health: str  # SERVING, NOT_SERVING, DOWN
+    busy: bool | None = None
+    queue_depth: int | None = None
+    temperature_c: float | None = None
+    throttled: bool | None = None
+    error: str = ""
+
+
+def load_inventory(path: str | os.PathLike[str]) -> list[FarmDevice]:
+    """Parse and validate a farm inventory; errors name the file, line and device entry.
+
+    Format::
+
+        defaults: {token_file: ~/.config/benchd/token}   # optional, applies to every device
+        devices:
+          - {name: pi4-01, address: "192.168.1.41:50051", class: rpi4, labels: {site: lab}}
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise FarmConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FarmConfigError(f"{p}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        raise FarmConfigError(f"{p}:1: expected a mapping with a 'devices' list")
+    unknown_top = set(data) - {"devices", "defaults"}
+    if unknown_top:
+        raise FarmConfigError(f"{p}:1: unknown top-level key(s) {sorted(unknown_top)}; allowed: defaults, devices")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - {"token_file", "tls"}:
+        raise FarmConfigError(f"{p}: 'defaults' may only hold token_file and tls")
+
+    # Line numbers of the device entries, from the composed node tree.
+    lines: list[int] = []
+    assert root is not None
+    for key_node, value_node in root.value:
+        if key_node.value == "devices":
+            lines = [item.start_mark.line + 1 for item in value_node.value]
+
+    devices: list[FarmDevice] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(data["devices"]):
+        line = lines[i] if i < len(lines) else 0
+        label = f"device #{i + 1}"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            label += f" ({entry['name']!r})"
+
+        def bad(msg: str, _line: int = line, _label: str = label) -> FarmConfigError:
+            return FarmConfigError(f"{p}:{_line}: {_label}: {msg}")
+
+        if not isinstance(entry, dict):
+            raise bad("expected a mapping with name, address, class")
+        unknown = set(entry) - _DEVICE_KEYS
+        if unknown:
+            raise bad(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_DEVICE_KEYS)}")
+        for key in ("name", "address", "class"):
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
+                raise bad(f"'{key}' is missing or not a non-empty string")
+        name = entry["name"].strip()
+        if name in seen:
+            raise bad(f"duplicate name (first at line {seen[name]})")
+        seen[name] = line
+        try:
+            host, port = split_address(entry["address"])
+        except ValueError:
+            host, port = "", 0
+        if not host or not 0 < port < 65536:
+            raise bad(f"address {entry['address']!r} must be HOST:PORT with a port in 1..65535")
+        labels = entry.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in labels.items()
+        ):
+            raise bad("'labels' must map strings to scalars")
+        token_file = entry.get("token_file", defaults.get("token_file"))
+        if token_file is not None:
+            if not isinstance(token_file, str):
+                raise bad("'token_file' must be a path")
+            token_file = str((p.parent / Path(token_file).expanduser()).resolve())
+        tls_spec = entry.get("tls", defaults.get("tls"))
+        tls = None
+        if tls_spec is not None:
+            if not isinstance(tls_spec, dict) or set(tls_spec) - _TLS_KEYS:
+                raise bad(f"'tls' must be a mapping with keys among {sorted(_TLS_KEYS)}")
+
+            def rel(v: Any) -> str | None:
+                return None if v is None else str((p.parent / Path(str(v)).expanduser()).resolve())
+
+            tls = ClientTls(rel(tls_spec.get("ca")), rel(tls_spec.get("cert")), rel(tls_spec.get("key")),
+                            tls_spec.get("server_name"))
+        devices.append(FarmDevice(
+            name=name, address=entry["address"].strip(), device_class=entry["class"].strip(),
+            labels={k: str(v) for k, v in labels.items()}, token_file=token_file, tls=tls, line=line,
+        ))
+    if not devices:
+        raise FarmConfigError(f"{p}: the 'devices' list is empty")
+    return devices
+
+
+class BenchFarm:
+    """Thread-safe; one instance per process is enough (each Ray trial may make its own)."""
+
+    def __init__(
+        self,
+        devices: Sequence[FarmDevice],
+        *,
+        probe_after_s: float = 5.0,
+        max_probe_after_s: float = 60.0,
+        status_timeout_s: float = 2.0,
+    ) -> None:
+        if not devices:
+            raise FarmError("a farm needs at least one device")
+        self.devices = list(devices)
+        self.probe_after_s = probe_after_s
+        self.max_probe_after_s = max_probe_after_s
+        self.status_timeout_s = status_timeout_s
+        self._clients: dict[str, BenchClient] = {}
+        self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=min(32, len(self.devices)), thread_name_prefix="benchd-farm")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> BenchFarm:
+        return cls(load_inventory(path), **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for c in self._clients.values():
+            c.close()
+
+    def __enter__(self) -> BenchFarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- device bookkeeping
+
+    def client(self, device: FarmDevice) -> BenchClient:
+        with self._lock:
+            c = self._clients.get(device.name)
+            if c is None:
+                # No client-side retries: failing over to another device is the farm's retry.
+                c = BenchClient(device.address, token_file=device.token_file, tls=device.tls, retries=0)
+                self._clients[device.name] = c
+            return c
+
+    def _mark_down(self, device: FarmDevice, why: str) -> None:
+        with self._lock:
+            n = self._failures.get(device.name, 0) + 1
+            self._failures[device.name] = n
+            wait = min(self.probe_after_s * 2 ** (n - 1), self.max_probe_after_s)
+            self._down_until[device.name] = time.monotonic() + wait
+            self._last_error[device.name] = why
+        log.warning("device %s (%s) marked down for %.0f s: %s", device.name, device.address, wait, why)
+
+    def _mark_up(self, device: FarmDevice) -> None:
+        with self._lock:
+            if self._failures.pop(device.name, None):
+                log.info("device %s is back", device.name)
+            self._down_until.pop(device.name, None)
+
+    def matching(self, device_class: str | None = None, labels: Mapping[str, str] | None = None) -> list[FarmDevice]:
+        return [
+            d for d in self.devices
+            if (device_class is None or d.device_class == device_class)
+            and all(d.labels.get(k) == str(v) for k, v in (labels or {}).items())
+        ]
+
+    def _probe(self, device: FarmDevice) -> pb.GetStatusResponse | None:
+        try:
+            st = self.client(device).status(timeout_s=self.status_timeout_s, retries=0)
+        except (BenchError, ValueError) as exc:  # ValueError: unreadable token file
+            self._mark_down(device, str(exc))
+            return None
+        self._mark_up(device)
+        return st
+
+    # -- API
+
+    def benchmark(
+        self,
+        model: Model | str | os.PathLike[str] | bytes,
+        options: BenchOptions | None = None,
+        *,
+        device_class: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float = 1800.0,
+        **knobs: Any,
+    ) -> BenchResult:
+        """Measure on one healthy device of the class; fails over until `timeout_s` passes."""
+        opts = dataclasses.replace(options or BenchOptions(), **knobs)
+        m = Model.of(model)
+        candidates = self.matching(device_class, labels)
+        if not candidates:
+            raise FarmError(f"no device of class {device_class!r} with labels {dict(labels or {})} in the farm")
+        deadline = time.monotonic() + timeout_s
+        attempts = 0
+        pause = 0.2
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                up = [d for d in candidates if self._down_until.get(d.name, 0.0) <= now]
+            statuses = list(zip(up, self._pool.map(self._probe, up)))
+            ready = [(d, s) for d, s in statuses if s is not None and s.ready]
+            random.shuffle(ready)  # spread callers that see the same loads
+            ready.sort(key=lambda ds: (ds[1].busy + ds[1].queue_depth))
+            idle = [d for d, s in ready if not s.busy and not s.queue_depth]
+            # Pass 1: idle devices, refused at once if someone else got there first.
+            # Pass 2: queue on the least-loaded device.
+            for device, reject_if_busy in [(d, True) for d in idle] + [(d, False) for d, _ in ready]:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                attempts += 1
+                try:
+                    result = self.client(device).benchmark(
+                        m, opts, reject_if_busy=reject_if_busy, timeout_s=remaining
+                    )
+                except BenchBusy:
+                    continue
+                except (BenchUnavailable, BenchCancelled, BenchAuthError) as exc:
+                    self._mark_down(device, str(exc))  # died mid-benchmark, or unusable: rerun elsewhere
+                    continue
+                return dataclasses.replace(result, farm_device=device.name, attempts=attempts)
+            if time.monotonic() + pause >= deadline:
+                with self._lock:
+                    errors = {d.name: self._last_error.get(d.name, "busy or not ready") for d in candidates}
+                raise FarmError(f"no device could run the benchmark within {timeout_s:.0f} s: {errors}")
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def status(self, timeout_s: float | None = None) -> list[DeviceState]:
+        """Health and load of every device (in inventory order), probing all in parallel."""
+
+        def one(d: FarmDevice) -> DeviceState:
+            t = timeout_s or self.status_timeout_s
+            try:
+                c = self.client(d)
+                health = c.health(timeout_s=t)
+                st = c.status(timeout_s=t, retries=0)
+            except BenchError as exc:
+                return DeviceState(d, "DOWN", error=f"{exc.code.name if exc.code else ''} {exc.details}".strip())
+            except ValueError as exc:
+                return DeviceState(d, "DOWN", error=str(exc))
+            temp = st.cpu_temperature_c if st.HasField("cpu_temperature_c") else None
+            throttled = {pb.THROTTLE_STATE_THROTTLED: True, pb.THROTTLE_STATE_NOT_THROTTLED: False}.get(st.throttled)
+            return DeviceState(d, health, busy=st.busy, queue_depth=st.queue_depth, temperature_c=temp,
+                               throttled=throttled)
+
+        return list(self._pool.map(one, self.devices))

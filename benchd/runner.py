@@ -1,0 +1,307 @@
+"""Pure timing code: one onnxruntime benchmark of one model file, no gRPC in sight.
+
+Method: an explicit `SessionOptions` (graph optimization level, fixed intra-op thread count,
+one inter-op thread, sequential execution), the cold first run timed separately, warm-up runs
+discarded, then `perf_counter_ns` around `session.run` only. The server runs this inside a
+worker process; `benchd bench --local` and the fidelity benchmark call it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchd import sysinfo
+
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+
+# onnxruntime input type string -> numpy dtype. Anything else (string, sequence, map,
+# optional, float8...) is refused with ModelInputError.
+_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+_MEMORY_MARKERS = ("bad_alloc", "failed to allocate", "cannot allocate memory", "out of memory")
+
+
+class BenchmarkError(Exception):
+    """A benchmark failed because of the request or the model (maps to a gRPC status)."""
+
+    code = "INTERNAL"
+
+
+class ModelInputError(BenchmarkError):
+    """Inputs cannot be fed: unsupported type, unresolved dynamic dimension, bad shape."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ModelLoadError(BenchmarkError):
+    """onnxruntime refused the model when creating the session."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ModelRunError(BenchmarkError):
+    """onnxruntime failed inside session.run."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class MemoryLimitError(BenchmarkError):
+    """The model needed more memory than the worker may use."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    warmup_runs: int = 5
+    runs: int = 20
+    min_duration_s: float = 0.0
+    max_duration_s: float = 300.0  # safety net: stop timing here even if `runs` is not reached
+    intra_op_threads: int = 0  # 0: os.cpu_count()
+    batch_size: int = 1
+    graph_optimization: str = "all"
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    return_samples: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.warmup_runs < 0 or self.runs < 0:
+            raise ModelInputError("warmup_runs and runs must be >= 0")
+        if self.runs == 0 and self.min_duration_s <= 0:
+            raise ModelInputError("need runs > 0 or min_duration_s > 0")
+        if self.min_duration_s < 0 or not math.isfinite(self.min_duration_s):
+            raise ModelInputError(f"min_duration_s must be a finite number >= 0, got {self.min_duration_s}")
+        if self.intra_op_threads < 0 or self.intra_op_threads > 256:
+            raise ModelInputError(f"intra_op_threads must be in 0..256, got {self.intra_op_threads}")
+        if self.batch_size < 1:
+            raise ModelInputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise ModelInputError(
+                f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {self.graph_optimization!r}"
+            )
+
+
+def resolved_threads(requested: int) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def session_options(threads: int, graph_optimization: str = "all") -> Any:
+    """The explicit SessionOptions every benchd timing uses (shared with the fidelity script)."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[graph_optimization]
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _MEMORY_MARKERS)
+
+
+def input_plan(
+    inputs: Sequence[Any], batch_size: int, overrides: Mapping[str, Sequence[int]]
+) -> list[tuple[str, str, list[str], list[int]]]:
+    """(name, type, graph dims, fed dims) per graph input; raises ModelInputError if not feedable.
+
+    Axis 0 when dynamic takes `batch_size`; other dynamic axes need a full shape in `overrides`.
+    """
+    unknown = set(overrides) - {i.name for i in inputs}
+    if unknown:
+        raise ModelInputError(f"input_shapes names unknown input(s): {sorted(unknown)}")
+    plan = []
+    for inp in inputs:
+        if inp.type not in _DTYPES:
+            raise ModelInputError(
+                f"input {inp.name!r} has unsupported type {inp.type}; benchd feeds numeric "
+                f"and bool tensors only"
+            )
+        graph_dims = [str(d) if d is not None else "?" for d in inp.shape]
+        if inp.name in overrides:
+            dims = [int(d) for d in overrides[inp.name]]
+            if len(dims) != len(inp.shape):
+                raise ModelInputError(
+                    f"input {inp.name!r} has rank {len(inp.shape)}, input_shapes gives {dims}"
+                )
+            for axis, (want, got) in enumerate(zip(inp.shape, dims)):
+                if got < 1 or (isinstance(want, int) and want > 0 and want != got):
+                    raise ModelInputError(
+                        f"input {inp.name!r} axis {axis} is {want} in the graph, input_shapes gives {got}"
+                    )
+        else:
+            dims = []
+            for axis, d in enumerate(inp.shape):
+                if isinstance(d, int) and d > 0:
+                    if axis == 0 and batch_size != 1 and d != batch_size:
+                        raise ModelInputError(
+                            f"input {inp.name!r} has a static batch of {d}; batch_size {batch_size} "
+                            f"cannot be fed"
+                        )
+                    dims.append(d)
+                elif axis == 0:
+                    dims.append(batch_size)
+                else:
+                    raise ModelInputError(
+                        f"input {inp.name!r} has dynamic dimension {d!r} at axis {axis}; "
+                        f"give its full shape in input_shapes (CLI: --shape {inp.name}=1x3x512x512)"
+                    )
+        plan.append((inp.name, inp.type, graph_dims, dims))
+    return plan
+
+
+def make_feeds(plan: Sequence[tuple[str, str, list[str], list[int]]], seed: int) -> dict[str, Any]:
+    """Deterministic inputs: uniform [0, 1) floats (image-like), zeros for integers/bools."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, Any] = {}
+    for name, type_str, _, dims in plan:
+        dtype = _DTYPES[type_str]
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.random(dims, dtype=np.float32).astype(dtype)
+        else:
+            feeds[name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def summarize(samples_ns: Sequence[int]) -> dict[str, float]:
+    """Latency statistics in milliseconds (sample std, linear-interpolated percentiles)."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    return {
+        "latency_ms_mean": mean,
+        "latency_ms_std": std,
+        "latency_ms_min": float(ms.min()),
+        "latency_ms_p50": p50,
+        "latency_ms_p90": p90,
+        "latency_ms_p95": p95,
+        "latency_ms_p99": p99,
+        "latency_ms_max": float(ms.max()),
+        "latency_cv": std / mean if mean > 0 else 0.0,
+        "timed_total_s": float(ms.sum()) / 1e3,
+    }
+
+
+def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> dict[str, Any]:
+    """Time one model; returns a dict keyed like benchd.v1.BenchmarkResponse fields."""
+    import onnxruntime as ort
+
+    params.validate()
+    threads = resolved_threads(params.intra_op_threads)
+    throttle_before = sysinfo.read_throttle()
+    temp_before, freq_before = sysinfo.cpu_temperature_c(), sysinfo.cpu_freq_mhz()
+    sysinfo.reset_peak_rss()
+    rss_before = sysinfo.proc_status_bytes("VmRSS")
+    window_start = time.time_ns()
+
+    t0 = time.perf_counter_ns()
+    try:
+        session = ort.InferenceSession(
+            str(Path(model_path)),
+            sess_options=session_options(threads, params.graph_optimization),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if _is_memory_error(exc):
+            raise MemoryLimitError(f"out of memory while loading the model: {exc}") from exc
+        raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from exc
+    session_create_ns = time.perf_counter_ns() - t0
+
+    plan = input_plan(session.get_inputs(), params.batch_size, params.input_shapes)
+    feeds = make_feeds(plan, params.seed)
+    outputs = [o.name for o in session.get_outputs()]
+    run = session.run
+
+    def timed() -> int:
+        start = time.perf_counter_ns()
+        run(outputs, feeds)
+        return time.perf_counter_ns() - start
+
+    samples: list[int] = []
+    hit_max = False
+    try:
+        first_run_ns = timed()
+        for _ in range(params.warmup_runs):
+            run(outputs, feeds)
+        max_ns = int(params.max_duration_s * 1e9)
+        min_ns = int(params.min_duration_s * 1e9)
+        loop_start = time.perf_counter_ns()
+        while True:
+            samples.append(timed())
+            elapsed = time.perf_counter_ns() - loop_start
+            if len(samples) >= params.runs and elapsed >= min_ns:
+                break
+            if elapsed >= max_ns:
+                hit_max = True
+                break
+    except Exception as exc:
+        if _is_memory_error(exc):
+            raise MemoryLimitError(f"out of memory while running the model: {exc}") from exc
+        raise ModelRunError(f"onnxruntime failed to run the model: {exc}") from exc
+    window_end = time.time_ns()
+
+    peak_rss = sysinfo.proc_status_bytes("VmHWM")
+    temp_after, freq_after = sysinfo.cpu_temperature_c(), sysinfo.cpu_freq_mhz()
+    throttle_after = sysinfo.read_throttle()
+    throttled = sysinfo.throttled_between(throttle_before, throttle_after)
+    del session
+
+    result: dict[str, Any] = summarize(samples)
+    result.update(
+        runs=len(samples),
+        warmup_runs=params.warmup_runs,
+        session_create_ms=session_create_ns / 1e6,
+        first_run_ms=first_run_ns / 1e6,
+        peak_rss_bytes=peak_rss,
+        rss_before_bytes=rss_before,
+        cpu_temperature_c_before=temp_before,
+        cpu_temperature_c_after=temp_after,
+        cpu_freq_mhz_before=freq_before,
+        cpu_freq_mhz_after=freq_after,
+        throttled=throttled,
+        throttled_raw_before=throttle_before.raw,
+        throttled_raw_after=throttle_after.raw,
+        onnxruntime_version=ort.__version__,
+        intra_op_threads=threads,
+        batch_size=params.batch_size,
+        inputs=[
+            {"name": n, "element_type": t, "graph_dims": g, "dims": d} for n, t, g, d in plan
+        ],
+        timing_start_unix_ns=window_start,
+        timing_end_unix_ns=window_end,
+        samples_ms=[s / 1e6 for s in samples] if params.return_samples else [],
+        hit_max_duration=hit_max,
+        graph_optimization=params.graph_optimization,
+        governor=sysinfo.governor(),
+    )
+    return result

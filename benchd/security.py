@@ -1,0 +1,132 @@
+"""Bearer-token auth and TLS plumbing shared by the server and the client."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("benchd.security")
+
+AUTH_HEADER = "authorization"
+# Probes (load balancers, systemd watchdogs, `grpc_health_probe`) carry no token.
+_UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The token in a file (surrounding whitespace ignored); warns if others may read it."""
+    p = Path(path).expanduser()
+    try:
+        token = p.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {p}: {exc.strerror}") from None
+    if not token:
+        raise ValueError(f"token file {p} is empty")
+    if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("token file %s is readable by group/others; chmod 600 it", p)
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' / '[v6]:port' -> (host, port); a bare host gets port 0."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest.lstrip(":") or 0)
+    if address.count(":") == 1:
+        host, port = address.rsplit(":", 1)
+        return host, int(port)
+    return address, 0
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate (mutual TLS)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        key = Path(self.key_file).expanduser().read_bytes()
+        cert = Path(self.cert_file).expanduser().read_bytes()
+        ca = Path(self.client_ca_file).expanduser().read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca_file: str | None = None  # None: the system's trust store
+    cert_file: str | None = None  # client certificate for mutual TLS
+    key_file: str | None = None
+    server_name: str | None = None  # expected name in the server certificate, if not the host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(p: str | None) -> bytes | None:
+            return Path(p).expanduser().read_bytes() if p else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kwargs: dict[str, Callable[..., Any] | None] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every call except the health service."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        got = metadata.get(AUTH_HEADER)
+        if got is None:
+            return _abort_handler(handler, "missing bearer token (metadata 'authorization: Bearer <token>')")
+        got_bytes = got.encode() if isinstance(got, str) else bytes(got)
+        if not hmac.compare_digest(got_bytes, self._expected):
+            return _abort_handler(handler, "wrong bearer token")
+        return handler
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((AUTH_HEADER, f"Bearer {token}"),) if token else ()

@@ -1,0 +1,492 @@
+"""The benchd gRPC server: model cache, one-at-a-time device queue, isolated benchmark worker.
+
+`create_server(address, config) -> (server, port)` binds, starts serving and warms the worker
+up in the background; health is NOT_SERVING until the worker is ready (and, if configured,
+while the CPU is throttled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from benchd import __version__, sysinfo
+from benchd.cache import CacheError, ModelCache, check_sha
+from benchd.devicelock import DeviceLock, QueueAbandoned, QueueFull, QueueTimeout
+from benchd.errors import REASON_KEY
+from benchd.metrics import Metrics
+from benchd.runner import BenchmarkError, BenchParams
+from benchd.security import ServerTls, TokenInterceptor, is_loopback, split_address
+from benchd.v1 import benchd_pb2 as pb
+from benchd.v1 import benchd_pb2_grpc as pb_grpc
+from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle
+
+log = logging.getLogger("benchd.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BenchService"].full_name
+DEFAULT_PORT = 50051
+
+_OPT_TO_NAME = {
+    pb.GRAPH_OPTIMIZATION_UNSPECIFIED: "all",
+    pb.GRAPH_OPTIMIZATION_DISABLE: "disable",
+    pb.GRAPH_OPTIMIZATION_BASIC: "basic",
+    pb.GRAPH_OPTIMIZATION_EXTENDED: "extended",
+    pb.GRAPH_OPTIMIZATION_ALL: "all",
+}
+_NAME_TO_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
+                "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
+
+
+def throttle_enum(state: bool | None) -> pb.ThrottleState:
+    if state is None:
+        return pb.THROTTLE_STATE_UNKNOWN
+    return pb.THROTTLE_STATE_THROTTLED if state else pb.THROTTLE_STATE_NOT_THROTTLED
+
+
+def default_worker_memory_bytes() -> int:
+    """80% of physical memory: a runaway model fails its request before the OOM killer acts."""
+    total, _ = sysinfo.meminfo_bytes()
+    return int(total * 0.8) if total else 0
+
+
+@dataclass
+class ServerConfig:
+    device_name: str = field(default_factory=socket.gethostname)
+    device_class: str = "unknown"
+    cache_dir: str = "~/.cache/benchd"
+    cache_max_bytes: int = 2 << 30
+    max_model_bytes: int = 256 << 20
+    queue_size: int = 8  # requests that may wait while one runs; more get RESOURCE_EXHAUSTED
+    max_runs: int = 10_000
+    max_duration_s: float = 300.0  # cap on min_duration_s and on any one timing loop
+    worker_memory_bytes: int | None = None  # None: 80% of RAM; 0: unlimited
+    worker_prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "3") or ("nice", "-n", "-5")
+    token: str | None = None
+    insecure: bool = False  # allow a non-loopback bind without a token
+    tls: ServerTls | None = None
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
+    metrics_address: str = "127.0.0.1"
+    unhealthy_when_throttled: bool = False
+    monitor_interval_s: float = 10.0
+    sensors: sysinfo.Sensors = field(default_factory=sysinfo.Sensors)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message, self.reason = code, message, reason
+
+
+def _abort(context: grpc.ServicerContext, err: _Abort) -> NoReturn:
+    if err.reason:
+        context.set_trailing_metadata(((REASON_KEY, err.reason),))
+    context.abort(err.code, err.message)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class BenchServicer(pb_grpc.BenchServiceServicer):
+    def __init__(self, config: ServerConfig, health_servicer: health.HealthServicer) -> None:
+        self.cfg = config
+        self.health = health_servicer
+        self.cache = ModelCache(config.cache_dir, config.cache_max_bytes)
+        self.lock = DeviceLock(config.queue_size)
+        mem = default_worker_memory_bytes() if config.worker_memory_bytes is None else config.worker_memory_bytes
+        self.worker = WorkerHandle(mem, config.worker_prefix)
+        self.metrics = Metrics(config.device_name)
+        self.device = pb.Device(name=config.device_name, device_class=config.device_class)
+        self._ready = False
+        self._throttled_now: bool | None = None
+        self._upload_bytes = 0  # total received, to flag uploads that overlap a timing window
+        self._stop = threading.Event()
+        self._state_lock = threading.Lock()
+        dev = config.device_name
+        self.metrics.queue_depth.labels(dev).set_function(lambda: self.lock.depth)
+        self.metrics.busy.labels(dev).set_function(lambda: 1.0 if self.lock.busy else 0.0)
+        self.metrics.cache_bytes.labels(dev).set_function(lambda: self.cache.total_bytes())
+        self._set_health()
+
+    # -- lifecycle
+
+    def start_background(self) -> None:
+        threading.Thread(target=self._warm_worker, name="benchd-warmup", daemon=True).start()
+        if self.cfg.monitor_interval_s > 0:
+            threading.Thread(target=self._monitor, name="benchd-monitor", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.worker.close()
+        self.metrics.close()
+
+    @property
+    def serving(self) -> bool:
+        return self._ready and not (self.cfg.unhealthy_when_throttled and self._throttled_now)
+
+    def _set_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def _warm_worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.worker.start()
+            except WorkerError as exc:
+                log.error("benchmark worker failed to start: %s; retrying in 5 s", exc)
+                self._stop.wait(5)
+                continue
+            with self._state_lock:
+                self._ready = True
+                self._set_health()
+            return
+
+    def _restart_worker(self) -> None:
+        self.metrics.worker_restarts.labels(self.cfg.device_name).inc()
+        self.worker.kill()
+        threading.Thread(target=self._warm_worker, name="benchd-rewarm", daemon=True).start()
+
+    def _monitor(self) -> None:
+        dev = self.cfg.device_name
+        while not self._stop.is_set():
+            temp = self.cfg.sensors.temperature_c()
+            if temp is not None:
+                self.metrics.temperature.labels(dev).set(temp)
+            now = self.cfg.sensors.throttle().now
+            with self._state_lock:
+                if now and not self._throttled_now:
+                    self.metrics.throttle_events.labels(dev).inc()
+                    log.warning("CPU throttled (%s)", self.cfg.sensors.throttle().raw)
+                self._throttled_now = now
+                self._set_health()
+            self._stop.wait(self.cfg.monitor_interval_s)
+
+    # -- RPCs
+
+    def HasModel(self, request: pb.HasModelRequest, context: grpc.ServicerContext) -> pb.HasModelResponse:
+        try:
+            size = self.cache.lookup(check_sha(request.model_sha256))
+        except CacheError as exc:
+            _abort(context, _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        counter = self.metrics.cache_misses if size is None else self.metrics.cache_hits
+        counter.labels(self.cfg.device_name).inc()
+        return pb.HasModelResponse(present=size is not None, size_bytes=size or 0)
+
+    def UploadModel(
+        self, request_iterator: Iterator[pb.UploadModelRequest], context: grpc.ServicerContext
+    ) -> pb.UploadModelResponse:
+        try:
+            return self._upload(request_iterator, context)
+        except _Abort as err:
+            _abort(context, err)
+
+    def _upload(
+        self, request_iterator: Iterator[pb.UploadModelRequest], context: grpc.ServicerContext
+    ) -> pb.UploadModelResponse:
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise _Abort(invalid, "the first upload message must be the header (model_sha256, size_bytes)")
+        header = first.header
+        try:
+            sha = check_sha(header.model_sha256)
+        except CacheError as exc:
+            raise _Abort(invalid, str(exc)) from None
+        size, limit = header.size_bytes, self.cfg.max_model_bytes
+        if size == 0:
+            raise _Abort(invalid, "size_bytes must be > 0")
+        if size > limit:
+            raise _Abort(
+                invalid, f"model is {size / 2**20:.1f} MiB; this server accepts at most {limit / 2**20:.1f} MiB "
+                f"(benchd serve --max-model-mb)"
+            )
+        if self.cache.lookup(sha) is not None:
+            return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, already_cached=True)
+        f, tmp = self.cache.new_upload()
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            with f:
+                for msg in request_iterator:
+                    if msg.WhichOneof("part") != "chunk":
+                        raise _Abort(invalid, "only the first upload message may be a header")
+                    chunk = msg.chunk
+                    received += len(chunk)
+                    if received > size:
+                        raise _Abort(invalid, f"received more than the {size} bytes the header announced")
+                    digest.update(chunk)
+                    f.write(chunk)
+                    self._upload_bytes += len(chunk)
+                    self.metrics.upload_bytes.labels(self.cfg.device_name).inc(len(chunk))
+            if not context.is_active():
+                raise _Abort(grpc.StatusCode.CANCELLED, "upload cancelled by the client")
+            if received < size:
+                raise _Abort(invalid, f"upload stream ended after {received} of {size} bytes (truncated)")
+            self.cache.commit_upload(tmp, sha, size, digest.hexdigest())
+        except CacheError as exc:
+            raise _Abort(getattr(grpc.StatusCode, exc.code), str(exc)) from None
+        except OSError as exc:
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store the model: {exc}", "disk") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("cached model %s (%d bytes)", sha[:12], size)
+        return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, received_bytes=received)
+
+    def Benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
+        t0 = time.monotonic()
+        status = "OK"
+        try:
+            return self._benchmark(request, context)
+        except _Abort as err:
+            status = err.code.name
+            _abort(context, err)
+        finally:
+            dev = self.cfg.device_name
+            self.metrics.benchmarks.labels(dev, status).inc()
+            self.metrics.request_seconds.labels(dev).observe(time.monotonic() - t0)
+
+    def _params(self, request: pb.BenchmarkRequest) -> BenchParams:
+        cfg = self.cfg
+        warmup = request.warmup_runs if request.HasField("warmup_runs") else 5
+        runs = request.runs if request.HasField("runs") else 20
+        for name, value in (("runs", runs), ("warmup_runs", warmup)):
+            if value > cfg.max_runs:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"{name}={value} exceeds this server's limit of {cfg.max_runs} (--max-runs)")
+        if not math.isfinite(request.min_duration_s) or request.min_duration_s > cfg.max_duration_s:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"min_duration_s={request.min_duration_s} exceeds this server's limit of "
+                         f"{cfg.max_duration_s} s (--max-duration-s)")
+        params = BenchParams(
+            warmup_runs=warmup,
+            runs=runs,
+            min_duration_s=request.min_duration_s,
+            max_duration_s=cfg.max_duration_s,
+            intra_op_threads=request.intra_op_threads,
+            batch_size=request.batch_size or 1,
+            graph_optimization=_OPT_TO_NAME.get(request.graph_optimization, "all"),
+            input_shapes={s.name: list(s.dims) for s in request.input_shapes},
+            return_samples=request.return_samples,
+        )
+        try:
+            params.validate()
+        except BenchmarkError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return params
+
+    def _benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
+        dev = self.cfg.device_name
+        try:
+            sha = check_sha(request.model_sha256)
+        except CacheError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        params = self._params(request)
+        not_found = _Abort(grpc.StatusCode.NOT_FOUND, f"model {sha} is not in this device's cache; upload it first")
+        if self.cache.lookup(sha, touch=False) is None:
+            self.metrics.cache_misses.labels(dev).inc()
+            raise not_found
+        self.metrics.cache_hits.labels(dev).inc()
+
+        remaining = context.time_remaining()
+        client_deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None
+        gone = lambda: not context.is_active()  # noqa: E731
+        context.add_callback(self.lock.wake)
+        try:
+            waited = self.lock.acquire(deadline=client_deadline, abandoned=gone, reject_if_busy=request.reject_if_busy)
+        except QueueFull as exc:
+            reason = "busy" if request.reject_if_busy else "queue-full"
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{dev}: {exc}", reason) from None
+        except QueueTimeout as exc:
+            raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{dev}: {exc}") from None
+        except QueueAbandoned as exc:
+            raise _Abort(grpc.StatusCode.CANCELLED, str(exc)) from None
+
+        # Hard cap so that a pathological model cannot hold the device forever.
+        hard_deadline = time.monotonic() + 3 * self.cfg.max_duration_s + 120
+        deadline = hard_deadline if client_deadline is None else min(client_deadline, hard_deadline)
+        try:
+            with self.cache.pinned(sha) as path:
+                if path is None:
+                    raise not_found
+                uploads_before = self._upload_bytes
+                job = {"model_path": str(path), "params": dataclasses.asdict(params)}
+                try:
+                    frame = self.worker.run(job, deadline=deadline, cancelled=gone)
+                except WorkerCancelled:
+                    self._restart_worker()
+                    if gone():
+                        raise _Abort(grpc.StatusCode.CANCELLED, "client went away; benchmark aborted") from None
+                    raise _Abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, "benchmark ran past its deadline; aborted"
+                    ) from None
+                except WorkerError as exc:
+                    self._restart_worker()
+                    if exc.memory:
+                        raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "memory") from None
+                    raise _Abort(grpc.StatusCode.INTERNAL, str(exc)) from None
+                upload_overlap = self._upload_bytes - uploads_before
+            if not frame["ok"]:
+                code = getattr(grpc.StatusCode, frame["code"], grpc.StatusCode.INTERNAL)
+                if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
+                    self._restart_worker()  # a worker that failed that way may be in a bad state
+                reason = "memory" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""
+                raise _Abort(code, frame["message"], reason)
+        finally:
+            self.lock.release()
+
+        resp = self._response(frame["result"])
+        resp.model_sha256 = sha
+        resp.queue_wait_ms = waited * 1e3
+        resp.upload_bytes_during_window = upload_overlap
+        self.metrics.latency_p50.labels(dev).observe(resp.latency_ms_p50)
+        if resp.throttled == pb.THROTTLE_STATE_THROTTLED:
+            self.metrics.throttle_events.labels(dev).inc()
+        if resp.HasField("cpu_temperature_c_after"):
+            self.metrics.temperature.labels(dev).set(resp.cpu_temperature_c_after)
+        return resp
+
+    def _response(self, result: dict[str, Any]) -> pb.BenchmarkResponse:
+        resp = pb.BenchmarkResponse(device=self.device, benchd_version=__version__)
+        for key, value in result.items():
+            if value is None:
+                continue  # optional sensor fields stay unset ("unknown")
+            if key == "inputs":
+                resp.inputs.extend(pb.TensorInfo(**i) for i in value)
+            elif key == "samples_ms":
+                resp.samples_ms.extend(value)
+            elif key == "throttled":
+                resp.throttled = throttle_enum(value)
+            elif key == "graph_optimization":
+                resp.graph_optimization = _NAME_TO_OPT[value]
+            else:
+                setattr(resp, key, value)
+        return resp
+
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        facts = sysinfo.host_facts()
+        ready = self.worker.ready_info
+        entries = self.cache.entries()
+        resp = pb.GetInfoResponse(
+            device=self.device,
+            onnxruntime_version=str(ready.get("onnxruntime_version", "")),
+            onnxruntime_providers=list(ready.get("providers", [])),
+            benchd_version=__version__,
+            cached_models=[
+                pb.CachedModel(model_sha256=m.sha256, size_bytes=m.size_bytes, last_used_unix_ns=m.last_used_unix_ns)
+                for m in entries
+            ],
+            cache_size_bytes=sum(m.size_bytes for m in entries),
+            cache_capacity_bytes=self.cfg.cache_max_bytes,
+            limits=pb.Limits(
+                max_model_bytes=self.cfg.max_model_bytes,
+                max_runs=self.cfg.max_runs,
+                max_duration_s=self.cfg.max_duration_s,
+                queue_capacity=self.cfg.queue_size,
+                worker_memory_bytes=self.worker.memory_limit_bytes,
+            ),
+            ready=self.serving,
+            throttled=throttle_enum(self._throttled_now),
+            **facts,  # type: ignore[arg-type]
+        )
+        temp = self.cfg.sensors.temperature_c()
+        if temp is not None:
+            resp.cpu_temperature_c = temp
+        return resp
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+        resp = pb.GetStatusResponse(
+            device=self.device,
+            ready=self.serving,
+            busy=self.lock.busy,
+            queue_depth=self.lock.depth,
+            queue_capacity=self.cfg.queue_size,
+            throttled=throttle_enum(self._throttled_now),
+        )
+        temp, freq = self.cfg.sensors.temperature_c(), self.cfg.sensors.freq_mhz()
+        if temp is not None:
+            resp.cpu_temperature_c = temp
+        if freq is not None:
+            resp.cpu_freq_mhz = freq
+        return resp
+
+
+class BenchdServer:
+    """A running benchd server (wraps grpc.Server; `stop` also ends the worker and metrics)."""
+
+    def __init__(self, grpc_server: grpc.Server, servicer: BenchServicer, port: int, metrics_port: int | None) -> None:
+        self.grpc_server = grpc_server
+        self.servicer = servicer
+        self.port = port
+        self.metrics_port = metrics_port
+
+    def stop(self, grace: float | None = None) -> None:
+        self.servicer.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.servicer.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self.grpc_server.wait_for_termination(timeout))
+
+
+def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = None) -> tuple[BenchdServer, int]:
+    """Bind `address` (port 0 picks a free port), start serving, return (server, bound port)."""
+    cfg = config or ServerConfig()
+    host, _ = split_address(address)
+    if not is_loopback(host):
+        if cfg.token is None and not cfg.insecure:
+            raise ValueError(
+                f"refusing to serve on non-loopback address {address} without a token: "
+                f"pass --token-file FILE (or --insecure to accept anyone on the network)"
+            )
+        if cfg.tls is None:
+            log.warning("serving on %s without TLS: the bearer token travels in clear text", address)
+    if cfg.max_model_bytes > cfg.cache_max_bytes:
+        raise ValueError(
+            f"max model size ({cfg.max_model_bytes} bytes) exceeds the cache cap ({cfg.cache_max_bytes} bytes)"
+        )
+    threads = cfg.queue_size + 16  # every queued benchmark holds a thread; keep spares for the rest
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="benchd-rpc"),
+        interceptors=[TokenInterceptor(cfg.token)] if cfg.token else [],
+        maximum_concurrent_rpcs=threads,
+        options=[
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    servicer = BenchServicer(cfg, health_servicer)
+    pb_grpc.add_BenchServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_secure_port(address, cfg.tls.credentials()) if cfg.tls else server.add_insecure_port(address)
+    if not port:
+        servicer.close()
+        raise OSError(f"could not bind {address}")
+    metrics_port = None
+    try:
+        if cfg.metrics_port is not None:
+            metrics_port = servicer.metrics.serve(cfg.metrics_port, cfg.metrics_address)
+    except OSError:
+        servicer.close()
+        raise
+    server.start()
+    servicer.start_background()
+    log.info("benchd %s serving %s on port %d (device %s, class %s)", __version__, address, port,
+             cfg.device_name, cfg.device_class)
+    return BenchdServer(server, servicer, port, metrics_port), port

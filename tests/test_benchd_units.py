@@ -1,0 +1,160 @@
+"""benchd pieces without a server: timing maths, input plans, ONNX framing, queue, stubs, imports."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchd_fixtures as fx  # noqa: E402
+
+from benchd import runner  # noqa: E402
+from benchd.cache import CacheError, check_onnx_framing  # noqa: E402
+from benchd.devicelock import DeviceLock, QueueFull, QueueTimeout  # noqa: E402
+from benchd.sysinfo import Throttle, throttled_between  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_summarize_statistics() -> None:
+    stats = runner.summarize([1_000_000, 2_000_000, 3_000_000, 4_000_000])
+    assert stats["latency_ms_mean"] == pytest.approx(2.5)
+    assert stats["latency_ms_p50"] == pytest.approx(2.5)
+    assert stats["latency_ms_min"] == 1.0 and stats["latency_ms_max"] == 4.0
+    assert stats["latency_ms_std"] == pytest.approx(1.2909944)  # sample std (n-1)
+    assert stats["latency_cv"] == pytest.approx(1.2909944 / 2.5)
+    assert stats["timed_total_s"] == pytest.approx(0.01)
+    assert runner.summarize([5_000_000])["latency_ms_std"] == 0.0
+
+
+def _inp(name: str, type_: str, shape: list[object]) -> SimpleNamespace:
+    return SimpleNamespace(name=name, type=type_, shape=shape)
+
+
+def test_input_plan_rules() -> None:
+    plan = runner.input_plan([_inp("x", "tensor(float)", ["batch", 3, 8, 8])], 4, {})
+    assert plan[0][3] == [4, 3, 8, 8]
+    plan = runner.input_plan([_inp("x", "tensor(uint8)", [None, 3])], 1, {})
+    assert plan[0][3] == [1, 3] and plan[0][2] == ["?", "3"]
+    with pytest.raises(runner.ModelInputError, match="static batch of 2"):
+        runner.input_plan([_inp("x", "tensor(float)", [2, 3])], 5, {})
+    with pytest.raises(runner.ModelInputError, match="axis 1 is 3"):
+        runner.input_plan([_inp("x", "tensor(float)", ["b", 3])], 1, {"x": [1, 4]})
+    with pytest.raises(runner.ModelInputError, match="unknown input"):
+        runner.input_plan([_inp("x", "tensor(float)", [1])], 1, {"y": [1]})
+    with pytest.raises(runner.ModelInputError, match="unsupported type"):
+        runner.input_plan([_inp("x", "seq(tensor(float))", [])], 1, {})
+    feeds = runner.make_feeds(runner.input_plan([_inp("x", "tensor(float16)", [2, 2]),
+                                                 _inp("i", "tensor(int64)", [3])], 1, {}), seed=0)
+    assert feeds["x"].dtype.name == "float16" and feeds["i"].tolist() == [0, 0, 0]
+
+
+def test_run_benchmark_locally(tmp_path: Path) -> None:
+    model = fx.conv_model(tmp_path / "m.onnx")
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=1, runs=4, intra_op_threads=1,
+                                                       return_samples=True))
+    assert r["runs"] == 4 and len(r["samples_ms"]) == 4 and r["intra_op_threads"] == 1
+    assert r["timing_start_unix_ns"] < r["timing_end_unix_ns"] and r["peak_rss_bytes"] >= r["rss_before_bytes"] > 0
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=1, max_duration_s=0.05,
+                                                       min_duration_s=0.04))
+    assert r["runs"] >= 1
+    with pytest.raises(runner.ModelLoadError):
+        runner.run_benchmark(fx.unloadable_model(tmp_path / "u.onnx"), runner.BenchParams())
+    with pytest.raises(runner.ModelInputError, match="graph_optimization"):
+        runner.BenchParams(graph_optimization="max").validate()
+
+
+def test_max_duration_stops_the_loop(tmp_path: Path) -> None:
+    model = fx.conv_model(tmp_path / "m.onnx")
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=10**7, max_duration_s=0.05))
+    assert r["hit_max_duration"] and r["runs"] < 10**7
+
+
+def test_onnx_framing_check(tmp_path: Path) -> None:
+    check_onnx_framing(fx.conv_model(tmp_path / "ok.onnx"))
+    for name, data in {"garbage": b"\xff" * 64, "text": b"hello, world", "empty-ish": b"\x08\x07",
+                       "truncated": (tmp_path / "ok.onnx").read_bytes()[:-10]}.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(CacheError, match="not an ONNX model"):
+            check_onnx_framing(p)
+
+
+def test_throttle_reading() -> None:
+    assert throttled_between(Throttle(None), Throttle(0)) is None
+    assert throttled_between(Throttle(0), Throttle(0)) is False
+    assert throttled_between(Throttle(0), Throttle(0x40000)) is True  # throttled during the run
+    assert throttled_between(Throttle(0x50000), Throttle(0x50000)) is False  # old sticky bits only
+    assert throttled_between(Throttle(0x4), Throttle(0)) is True
+    assert Throttle(0x50005).raw == "0x50005" and Throttle(None).raw == ""
+
+
+def test_device_lock_fifo_capacity_and_deadline() -> None:
+    lock = DeviceLock(capacity=1)
+    assert lock.acquire() == 0.0
+    with pytest.raises(QueueFull, match="busy"):
+        lock.acquire(reject_if_busy=True)
+    with pytest.raises(QueueTimeout):
+        lock.acquire(deadline=time.monotonic() + 0.05)
+    got: list[float] = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire()))
+    waiter.start()
+    while lock.depth < 1:
+        time.sleep(0.005)
+    with pytest.raises(QueueFull, match="queue full"):
+        lock.acquire()
+    lock.release()
+    waiter.join()
+    assert got and got[0] > 0 and lock.busy
+    lock.release()
+    assert not lock.busy and lock.depth == 0
+
+
+def test_generated_stubs_match_the_proto(tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools")
+    from importlib.metadata import version
+
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
+                   env=dict(os.environ, PYTHON=sys.executable))
+    fresh, committed = tmp_path / "benchd" / "v1", ROOT / "benchd" / "v1"
+
+    def descriptor(path: Path) -> str:
+        return re.search(r"AddSerializedFile\((b'.*')\)", path.read_text()).group(1)  # type: ignore[union-attr]
+
+    # The serialized descriptor is the proto itself: it must match whatever grpcio-tools runs.
+    assert descriptor(fresh / "benchd_pb2.py") == descriptor(committed / "benchd_pb2.py"), (
+        "benchd/v1 stubs are stale: run scripts/gen_protos.sh")
+    generated_by = (committed / "benchd_pb2_grpc.py").read_text().split("GRPC_GENERATED_VERSION = '")[1][:20]
+    if not generated_by.startswith(version("grpcio-tools") + "'"):
+        pytest.skip(f"grpcio-tools {version('grpcio-tools')} differs from the one that generated the stubs; "
+                    "compared the descriptor only")
+    for name in ("benchd_pb2.py", "benchd_pb2.pyi", "benchd_pb2_grpc.py"):
+        assert filecmp.cmp(fresh / name, committed / name, shallow=False), (
+            f"benchd/v1/{name} is stale: run scripts/gen_protos.sh")
+
+
+def test_benchd_never_imports_the_search_stack() -> None:
+    code = ("import sys, benchd.cli, benchd.server, benchd.client, benchd.farm, benchd.runner, benchd.worker;"
+            "bad = [m for m in ('torch', 'ray', 'mlflow', 'onnx') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_pyproject_pins_match_generated_code() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    stub = (ROOT / "benchd" / "v1" / "benchd_pb2_grpc.py").read_text()
+    generated = stub.split("GRPC_GENERATED_VERSION = '")[1].split("'")[0]
+    assert f"grpcio>={generated}" in deps
+    assert "protobuf>=7.35.1,<8" in deps
+    assert not any(d.startswith(("torch", "ray", "onnx>", "onnx=", "mlflow")) for d in deps)
