@@ -1,0 +1,326 @@
+"""The search driver: Ray Tune (grid, or a multi-objective Optuna search with ASHA early
+stopping), a benchd farm for latency, MLflow for everything, the Pareto front at the end.
+
+Searcher: Optuna's TPESampler in its multi-objective form (MOTPE). Our searches are small (tens of
+trials, each expensive), and TPE models the objectives from the first few trials on, while
+NSGA-II needs several generations of a population before it beats random sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from raysearch import objectives as obj
+from raysearch.latency import BenchSettings, local_benchd
+from raysearch.pareto import default_reference, front_table, hypervolume, pareto_front, plot_front, plot_hypervolume, \
+    qualifies, write_front_csv
+from raysearch.trial import TrialSettings, run_trial
+
+log = logging.getLogger(__name__)
+
+MODES = ("grid", "search")
+
+
+@dataclass
+class SearchOptions:
+    """Options shared by every stage (the stage scripts' command line)."""
+
+    mode: str = "grid"
+    num_samples: int = 10
+    quick: bool = False
+    data: str = "synthetic"
+    limit: int | None = None
+    epochs: int | None = None  # None: the stage's default (400, or 2 with --quick)
+    seed: int = 0
+    max_latency_ms: float | None = None
+    min_iou: float | None = None
+    farm: str | None = None  # None: a local benchd on 127.0.0.1 for the duration
+    device_class: str = "local"
+    latency_stat: str = "p50"
+    bench_runs: int | None = None
+    bench_warmup: int | None = None
+    bench_threads: int = 0
+    tracking_uri: str | None = None
+    experiment: str = "raysearch"
+    address: str | None = None
+    storage_path: str = "runs/ray"
+    name: str | None = None
+    resume: bool = False
+    concurrency: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    max_failures: int = 1
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    logit_threshold: float = 0.0
+    hv_ref_latency_ms: float | None = None
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode {self.mode!r} is not one of {MODES}")
+        if self.num_samples < 1:
+            raise ValueError(f"--num-samples {self.num_samples} must be >= 1")
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise ValueError(f"--max-latency-ms {self.max_latency_ms} must be > 0")
+        if self.min_iou is not None and not 0 <= self.min_iou <= 1:
+            raise ValueError(f"--min-iou {self.min_iou} must be between 0 and 1")
+
+    @property
+    def tracking(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        db = Path("runs/mlflow.db").resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+
+
+@dataclass
+class Space:
+    """What a search varies: ``grid`` maps knob names (ModelSpec fields, or "model" for a named
+    model of ``models``) to the values the study's grid takes; ``fixed`` holds the other knobs."""
+
+    grid: dict[str, list]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
+
+    def size(self) -> int:
+        n = 1
+        for v in self.grid.values():
+            n *= len(v)
+        return n
+
+
+@dataclass
+class SearchOutcome:
+    parent_run_id: str
+    experiment_path: str
+    rows: list[dict]  # every trial's final figures (name, run_id, iou, latency_ms, ...)
+    front: list[dict]  # the Pareto-optimal rows, best IoU first
+    hypervolume: float
+    errors: int = 0
+
+    def qualifying(self, max_latency_ms: float | None, min_iou: float | None) -> list[dict]:
+        return [r for r in self.front if qualifies(r, max_latency_ms, min_iou)]
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+def init_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+
+
+def prepare_data(data: str, storage: Path, seed: int) -> str:
+    """Synthetic data is written once to disk (trials then read files instead of rendering)."""
+    if not (data == "synthetic" or data.startswith("synthetic:")):
+        return str(Path(data).resolve()) if Path(data).exists() else data
+    from raysearch.data import DEFAULT_SYNTHETIC_N
+    from raysearch.data.synthetic import write_synthetic
+
+    n = int(data.partition(":")[2] or DEFAULT_SYNTHETIC_N)
+    out = storage / "data" / f"synthetic-{n}-seed{seed}"
+    if not (out / ".complete").is_file():
+        log.info("writing %d synthetic images to %s", n, out)
+        write_synthetic(out, n=n, seed=seed, progress=True)
+        (out / ".complete").write_text("ok")
+    return str(out)
+
+
+def open_parent(client, experiment: str, tracking_uri: str, state_path: Path, run_name: str, tags: dict,
+                params: dict) -> tuple[str, str]:
+    """(experiment id, parent run id): the saved parent on resume, else a new run."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifacts = None
+        if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the CWD
+            artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    if state_path.is_file():
+        parent = json.loads(state_path.read_text())["parent"]
+        client.update_run(parent, status="RUNNING")
+        client.set_tag(parent, "resumed", "true")
+        return exp_id, parent
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return exp_id, run.info.run_id
+
+
+def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
+    runs = opts.bench_runs or (10 if opts.quick else 50)
+    warmup = opts.bench_warmup if opts.bench_warmup is not None else (2 if opts.quick else 10)
+    return BenchSettings(farm=farm, device_class=opts.device_class, runs=runs, warmup_runs=warmup,
+                         threads=opts.bench_threads, stat=opts.latency_stat)
+
+
+# ---- one search -------------------------------------------------------------------------------
+def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str | None = None,
+               init_checkpoint: str | None = None, parent: tuple | None = None,
+               keep_parent_open: bool = False) -> SearchOutcome:
+    """Run one Ray Tune search over ``space`` and log it to MLflow (see the module doc).
+
+    ``parent``: (client, experiment id, parent run id) to log under an existing parent (stage 1's
+    second phase, which then ends it); otherwise a parent run is opened (or reopened with
+    ``opts.resume``) and ended unless ``keep_parent_open``.
+    """
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raysearch.tracking import SearchTracker
+
+    init_ray(opts.address)
+    storage = Path(opts.storage_path).resolve() if "://" not in opts.storage_path else None
+    storage_uri = str(storage) if storage else opts.storage_path
+    local_root = storage or Path("runs").resolve()
+    name = name or opts.name or f"{stage}-{opts.mode}"
+    exp_path = f"{storage_uri.rstrip('/')}/{name}"
+    state_path = local_root / "state" / name / "raysearch_state.json"
+    if not opts.resume and state_path.exists():
+        raise ValueError(f"a search named {name!r} already exists under {storage_uri} (state {state_path}); "
+                         f"pass --resume to continue it or --name to start another")
+
+    data = prepare_data(opts.data, local_root, opts.seed)
+    hv_ref = default_reference(opts.hv_ref_latency_ms or opts.max_latency_ms)
+    client = parent[0] if parent else MlflowClient(opts.tracking)
+
+    import ray
+
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+    with _farm(opts) as farm:
+        settings = TrialSettings(
+            data=data, bench=bench_settings(opts, farm), latency_cache=str(local_root / "latency_cache"),
+            data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
+            logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
+            models=space.models)
+        if parent:
+            _, exp_id, parent_id = parent
+        else:
+            exp_id, parent_id = open_parent(
+                client, opts.experiment, opts.tracking, state_path, run_name=name,
+                tags={"stage": stage, "mode": opts.mode, "raysearch.search": name, "raysearch.storage": exp_path},
+                params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
+                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), "hv_reference": json.dumps(hv_ref)})
+        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_ref)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
+                                        {"cpu": opts.cpus_per_trial, "gpu": gpus})
+        t0 = time.time()
+        try:
+            tuner = _tuner(tune, ASHAScheduler, trainable, space, opts, epochs, name, storage_uri, exp_path, tracker)
+            results = tuner.fit()
+            errors = sum(1 for r in results if r.error is not None)
+            if not tracker.ended_cleanly(state_path):  # Ray Tune caught Ctrl-C / SIGTERM, saved state, returned
+                raise KeyboardInterrupt
+        except BaseException:
+            SearchTracker(*tracker._args).close("KILLED")  # the state file knows every run, even after a restore
+            client.set_terminated(parent_id, "KILLED")
+            raise
+        tracker = SearchTracker(*tracker._args)  # what Ray Tune's copy of the callback recorded
+        outcome = _finish(client, parent_id, tracker, opts, hv_ref, exp_path, errors, close_parent=not keep_parent_open)
+        log.info("%s: %d trials, %d errors, %.0f s", name, len(outcome.rows), errors, time.time() - t0)
+        return outcome
+
+
+class _farm:
+    """The farm to use: --farm, or a local benchd for the duration of the search."""
+
+    def __init__(self, opts: SearchOptions) -> None:
+        self.opts, self._ctx = opts, None
+
+    def __enter__(self) -> str:
+        if self.opts.farm:
+            return self.opts.farm
+        self._ctx = local_benchd(self.opts.device_class)
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, epochs: int, name: str,
+           storage_uri: str, exp_path: str, tracker):
+    if opts.resume and tune.Tuner.can_restore(exp_path):
+        log.info("resuming the search at %s", exp_path)
+        return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage_uri, callbacks=[tracker], verbose=opts.verbose,
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    if opts.mode == "grid":  # the study's grid: every trial to the end
+        param_space = {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
+    else:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space = {k: tune.choice(list(v)) for k, v in space.grid.items()}
+        searcher = OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(),
+                                sampler=optuna.samplers.TPESampler(seed=opts.seed, multivariate=True))
+        scheduler = ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode,
+                                  max_t=max(1, epochs), grace_period=opts.grace_period,
+                                  reduction_factor=opts.reduction_factor)
+        # metric/mode only on the searcher: TuneConfig(metric=...) would make the study single-objective
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
+                                      max_concurrent_trials=opts.concurrency)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _finish(client, parent_id: str, tracker, opts: SearchOptions, hv_ref: dict, exp_path: str, errors: int,
+            close_parent: bool) -> SearchOutcome:
+    import tempfile
+
+    tracker.close("KILLED")  # anything the tuner left open
+    rows = [dict(r) for r in tracker.finals.values()]
+    candidates = [r for r in rows if not r.get(obj.PRUNED) and not r.get("stopped_early")]
+    front = [candidates[i] for i in pareto_front(candidates)]
+    front_ids = {r["run_id"] for r in front}
+    for r in rows:
+        r["pareto"] = int(r["run_id"] in front_ids)
+        r["qualifies"] = int(qualifies(r, opts.max_latency_ms, opts.min_iou)) if r in candidates else 0
+        client.set_tag(r["run_id"], "pareto_optimal", str(bool(r["pareto"])).lower())
+        client.set_tag(r["run_id"], "qualifies", str(bool(r["qualifies"])).lower())
+    hv = hypervolume(candidates, hv_ref)
+    client.log_metric(parent_id, "final_hypervolume", hv)
+    client.log_metric(parent_id, "n_pareto", len(front))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if rows:
+            write_front_csv(rows, tmp / "front.csv")
+            plot_front(candidates or rows, tmp / "front.png", title=f"{tracker.stage}: IoU vs frames per second",
+                       max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou)
+        if tracker.hv_history:
+            plot_hypervolume([(h[0], h[2]) for h in tracker.hv_history], tmp / "hypervolume.png")
+        table = front_table(rows, max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou)
+        (tmp / "candidates.txt").write_text(table)
+        client.log_artifacts(parent_id, str(tmp))
+    print(f"\n{tracker.stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {hv:.4g}"
+          f" (reference iou={hv_ref['iou']}, latency_ms={hv_ref['latency_ms']})")
+    print(table)
+    if errors:
+        client.set_tag(parent_id, "trial_errors", str(errors))
+    if close_parent:
+        client.set_terminated(parent_id, "FINISHED")
+    front.sort(key=lambda r: -r.get(obj.IOU.name, 0))
+    return SearchOutcome(parent_id, exp_path, rows, front, hv, errors)

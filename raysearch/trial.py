@@ -1,0 +1,185 @@
+"""One search trial: config -> spec -> latency first -> train (reporting every epoch) -> export ->
+test IoU through onnxruntime -> latency of the trained ONNX -> final report.
+
+Runs inside a Ray Tune worker. Everything it produces for MLflow (the ONNX file, the benchmark
+reply, prediction overlays, metrics) goes into the checkpoint of its final report; the driver's
+MLflow callback logs it from there, so one process writes to the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from raysearch import objectives as obj
+from raysearch.latency import BenchSettings, LatencyCache, measure
+from raysearch.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+CKPT_DIR, FINAL_DIR = "ckpt", "final"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything a trial needs besides its knobs (the same for every trial of a search)."""
+
+    data: str
+    bench: BenchSettings
+    latency_cache: str
+    data_seed: int = 0
+    limit: int | None = None
+    epochs: int = 400
+    batch_size: int = 8
+    lr: float = 0.01
+    seed: int = 0
+    num_workers: int = 0
+    max_latency_ms: float | None = None
+    logit_threshold: float = 0.0
+    init_checkpoint: str | None = None  # with epochs=0: evaluate these weights, no training
+    overlays: int = 3
+    exporter: str = "torchscript"
+    fixed: dict = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
+    models: dict = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
+
+    def spec_for(self, config: dict) -> ModelSpec:
+        """The trial's spec: fixed knobs, then the named model's knobs, then the config's."""
+        cfg = dict(config)
+        knobs = dict(self.fixed)
+        if "model" in cfg:
+            name = cfg.pop("model")
+            if name not in self.models:
+                raise ValueError(f"model={name!r} is not one of this stage's models {sorted(self.models)}")
+            knobs.update(self.models[name])
+        knobs.update(cfg)
+        return ModelSpec.from_dict(knobs, strict=True)
+
+
+def base_metrics(**values) -> dict:
+    """Every report carries every objective and scheduler metric (Ray Tune requires it)."""
+    m = {obj.IOU.name: 0.0, obj.LATENCY_MS.name: float("nan"), obj.VAL_IOU.name: 0.0, obj.VAL_LOSS.name: float("nan"),
+         obj.EPOCH: 0, obj.PRUNED: 0, "final": 0}
+    m.update(values)
+    return m
+
+
+def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, width: int = 480) -> None:
+    """image | ground truth (green) | prediction (red over the image), side by side."""
+    h, w = gt.shape
+    scale = width / w
+    size = (width, max(1, round(h * scale)))
+    img = cv2.resize(image, size)
+    g = cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    p = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    gt_panel = np.where(g[..., None], np.array([40, 200, 40], np.uint8), (img // 3)).astype(np.uint8)
+    pred_panel = img.copy()
+    pred_panel[p] = (0.5 * pred_panel[p] + 0.5 * np.array([230, 40, 40])).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(np.hstack([img, gt_panel, pred_panel]), cv2.COLOR_RGB2BGR))
+
+
+def run_trial(config: dict, settings: TrialSettings) -> None:
+    """The Ray Tune function trainable (bind ``settings`` with ``tune.with_parameters``)."""
+    import torch
+    from ray import tune
+
+    from raysearch.data import open_split
+    from raysearch.evaluate import OnnxPredictor, evaluate
+    from raysearch.export import export_onnx
+    from raysearch.models import build_model
+    from raysearch.summary import summarize
+    from raysearch.train import TrainConfig, train
+
+    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    spec = settings.spec_for(config)  # bad values raise, naming the value
+    work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
+    try:
+        summ = summarize(spec)
+        shape = {"params_total": summ.params_total, "params_executed": summ.params_executed, "macs": summ.macs}
+
+        # 1. latency first: the untrained model has the trained model's latency
+        cache = LatencyCache(settings.latency_cache)
+        key = settings.bench.cache_key(spec)
+        first = cache.get(key)
+        if first is None:
+            path = export_onnx(build_model(spec), work / "untrained.onnx", exporter=settings.exporter).path
+            first = measure(path, settings.bench)
+            cache.put(key, first)
+        latency = float(first["latency_ms"])
+        if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
+            final = work / FINAL_DIR
+            final.mkdir()
+            (final / "benchmark.json").write_text(json.dumps(first, indent=2))
+            tune.report(base_metrics(latency_ms=latency, fps=1000 / latency, pruned_by_latency=1, final=1,
+                                     latency_ms_untrained=latency, epochs_trained=0, **shape),
+                        checkpoint=tune.Checkpoint.from_directory(str(final)))
+            return
+
+        # 2. train, reporting every epoch so the scheduler can stop us
+        ckpt_dir = work / CKPT_DIR
+        ckpt_dir.mkdir()
+        resume = False
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                for f in ("best.pt", "last.pt"):
+                    if (Path(d) / f).is_file():
+                        shutil.copy(Path(d) / f, ckpt_dir / f)
+            resume = (ckpt_dir / "last.pt").is_file()
+
+        if settings.epochs == 0:
+            model = build_model(spec)
+            if settings.init_checkpoint:
+                state = torch.load(settings.init_checkpoint, map_location="cpu", weights_only=False)["model"]
+                model.load_state_dict(state)  # Fast-SCNN's weights do not depend on the input size
+            model.eval()
+            history = []
+        else:
+            def on_epoch(m) -> None:
+                tune.report(base_metrics(iou=m.val_iou, latency_ms=latency, val_iou=m.val_iou, val_loss=m.val_loss,
+                                         train_loss=m.train_loss, lr=m.lr, epoch=m.epoch, epoch_seconds=m.seconds),
+                            checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+
+            cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                              num_workers=settings.num_workers, progress=False)
+            sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
+            result = train(spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch, resume=resume)
+            model, history = result.model, result.history
+
+        # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
+        final = work / FINAL_DIR
+        (final / "overlays").mkdir(parents=True)
+        onnx_path = export_onnx(model, final / "model.onnx", exporter=settings.exporter).path
+        test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
+
+        def keep(i, image, gt, pred):
+            if i < settings.overlays:
+                write_overlay(final / "overlays" / f"{i:02d}_{test.stems[i]}.png", image, gt, pred)
+
+        predictor = OnnxPredictor(onnx_path, threads=1)
+        ev = evaluate(predictor, test, input_hw=predictor.input_hw, in_channels=predictor.in_channels,
+                      logit_threshold=settings.logit_threshold, on_prediction=keep)
+        bench = measure(onnx_path, settings.bench)
+        if (ckpt_dir / "best.pt").is_file():  # the weights travel with the result (stage 1 reuses them)
+            shutil.copy(ckpt_dir / "best.pt", final / "best.pt")
+        (final / "benchmark.json").write_text(json.dumps(bench, indent=2))
+        (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
+                                                        "history": [h.to_dict() for h in history]}, indent=2))
+        last = history[-1] if history else None
+        tune.report(base_metrics(
+            iou=ev.iou, latency_ms=bench["latency_ms"], fps=1000 / bench["latency_ms"],
+            val_iou=last.val_iou if last else ev.iou, val_loss=last.val_loss if last else float("nan"),
+            epoch=last.epoch if last else 0, final=1, epochs_trained=len(history),
+            iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
+            latency_ms_untrained=latency, latency_ms_mean=bench["latency_ms_mean"],
+            latency_ms_p90=bench["latency_ms_p90"], latency_cv=bench["latency_cv"],
+            device_name=bench.get("farm_device") or bench["device_name"], device_class=bench["device_class"], **shape,
+        ), checkpoint=tune.Checkpoint.from_directory(str(final)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
