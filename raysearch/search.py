@@ -18,8 +18,8 @@ from typing import Any
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, local_benchd
-from raysearch.pareto import default_reference, front_table, hypervolume, pareto_front, plot_front, plot_hypervolume, \
-    qualifies, write_front_csv
+from raysearch.pareto import default_reference, front_table, hypervolume, misses, pareto_front, plot_front, \
+    plot_hypervolume, qualifies, write_front_csv
 from raysearch.trial import TrialSettings, run_trial
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     with _farm(opts) as farm:
         settings = TrialSettings(
             data=data, bench=bench_settings(opts, farm), latency_cache=str(local_root / "latency_cache"),
+            results_cache=str(local_root / "state" / name / "results"),
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models)
@@ -279,7 +280,8 @@ def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, ep
         searcher = OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(),
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, multivariate=True))
         scheduler = ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode,
-                                  max_t=max(1, epochs), grace_period=opts.grace_period,
+                                  # +1: reaching max_t stops a trial, and its last epoch must still export/evaluate
+                                  max_t=max(1, epochs) + 1, grace_period=opts.grace_period,
                                   reduction_factor=opts.reduction_factor)
         # metric/mode only on the searcher: TuneConfig(metric=...) would make the study single-objective
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
@@ -293,7 +295,7 @@ def _finish(client, parent_id: str, tracker, opts: SearchOptions, hv_ref: dict, 
 
     tracker.close("KILLED")  # anything the tuner left open
     rows = [dict(r) for r in tracker.finals.values()]
-    candidates = [r for r in rows if not r.get(obj.PRUNED) and not r.get("stopped_early")]
+    candidates = [r for r in rows if not r.get(obj.PRUNED) and not r.get("stopped_early") and not r.get("duplicate")]
     front = [candidates[i] for i in pareto_front(candidates)]
     front_ids = {r["run_id"] for r in front}
     for r in rows:
@@ -312,7 +314,18 @@ def _finish(client, parent_id: str, tracker, opts: SearchOptions, hv_ref: dict, 
                        max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou)
         if tracker.hv_history:
             plot_hypervolume([(h[0], h[2]) for h in tracker.hv_history], tmp / "hypervolume.png")
-        table = front_table(rows, max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou)
+        table = front_table(candidates, max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou) if candidates \
+            else "(no trial finished training)"
+        pruned = sum(1 for r in rows if r.get(obj.PRUNED))
+        stopped = sum(1 for r in rows if r.get("stopped_early"))
+        dups = sum(1 for r in rows if r.get("duplicate"))
+        table += (f"\n{len(candidates)} trained to the end, {pruned} pruned by latency before training, "
+                  f"{stopped} stopped early by ASHA, {dups} repeated configurations (not retrained)")
+        constrained = opts.max_latency_ms is not None or opts.min_iou is not None
+        if constrained and candidates and not any(r["qualifies"] for r in front):
+            closest = sorted(candidates, key=lambda r: len(misses(r, opts.max_latency_ms, opts.min_iou)))[:3]
+            table += "\nnothing qualifies; the closest:\n" + "\n".join(
+                f"  {r['name']}: {', '.join(misses(r, opts.max_latency_ms, opts.min_iou))}" for r in closest)
         (tmp / "candidates.txt").write_text(table)
         client.log_artifacts(parent_id, str(tmp))
     print(f"\n{tracker.stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {hv:.4g}"

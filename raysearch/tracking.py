@@ -118,6 +118,8 @@ class SearchTracker(Callback):
                  and not k.startswith(("time_", "timestamp", "training_iteration", "iterations_", "pid", "node_ip"))}
         self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id, trial.trial_id), "run_id": run_id, **final}
         tags = [RunTag("pruned_by_latency", str(bool(result.get(obj.PRUNED))).lower())]
+        if result.get("duplicate"):
+            tags.append(RunTag("duplicate", "true"))
         for k in ("device_name", "device_class"):
             if result.get(k):
                 tags.append(RunTag(k, str(result[k])))

@@ -46,8 +46,17 @@ class TrialSettings:
     init_checkpoint: str | None = None  # with epochs=0: evaluate these weights, no training
     overlays: int = 3
     exporter: str = "torchscript"
+    results_cache: str | None = None  # finished trials by spec: a repeated config is not trained again
     fixed: dict = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
     models: dict = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
+
+    def result_key(self, spec: ModelSpec) -> str:
+        """Everything that decides a trained trial's outcome, hashed."""
+        import hashlib
+
+        ident = [spec.to_json(), self.data, self.data_seed, self.limit, self.epochs, self.batch_size, self.lr,
+                 self.seed, self.init_checkpoint, self.logit_threshold, self.bench.cache_key(spec)]
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
 
     def spec_for(self, config: dict) -> ModelSpec:
         """The trial's spec: fixed knobs, then the named model's knobs, then the config's."""
@@ -98,6 +107,11 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     spec = settings.spec_for(config)  # bad values raise, naming the value
+    results = LatencyCache(settings.results_cache) if settings.results_cache else None
+    if results is not None and (done := results.get(settings.result_key(spec))) is not None:
+        # the searcher proposed a configuration that already ran: report its figures, train nothing
+        tune.report({**done, "duplicate": 1})
+        return
     work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
     try:
         summ = summarize(spec)
@@ -172,14 +186,16 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
                                                         "history": [h.to_dict() for h in history]}, indent=2))
         last = history[-1] if history else None
-        tune.report(base_metrics(
+        final_metrics = base_metrics(
             iou=ev.iou, latency_ms=bench["latency_ms"], fps=1000 / bench["latency_ms"],
             val_iou=last.val_iou if last else ev.iou, val_loss=last.val_loss if last else float("nan"),
             epoch=last.epoch if last else 0, final=1, epochs_trained=len(history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_untrained=latency, latency_ms_mean=bench["latency_ms_mean"],
             latency_ms_p90=bench["latency_ms_p90"], latency_cv=bench["latency_cv"],
-            device_name=bench.get("farm_device") or bench["device_name"], device_class=bench["device_class"], **shape,
-        ), checkpoint=tune.Checkpoint.from_directory(str(final)))
+            device_name=bench.get("farm_device") or bench["device_name"], device_class=bench["device_class"], **shape)
+        tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
+        if results is not None:
+            results.put(settings.result_key(spec), final_metrics)
     finally:
         shutil.rmtree(work, ignore_errors=True)
