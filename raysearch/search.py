@@ -113,7 +113,14 @@ class SearchOutcome:
 
 
 # ---- plumbing -------------------------------------------------------------------------------
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def init_ray(address: str | None) -> None:
+    import signal
+    import threading
+
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -123,6 +130,10 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+    if threading.current_thread() is threading.main_thread():
+        # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
+        # search like Ctrl-C, so every MLflow run gets a status and --resume can continue
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def prepare_data(data: str, storage: Path, seed: int) -> str:

@@ -207,15 +207,8 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     return SearchOptions(**kw)
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # `kill` and `ray job stop` end the search like Ctrl-C: runs get a status
-
-
 def main(stage: int, argv: list[str] | None = None) -> int:
-    import signal
-
     args = build_parser(stage).parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -1,0 +1,249 @@
+"""End-to-end searches, run as a user runs them (`python raysearch/stageN.py ...` in a subprocess:
+a real local Ray, a real local benchd, a real SQLite MLflow store), checked through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Store:
+    """One storage folder + MLflow database for a test's searches."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(self.uri)
+
+    def args(self) -> list[str]:
+        return ["--storage-path", str(self.root / "ray"), "--tracking-uri", self.uri]
+
+    def stage(self, n: int, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, str(REPO / "raysearch" / f"stage{n}.py"), *args, *self.args()],
+                           cwd=self.root, env=ENV, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"stage{n} exited {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}")
+        return p
+
+    def popen(self, n: int, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"stage{n}.log", "w")
+        return subprocess.Popen([sys.executable, str(REPO / "raysearch" / f"stage{n}.py"), *args, *self.args()],
+                                cwd=self.root, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+
+    def parents(self, stage: str):
+        exp = self.client.get_experiment_by_name("raysearch")
+        return self.client.search_runs([exp.experiment_id], f"tags.stage = '{stage}' and tags.mode != ''")
+
+    def children(self, parent_id: str):
+        exp = self.client.get_experiment_by_name("raysearch")
+        return self.client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+    def all_runs(self):
+        exp = self.client.get_experiment_by_name("raysearch")
+        return self.client.search_runs([exp.experiment_id])
+
+
+def hw(run) -> int:
+    return json.loads(run.data.params["input_hw"])[0]
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    """A quick stage-2 grid on synthetic data, shared by the tests that read it."""
+    store = Store(tmp_path_factory.mktemp("stage2"))
+    out = store.stage(2, "--quick", "--res", "96", "64", "--epochs", "2", "--bench-runs", "5")
+    return store, out
+
+
+def test_stage2_grid_logs_everything(stage2):
+    store, out = stage2
+    assert "on the Pareto front" in out.stdout
+    (parent,) = store.parents("stage2")
+    assert parent.info.status == "FINISHED"
+    kids = store.children(parent.info.run_id)
+    assert sorted(hw(k) for k in kids) == [64, 96]  # one child per grid point
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        assert {"a": "1.0", "t": "6", "r": "3", "pp": "0"}.items() <= k.data.params.items()
+        m = k.data.metrics
+        assert 0.0 <= m["iou"] <= 1.0 and m["latency_ms"] > 0 and m["epochs_trained"] == 2
+        assert m["fps"] == pytest.approx(1000 / m["latency_ms"])
+        assert m["params_total"] == 1_122_673
+        arts = {a.path for a in store.client.list_artifacts(k.info.run_id)}
+        assert {"model.onnx", "benchmark.json", "metrics.json", "overlays"} <= arts
+        assert len(store.client.list_artifacts(k.info.run_id, "overlays")) == 3
+        assert k.data.tags["pruned_by_latency"] == "false" and k.data.tags["pareto_optimal"] in ("true", "false")
+        assert k.data.tags["device_class"] == "local"
+        epochs = store.client.get_metric_history(k.info.run_id, "val_loss")
+        assert [e.step for e in epochs][:2] == [1, 2]
+    assert any(k.data.tags["pareto_optimal"] == "true" for k in kids)
+    assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} >= {"front.csv", "front.png",
+                                                                                 "hypervolume.png", "candidates.txt"}
+    hv = store.client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [h.step for h in hv] == [1, 2] and hv[1].value >= hv[0].value  # logged after every trial, grows
+
+
+def test_stage7_crosses_the_stage2_front(stage2):
+    store, _ = stage2
+    front_res = sorted(hw(k) for p in store.parents("stage2") for k in store.children(p.info.run_id)
+                       if k.data.tags["pareto_optimal"] == "true")
+    store.stage(7, "--quick", "--epochs", "1", "--bench-runs", "5")
+    (parent,) = store.parents("stage7")
+    kids = store.children(parent.info.run_id)
+    # no stage-6 search in this store: the study's front (3 models with --quick) x the stage-2 front's inputs
+    assert len(kids) == 3 * len(front_res)
+    assert sorted({hw(k) for k in kids}) == sorted(set(front_res))
+    assert all(k.info.status == "FINISHED" for k in kids)
+
+
+def test_latency_budget_prunes_before_training(tmp_path):
+    from raysearch.export import export_onnx
+    from raysearch.latency import BenchSettings, local_benchd, measure
+    from raysearch.models import ModelSpec, build_model
+
+    # measure both candidates first, so the budget falls between them on this machine today
+    lat = {}
+    with local_benchd() as target:
+        for res in (256, 64):
+            path = export_onnx(build_model(ModelSpec(pp=0, input_hw=res)), tmp_path / f"{res}.onnx").path
+            lat[res] = measure(path, BenchSettings(farm=target, runs=10, warmup_runs=2))["latency_ms"]
+    assert lat[256] > 3 * lat[64]
+    budget = math.sqrt(lat[256] * lat[64])
+    store = Store(tmp_path)
+    out = store.stage(2, "--quick", "--res", "256", "64", "--epochs", "1", "--max-latency-ms", f"{budget:.4f}",
+                      "--bench-runs", "10")
+    (parent,) = store.parents("stage2")
+    kids = {hw(k): k for k in store.children(parent.info.run_id)}
+    assert kids[256].data.tags["pruned_by_latency"] == "true"
+    assert kids[256].data.metrics["epochs_trained"] == 0 and "val_loss" not in kids[256].data.metrics
+    assert kids[256].data.tags["pareto_optimal"] == "false" and kids[256].info.status == "FINISHED"
+    assert kids[64].data.tags["pruned_by_latency"] == "false" and kids[64].data.metrics["epochs_trained"] == 1
+    assert "1 pruned by latency before training" in out.stdout
+
+
+def test_search_mode_asha_stops_some_trials(tmp_path):
+    store = Store(tmp_path)
+    out = store.stage(4, "--quick", "--mode", "search", "--num-samples", "6", "--res", "64", "--epochs", "3",
+                      "--bench-runs", "5", "--concurrency", "1")
+    (parent,) = store.parents("stage4")
+    kids = store.children(parent.info.run_id)
+    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
+    stopped = [k for k in kids if k.data.tags.get("stopped_early") == "true"]
+    assert stopped, out.stdout[-3000:]
+    for k in stopped:  # stopped by ASHA on val_iou before its last epoch: never exported
+        assert k.data.metrics.get("epochs_trained") is None
+        assert "model.onnx" not in {a.path for a in store.client.list_artifacts(k.info.run_id)}
+    assert parent.data.params["mode"] == "search"
+
+
+def test_resume_after_the_driver_is_interrupted(tmp_path):
+    store = Store(tmp_path)
+    args = ("--quick", "--res", "96", "64", "--epochs", "8", "--concurrency", "1", "--bench-runs", "5")
+    proc = store.popen(2, *args)
+    state = tmp_path / "ray" / "state" / "stage2-grid" / "raysearch_state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the first trial has trained a few epochs
+        if state.is_file() and json.loads(state.read_text()).get("epochs_spent", 0) >= 3:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert not [r for r in store.all_runs() if r.info.status == "RUNNING"]  # interrupted runs got a status
+    store.stage(2, *args, "--resume")
+    (parent,) = store.parents("stage2")
+    assert parent.info.status == "FINISHED"
+    kids = store.children(parent.info.run_id)
+    assert sorted(hw(k) for k in kids) == [64, 96]  # the same runs continued, none duplicated
+    assert all(k.info.status == "FINISHED" and k.data.metrics["epochs_trained"] == 8 for k in kids)
+
+
+def test_a_dead_benchd_device_loses_no_trial(tmp_path):
+    servers, ports = [], []
+    for i in range(2):
+        port_file = tmp_path / f"port{i}"
+        servers.append(subprocess.Popen(
+            [sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--port-file", str(port_file),
+             "--device-name", f"dev{i}", "--device-class", "test", "--cache-dir", str(tmp_path / f"cache{i}")],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 60
+        while not port_file.is_file() or not port_file.read_text().strip():
+            assert time.time() < deadline, "benchd did not start"
+            time.sleep(0.2)
+        ports.append(int(port_file.read_text()))
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("devices:\n" + "".join(
+        f"  - name: dev{i}\n    address: 127.0.0.1:{p}\n    class: test\n" for i, p in enumerate(ports)))
+    store = Store(tmp_path)
+    proc = store.popen(2, "--quick", "--res", "128", "96", "64", "--epochs", "2", "--farm", str(farm),
+                       "--device-class", "test", "--bench-runs", "20")
+    try:
+        time.sleep(15)  # the search is under way; one device dies
+        servers[0].kill()
+        assert proc.wait(timeout=600) == 0, (tmp_path / "stage2.log").read_text()[-4000:]
+    finally:
+        for s in servers:
+            s.kill()
+    (parent,) = store.parents("stage2")
+    kids = store.children(parent.info.run_id)
+    assert len(kids) == 3 and all(k.info.status == "FINISHED" and "iou" in k.data.metrics for k in kids)
+    assert {k.data.tags["device_name"] for k in kids} <= {"dev0", "dev1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tmp_path):
+    """`ray job submit --working-dir . -- python raysearch/stage7.py --quick` against `ray start --head`."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    dash = _free_port()
+    env = {**ENV, "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on: the client must say so too
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                            "--include-dashboard", "true", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr
+    try:
+        store = Store(tmp_path)
+        job = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+                              "--", "python", "raysearch/stage7.py", "--quick", "--res", "64", "--epochs", "1",
+                              "--bench-runs", "5", *store.args()],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
+        (parent,) = store.parents("stage7")
+        assert parent.info.status == "FINISHED" and len(store.children(parent.info.run_id)) == 3
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.realdata
+def test_stage1_on_the_real_data(packages_dir, tmp_path):
+    store = Store(tmp_path)
+    store.stage(1, "--quick", "--data", str(packages_dir), "--limit", "16", "--res", "96", "64", "--epochs", "2",
+                "--bench-runs", "5")
+    (parent,) = store.parents("stage1")
+    assert parent.info.status == "FINISHED"
+    kids = store.children(parent.info.run_id)
+    trained = [k for k in kids if k.data.metrics["epochs_trained"] == 2]
+    evaluated = [k for k in kids if k.data.metrics["epochs_trained"] == 0]
+    assert [hw(k) for k in trained] == [96]  # trained once, at the largest input
+    assert sorted(hw(k) for k in evaluated) == [64, 96]  # then evaluated at every input, no retraining
+    same = [k for k in evaluated if hw(k) == 96][0]
+    assert same.data.metrics["iou"] == pytest.approx(trained[0].data.metrics["iou"], abs=1e-6)
