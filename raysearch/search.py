@@ -182,6 +182,25 @@ def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
                          threads=opts.bench_threads, stat=opts.latency_stat)
 
 
+def local_root(opts: SearchOptions) -> Path:
+    """Where the driver keeps its own files (search state, synthetic data, caches)."""
+    return Path(opts.storage_path).resolve() if "://" not in opts.storage_path else Path("runs").resolve()
+
+
+def search_name(label: str, opts: SearchOptions) -> str:
+    """``--name``, else ``<stage>-<mode>-<timestamp>`` for a new search, and with ``--resume`` the
+    latest search of that stage and mode."""
+    if opts.name:
+        return opts.name
+    prefix = f"{label}-{opts.mode}-"
+    if opts.resume:
+        states = sorted((local_root(opts) / "state").glob(prefix + "*"), key=lambda p: p.stat().st_mtime)
+        if not states:
+            raise ValueError(f"--resume: no earlier {label} search in {opts.mode} mode under {opts.storage_path}")
+        return states[-1].name.removesuffix("-train").removesuffix("-eval") if label == "stage1" else states[-1].name
+    return prefix + time.strftime("%Y%m%d-%H%M%S")
+
+
 # ---- one search -------------------------------------------------------------------------------
 def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str | None = None,
                init_checkpoint: str | None = None, parent: tuple | None = None,
@@ -199,17 +218,16 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.tracking import SearchTracker
 
     init_ray(opts.address)
-    storage = Path(opts.storage_path).resolve() if "://" not in opts.storage_path else None
-    storage_uri = str(storage) if storage else opts.storage_path
-    local_root = storage or Path("runs").resolve()
-    name = name or opts.name or f"{stage}-{opts.mode}"
+    storage_uri = str(Path(opts.storage_path).resolve()) if "://" not in opts.storage_path else opts.storage_path
+    root = local_root(opts)
+    name = name or search_name(stage, opts)
     exp_path = f"{storage_uri.rstrip('/')}/{name}"
-    state_path = local_root / "state" / name / "raysearch_state.json"
+    state_path = root / "state" / name / "raysearch_state.json"
     if not opts.resume and state_path.exists():
         raise ValueError(f"a search named {name!r} already exists under {storage_uri} (state {state_path}); "
                          f"pass --resume to continue it or --name to start another")
 
-    data = prepare_data(opts.data, local_root, opts.seed)
+    data = prepare_data(opts.data, root, opts.seed)
     hv_ref = default_reference(opts.hv_ref_latency_ms or opts.max_latency_ms)
     client = parent[0] if parent else MlflowClient(opts.tracking)
 
@@ -221,8 +239,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
 
     with _farm(opts) as farm:
         settings = TrialSettings(
-            data=data, bench=bench_settings(opts, farm), latency_cache=str(local_root / "latency_cache"),
-            results_cache=str(local_root / "state" / name / "results"),
+            data=data, bench=bench_settings(opts, farm), latency_cache=str(root / "latency_cache"),
+            results_cache=str(root / "state" / name / "results"),
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models)

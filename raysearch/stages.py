@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from raysearch.search import MODES, SearchOptions, Space, run_search
+from raysearch.search import MODES, SearchOptions, Space, local_root, run_search, search_name
 
 log = logging.getLogger("raysearch.stages")
 
@@ -95,7 +95,7 @@ def stage7_space(opts: SearchOptions, res: list[int] | None) -> Space:
         models = [dict(a=float(m["a"]), t=int(m["t"]), r=int(m["r"]), pp=int(m["pp"])) for m in models6][:6]
         log.info("stage 7: %d models from the stage-6 front in MLflow", len(models))
     else:
-        models = STUDY_STAGE6_FRONT[:3] if opts.quick else STUDY_STAGE6_FRONT
+        models = [STUDY_STAGE6_FRONT[i] for i in (0, 2, 5)] if opts.quick else STUDY_STAGE6_FRONT
         log.info("stage 7: no finished stage-6 search in MLflow; using the study's stage-6 front")
     if res is None and front2:
         res = sorted({int(m["input_hw"][0]) for m in front2}, reverse=True)[:6]
@@ -122,11 +122,11 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list[int] | None):
     from mlflow.tracking import MlflowClient
 
     res = res or (QUICK_RES if opts.quick else STUDY_RES)
-    name = opts.name or f"stage1-{opts.mode}"
+    name = search_name("stage1", opts)
     fixed = {**BASELINE, "pp": 0}
     base = run_search("stage1", Space({"input_hw": [max(res)]}, fixed), opts, epochs=epochs, name=f"{name}-train",
                       keep_parent_open=True)
-    weights = Path(opts.storage_path).resolve() / "state" / name / "stage1_weights.pt"
+    weights = local_root(opts) / "state" / f"{name}-train" / "stage1_weights.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(_checkpoint_of(base), weights)
     client = MlflowClient(opts.tracking)
@@ -183,8 +183,9 @@ def build_parser(stage: int) -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
     g.add_argument("--storage-path", default="runs/ray", help="Ray Tune storage: a local or shared folder, or an "
                                                               "object-store URI (default %(default)s)")
-    g.add_argument("--name", help="search name (default stageN-MODE)")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted search: --name, or the latest "
+                                                         "search of this stage and mode")
     g = p.add_argument_group("cluster")
     g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     g.add_argument("--concurrency", type=int, help="trials at once (default: as many as resources allow)")

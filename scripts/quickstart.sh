@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: set everything up, then train a small Fast-SCNN on the
-# bundled synthetic conveyor-belt data, export it to ONNX and measure its test IoU.
+# The main job on embedded defaults: set everything up, then run stage 7 of the study as a quick
+# search: local Ray, a local benchd on 127.0.0.1, MLflow in runs/mlflow.db, the bundled synthetic
+# conveyor-belt data. Extra arguments go to the stage script (see `python raysearch/stage7.py --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0
-raysearch train --data synthetic:200 --a 0.125 --t 2 --r 1 --pp 0 --res 128 --epochs 15 --out runs/quickstart "$@"
-raysearch summary --a 0.125 --t 2 --r 1 --pp 0 --res 128
+python raysearch/stage7.py --quick "$@"
+echo
+echo "Compare the candidates in MLflow:  . .venv/bin/activate && mlflow ui --backend-store-uri sqlite:///runs/mlflow.db"

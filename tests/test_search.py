@@ -155,10 +155,10 @@ def test_resume_after_the_driver_is_interrupted(tmp_path):
     store = Store(tmp_path)
     args = ("--quick", "--res", "96", "64", "--epochs", "8", "--concurrency", "1", "--bench-runs", "5")
     proc = store.popen(2, *args)
-    state = tmp_path / "ray" / "state" / "stage2-grid" / "raysearch_state.json"
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the first trial has trained a few epochs
-        if state.is_file() and json.loads(state.read_text()).get("epochs_spent", 0) >= 3:
+        states = list((tmp_path / "ray" / "state").glob("stage2-grid-*/raysearch_state.json"))
+        if states and json.loads(states[0].read_text()).get("epochs_spent", 0) >= 3:
             break
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
