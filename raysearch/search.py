@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ class SearchOptions:
     quick: bool = False
     data: str = "synthetic"
     limit: int | None = None
-    epochs: int | None = None  # None: the stage's default (400, or 2 with --quick)
     seed: int = 0
     max_latency_ms: float | None = None
     min_iou: float | None = None
@@ -107,6 +106,7 @@ class SearchOutcome:
     front: list[dict]  # the Pareto-optimal rows, best IoU first
     hypervolume: float
     errors: int = 0
+    epochs_spent: int = 0  # training epochs of every trial together
 
     def qualifying(self, max_latency_ms: float | None, min_iou: float | None) -> list[dict]:
         return [r for r in self.front if qualifies(r, max_latency_ms, min_iou)]
@@ -297,7 +297,7 @@ def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, ep
     run_config = tune.RunConfig(
         name=name, storage_path=storage_uri, callbacks=[tracker], verbose=opts.verbose,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if opts.mode == "grid":  # the study's grid: every trial to the end
         param_space = {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
@@ -365,4 +365,4 @@ def _finish(client, parent_id: str, tracker, opts: SearchOptions, hv_ref: dict, 
     if close_parent:
         client.set_terminated(parent_id, "FINISHED")
     front.sort(key=lambda r: -r.get(obj.IOU.name, 0))
-    return SearchOutcome(parent_id, exp_path, rows, front, hv, errors)
+    return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.epochs_spent)

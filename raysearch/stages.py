@@ -2,7 +2,7 @@
 
 | stage | what varies                                         | study grid                          |
 |-------|-----------------------------------------------------|-------------------------------------|
-| 1     | input resolution, no retraining (one 512 model)     | 512 256 224 192 160 128 96          |
+| 1     | input resolution, no retraining (one 512 baseline)  | 512 256 224 192 160 128 96          |
 | 2     | input resolution, retrained (a1 t6 r3 pp0)          | same                                |
 | 3     | input resolution with the Y channel only            | same, 1 channel                     |
 | 4     | width a x expansion t (512)                         | a .75 .5 .25 .125, t 6 4 2          |
@@ -123,7 +123,7 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list[int] | None):
 
     res = res or (QUICK_RES if opts.quick else STUDY_RES)
     name = search_name("stage1", opts)
-    fixed = {**BASELINE, "pp": 0}
+    fixed = dict(BASELINE)  # the study's baseline (pp=1: our pyramid pooling adapts to every input size)
     base = run_search("stage1", Space({"input_hw": [max(res)]}, fixed), opts, epochs=epochs, name=f"{name}-train",
                       keep_parent_open=True)
     weights = local_root(opts) / "state" / f"{name}-train" / "stage1_weights.pt"

@@ -115,7 +115,7 @@ class SearchTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
             return
         final = {k: v for k, v in result.items() if k not in _FINAL_SKIP and _num(v) is not None
-                 and not k.startswith(("time_", "timestamp", "training_iteration", "iterations_", "pid", "node_ip"))}
+                 and not k.startswith(("time_this", "time_since", "timestamp", "iterations_", "pid", "node_ip"))}
         self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id, trial.trial_id), "run_id": run_id, **final}
         tags = [RunTag("pruned_by_latency", str(bool(result.get(obj.PRUNED))).lower())]
         if result.get("duplicate"):

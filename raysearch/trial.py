@@ -155,10 +155,15 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             model.eval()
             history = []
         else:
+            # every epoch is reported (the scheduler decides on it); weights are checkpointed every
+            # ~5% of the epochs, which bounds both the storage traffic and what a restart loses
+            every = max(1, round(settings.epochs / 20))
+
             def on_epoch(m) -> None:
+                save = m.epoch % every == 0 or m.epoch == settings.epochs
                 tune.report(base_metrics(iou=m.val_iou, latency_ms=latency, val_iou=m.val_iou, val_loss=m.val_loss,
                                          train_loss=m.train_loss, lr=m.lr, epoch=m.epoch, epoch_seconds=m.seconds),
-                            checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+                            checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if save else None)
 
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                               num_workers=settings.num_workers, progress=False)
@@ -190,6 +195,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             iou=ev.iou, latency_ms=bench["latency_ms"], fps=1000 / bench["latency_ms"],
             val_iou=last.val_iou if last else ev.iou, val_loss=last.val_loss if last else float("nan"),
             epoch=last.epoch if last else 0, final=1, epochs_trained=len(history),
+            train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_untrained=latency, latency_ms_mean=bench["latency_ms_mean"],
             latency_ms_p90=bench["latency_ms_p90"], latency_cv=bench["latency_cv"],

@@ -1,6 +1,5 @@
 """Folder loader, split resolution, transforms and the dataset, with the bad-data errors."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np

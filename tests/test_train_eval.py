@@ -1,6 +1,5 @@
 """Training recipe, checkpoints/resume, and evaluation on torch and ONNX (real, tiny)."""
 
-import json
 import math
 
 import numpy as np
