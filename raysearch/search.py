@@ -56,7 +56,7 @@ class SearchOptions:
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     max_failures: int = 1
     grace_period: int = 1
-    reduction_factor: float = 2.0
+    reduction_factor: float = 3.0
     logit_threshold: float = 0.0
     hv_ref_latency_ms: float | None = None
     verbose: int = 1

@@ -194,7 +194,7 @@ def build_parser(stage: int) -> argparse.ArgumentParser:
                                                         "cluster has GPUs, else 0)")
     g.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (default %(default)s)")
     g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    g.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default %(default)s)")
+    g.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default %(default)s)")
     g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency (default: "
                                                            "--max-latency-ms, else 1000 ms)")
     g.add_argument("-v", "--verbose", action="store_true")

@@ -90,12 +90,16 @@ class SearchTracker(Callback):
         tid = trial.trial_id
         if tid in self.runs:
             return self.runs[tid]
-        spec = self.to_spec(trial.config)
-        run = self.client.create_run(self.experiment_id, run_name=spec.name, tags={
-            PARENT_TAG: self.parent, "stage": self.stage, "trial_id": tid, "raysearch.spec": spec.name})
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in spec.to_dict().items()]
+        try:
+            spec = self.to_spec(trial.config)
+            name, knobs = spec.name, spec.to_dict()
+        except ValueError:  # the trial itself will fail with the message; log what it was given
+            name, knobs = f"invalid-{tid}", dict(trial.config)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            PARENT_TAG: self.parent, "stage": self.stage, "trial_id": tid, "raysearch.spec": name})
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in knobs.items()]
         self.client.log_batch(run.info.run_id, params=params)
-        self.runs[tid], self.names[tid] = run.info.run_id, spec.name
+        self.runs[tid], self.names[tid] = run.info.run_id, name
         self._save()
         return run.info.run_id
 

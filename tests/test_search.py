@@ -247,3 +247,17 @@ def test_stage1_on_the_real_data(packages_dir, tmp_path):
     assert sorted(hw(k) for k in evaluated) == [64, 96]  # then evaluated at every input, no retraining
     same = [k for k in evaluated if hw(k) == 96][0]
     assert same.data.metrics["iou"] == pytest.approx(trained[0].data.metrics["iou"], abs=1e-6)
+
+
+def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
+    store = Store(tmp_path)
+    p = store.stage(2, "--quick", "--res", "100", "64", "--epochs", "1", "--bench-runs", "5", "--max-failures", "0",
+                    check=False)
+    assert p.returncode == 1  # the search finished, one trial failed for good
+    (parent,) = store.parents("stage2")
+    assert parent.info.status == "FINISHED" and parent.data.tags["trial_errors"] == "1"
+    kids = {k.data.tags["raysearch.spec"] if "raysearch.spec" in k.data.tags else k.info.run_name: k
+            for k in store.children(parent.info.run_id)}
+    failed = [k for k in kids.values() if k.info.status == "FAILED"]
+    assert len(failed) == 1 and "100x100" in failed[0].data.tags["error"]  # the bad value, named
+    assert sum(k.info.status == "FINISHED" for k in kids.values()) == 1
