@@ -5,6 +5,8 @@
     raysearch train --data synthetic --epochs 5 --res 128 --out runs/quick
     raysearch evaluate --onnx runs/quick/model.onnx --data synthetic --split test --json
     raysearch export --checkpoint runs/quick/best.pt --out model.onnx
+    raysearch report --experiment raysearch --out report.html
+    raysearch pick --max-latency-ms 33 --min-iou 0.95
 """
 
 from __future__ import annotations
@@ -151,6 +153,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace):
+    from mlflow.tracking import MlflowClient
+
+    from raysearch.search import tracking_uri
+
+    return MlflowClient(tracking_uri(args.tracking_uri))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysearch.pareto import front_table
+    from raysearch.report import candidates, searches, write_html
+
+    client = _client(args)
+    for parent in searches(client, args.experiment, args.run_id):
+        rows = candidates(client, parent)
+        print(f"{parent.info.run_name} ({parent.data.tags.get('stage', '')}): {len(rows)} candidates")
+        if rows:
+            print(front_table(rows, max_latency_ms=args.max_latency_ms, min_iou=args.min_iou))
+        print()
+    out = write_html(client, args.experiment, args.out, run_id=args.run_id, max_latency_ms=args.max_latency_ms,
+                     min_iou=args.min_iou)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from raysearch.report import pick, rows_json
+
+    rows = pick(_client(args), args.experiment, args.max_latency_ms, args.min_iou, args.run_id)
+    if args.json:
+        print(rows_json(rows))
+        return 0 if rows else 1
+    if not rows:
+        print("no candidate meets the requirements; `raysearch report` shows the closest", file=sys.stderr)
+        return 1
+    for i, r in enumerate(rows, 1):
+        print(f"{i}. {r['name']}  IoU {r['iou']:.4f}  {r['latency_ms']:.3f} ms  ({r['stage']}, run {r['run_id']})\n"
+              f"   {r['onnx']}")
+    return 0
+
+
+def add_mlflow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
+    p.add_argument("--run-id", help="only this search (its parent run id)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
+    p.add_argument("--max-latency-ms", type=float, help="latency requirement")
+    p.add_argument("--min-iou", type=float, help="IoU requirement")
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"), help="ONNX exporter")
     s.add_argument("--out", required=True, help="output .onnx path")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", help="Pareto tables and a self-contained HTML report of the searches",
+                       description="Print each search's candidates and write one HTML file (plots and prediction "
+                                   "overlays embedded) to send instead of an MLflow link.")
+    add_mlflow_args(s)
+    s.add_argument("--out", default="raysearch-report.html", help="HTML file to write (default %(default)s)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("pick", help="the candidates that meet the requirements, best first",
+                       description="The Pareto-optimal candidates of the experiment's searches that meet "
+                                   "--max-latency-ms and --min-iou, best IoU first, with their ONNX files.")
+    add_mlflow_args(s)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_pick)
     return p
 
 

@@ -73,13 +73,18 @@ class SearchOptions:
 
     @property
     def tracking(self) -> str:
-        if self.tracking_uri:
-            return self.tracking_uri
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
-        db = Path("runs/mlflow.db").resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{db}"
+        return tracking_uri(self.tracking_uri)
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path("runs/mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 @dataclass

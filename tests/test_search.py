@@ -261,3 +261,30 @@ def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
     failed = [k for k in kids.values() if k.info.status == "FAILED"]
     assert len(failed) == 1 and "100x100" in failed[0].data.tags["error"]  # the bad value, named
     assert sum(k.info.status == "FINISHED" for k in kids.values()) == 1
+
+
+def _raysearch(*args: str) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).parent / "raysearch")
+    return subprocess.run([exe, *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_pick_and_report_read_the_searches_back(stage2, tmp_path):
+    store, _ = stage2
+    p = _raysearch("pick", "--tracking-uri", store.uri, "--json")
+    assert p.returncode == 0, p.stderr
+    picked = json.loads(p.stdout)
+    front = {k.info.run_id for par in store.parents("stage2") for k in store.children(par.info.run_id)
+             if k.data.tags["pareto_optimal"] == "true"}
+    assert picked and {r["run_id"] for r in picked} <= front | {r["run_id"] for r in picked if r["stage"] != "stage2"}
+    assert all(Path(r["onnx"]).is_file() for r in picked)
+    assert [r["iou"] for r in picked] == sorted((r["iou"] for r in picked), reverse=True)  # best first
+    nothing = _raysearch("pick", "--tracking-uri", store.uri, "--min-iou", "0.999999", "--max-latency-ms", "1e-6")
+    assert nothing.returncode == 1 and "no candidate meets the requirements" in nothing.stderr
+
+    out = tmp_path / "report.html"
+    r = _raysearch("report", "--tracking-uri", store.uri, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "data:image/jpeg;base64," in page  # plot + overlays
+    for run in picked:
+        assert run["name"] in page
