@@ -34,6 +34,11 @@ class Metrics:
         self.cache_misses = Counter("benchd_cache_misses_total", "Model lookups that missed", ["device"], registry=r)
         self.cache_bytes = Gauge("benchd_cache_bytes", "Bytes in the model cache", ["device"], registry=r)
         self.temperature = Gauge("benchd_cpu_temperature_celsius", "CPU temperature", ["device"], registry=r)
+        self.freq = Gauge("benchd_cpu_freq_mhz", "CPU 0 clock (MHz), read by the monitor", ["device"], registry=r)
+        self.throttled = Gauge(
+            "benchd_cpu_throttled", "1 while the firmware reports throttling now (absent where unknown)", ["device"],
+            registry=r,
+        )
         self.throttle_events = Counter(
             "benchd_throttle_events_total", "Benchmarks or monitor readings that found the CPU throttled",
             ["device"], registry=r,
@@ -42,6 +47,11 @@ class Metrics:
             "benchd_worker_restarts_total", "Benchmark worker processes lost (crash, memory, kill)", ["device"],
             registry=r,
         )
+        # Counters start at 0 per device: a panel shows 0 rather than "no data", and the first
+        # event counts in increase()/rate() (a series born at 1 would hide it).
+        for counter in (self.upload_bytes, self.cache_hits, self.cache_misses, self.throttle_events,
+                        self.worker_restarts):
+            counter.labels(device)
         self._http: Any = None
         self._lock = threading.Lock()
 

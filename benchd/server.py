@@ -163,7 +163,12 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             temp = self.cfg.sensors.temperature_c()
             if temp is not None:
                 self.metrics.temperature.labels(dev).set(temp)
+            freq = self.cfg.sensors.freq_mhz()
+            if freq is not None:
+                self.metrics.freq.labels(dev).set(freq)
             now = self.cfg.sensors.throttle().now
+            if now is not None:
+                self.metrics.throttled.labels(dev).set(1.0 if now else 0.0)
             with self._state_lock:
                 if now and not self._throttled_now:
                     self.metrics.throttle_events.labels(dev).inc()
