@@ -13,8 +13,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,23 +82,48 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     return reply
 
 
+def storage_fs(location: str | Path):
+    """(pyarrow filesystem, path) for a local folder or a storage URI (s3://, gs://, file://)."""
+    import pyarrow.fs as pafs
+
+    text = str(location)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).resolve())
+
+
+def read_bytes(location: str | Path) -> bytes:
+    fs, path = storage_fs(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write a whole file at once: a temporary name then a move, so readers never see half a file."""
+    fs, path = storage_fs(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
 class LatencyCache:
+    """Small JSON documents by key in a folder that every trial can reach: a local or shared
+    folder, or a storage URI on a multi-node cluster without a shared filesystem."""
+
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = str(root).rstrip("/")
 
     def get(self, key: str) -> dict | None:
-        path = self.root / f"{key}.json"
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads(read_bytes(f"{self.root}/{key}.json"))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
 
     def put(self, key: str, value: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, self.root / f"{key}.json")
+        write_bytes(f"{self.root}/{key}.json", json.dumps(value).encode())
 
 
 @contextlib.contextmanager

@@ -141,10 +141,14 @@ def init_ray(address: str | None) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def prepare_data(data: str, storage: Path, seed: int) -> str:
-    """Synthetic data is written once to disk (trials then read files instead of rendering)."""
+def prepare_data(data: str, storage: Path | None, seed: int) -> str:
+    """Synthetic data is written once to the (local or shared) storage folder so trials read
+    files instead of rendering; with an object store (``storage`` None) every trial renders the
+    same deterministic images itself."""
     if not (data == "synthetic" or data.startswith("synthetic:")):
         return str(Path(data).resolve()) if Path(data).exists() else data
+    if storage is None:
+        return data
     from raysearch.data import DEFAULT_SYNTHETIC_N
     from raysearch.data.synthetic import write_synthetic
 
@@ -188,7 +192,7 @@ def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
 
 
 def local_root(opts: SearchOptions) -> Path:
-    """Where the driver keeps its own files (search state, synthetic data, caches)."""
+    """Where the driver keeps its own files (search state; synthetic data on a local storage)."""
     return Path(opts.storage_path).resolve() if "://" not in opts.storage_path else Path("runs").resolve()
 
 
@@ -232,7 +236,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         raise ValueError(f"a search named {name!r} already exists under {storage_uri} (state {state_path}); "
                          f"pass --resume to continue it or --name to start another")
 
-    data = prepare_data(opts.data, root, opts.seed)
+    remote = "://" in opts.storage_path
+    data = prepare_data(opts.data, None if remote else root, opts.seed)
     hv_ref = default_reference(opts.hv_ref_latency_ms or opts.max_latency_ms)
     client = parent[0] if parent else MlflowClient(opts.tracking)
 
@@ -244,8 +249,9 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
 
     with _farm(opts) as farm:
         settings = TrialSettings(
-            data=data, bench=bench_settings(opts, farm), latency_cache=str(root / "latency_cache"),
-            results_cache=str(root / "state" / name / "results"),
+            # trial-side files live in the storage every node reaches (a folder or an object store)
+            data=data, bench=bench_settings(opts, farm), latency_cache=f"{storage_uri.rstrip('/')}/latency_cache",
+            results_cache=f"{storage_uri.rstrip('/')}/results/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models)

@@ -20,9 +20,9 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-from raysearch.search import MODES, SearchOptions, Space, local_root, run_search, search_name
+from raysearch.latency import read_bytes, storage_fs, write_bytes
+from raysearch.search import MODES, SearchOptions, Space, run_search, search_name
 
 log = logging.getLogger("raysearch.stages")
 
@@ -117,8 +117,6 @@ def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list[int] | Non
 def run_stage1(opts: SearchOptions, epochs: int, res: list[int] | None):
     """Train the baseline once at the largest input, then evaluate those weights at every input
     (epochs=0: export, test IoU, latency) - both phases under one MLflow parent run."""
-    import shutil
-
     from mlflow.tracking import MlflowClient
 
     res = res or (QUICK_RES if opts.quick else STUDY_RES)
@@ -126,23 +124,27 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list[int] | None):
     fixed = dict(BASELINE)  # the study's baseline (pp=1: our pyramid pooling adapts to every input size)
     base = run_search("stage1", Space({"input_hw": [max(res)]}, fixed), opts, epochs=epochs, name=f"{name}-train",
                       keep_parent_open=True)
-    weights = local_root(opts) / "state" / f"{name}-train" / "stage1_weights.pt"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_checkpoint_of(base), weights)
+    # the trained weights go where every node can read them: the search's storage
+    weights = f"{base.experiment_path}/stage1_weights.pt"
+    write_bytes(weights, read_bytes(_checkpoint_of(base)))
     client = MlflowClient(opts.tracking)
     exp_id = client.get_run(base.parent_run_id).info.experiment_id
     eval_opts = SearchOptions(**{**opts.__dict__, "mode": "grid"})  # evaluation only: nothing to search
     return run_search("stage1", Space({"input_hw": res}, fixed), eval_opts, epochs=0, name=f"{name}-eval",
-                      init_checkpoint=str(weights), parent=(client, exp_id, base.parent_run_id))
+                      init_checkpoint=weights, parent=(client, exp_id, base.parent_run_id))
 
 
-def _checkpoint_of(outcome) -> Path:
-    """best.pt of the (single) trial of a finished search, from its Ray Tune result folder."""
-    root = Path(outcome.experiment_path)
-    found = sorted(root.glob("*/checkpoint_*/best.pt"), key=lambda p: p.stat().st_mtime)
+def _checkpoint_of(outcome) -> str:
+    """best.pt of the (single) trial of a finished search, in its Ray Tune storage (folder or URI)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage_fs(outcome.experiment_path)
+    found = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+             if i.base_name == "best.pt" and "/checkpoint_" in i.path]
     if not found:
-        raise RuntimeError(f"stage 1: no trained weights (best.pt) under {root}")
-    return found[-1]
+        raise RuntimeError(f"stage 1: no trained weights (best.pt) under {outcome.experiment_path}")
+    best = max(found, key=lambda i: i.mtime_ns or 0).path
+    return best if "://" not in outcome.experiment_path else outcome.experiment_path.split("://")[0] + "://" + best
 
 
 # ---- command line --------------------------------------------------------------------------------

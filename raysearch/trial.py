@@ -8,6 +8,7 @@ MLflow callback logs it from there, so one process writes to the tracking store.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, LatencyCache, measure
+from raysearch.latency import BenchSettings, LatencyCache, measure, read_bytes
 from raysearch.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TrialSettings:
     num_workers: int = 0
     max_latency_ms: float | None = None
     logit_threshold: float = 0.0
-    init_checkpoint: str | None = None  # with epochs=0: evaluate these weights, no training
+    init_checkpoint: str | None = None  # with epochs=0: evaluate these weights (path or URI), no training
     overlays: int = 3
     exporter: str = "torchscript"
     results_cache: str | None = None  # finished trials by spec: a repeated config is not trained again
@@ -150,7 +151,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         if settings.epochs == 0:
             model = build_model(spec)
             if settings.init_checkpoint:
-                state = torch.load(settings.init_checkpoint, map_location="cpu", weights_only=False)["model"]
+                state = torch.load(io.BytesIO(read_bytes(settings.init_checkpoint)), map_location="cpu",
+                                   weights_only=False)["model"]
                 model.load_state_dict(state)  # Fast-SCNN's weights do not depend on the input size
             model.eval()
             history = []

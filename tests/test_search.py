@@ -25,13 +25,14 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE":
 class Store:
     """One storage folder + MLflow database for a test's searches."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, storage: str | None = None) -> None:
         self.root = root
+        self.storage = storage or str(root / "ray")
         self.uri = f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(self.uri)
 
     def args(self) -> list[str]:
-        return ["--storage-path", str(self.root / "ray"), "--tracking-uri", self.uri]
+        return ["--storage-path", self.storage, "--tracking-uri", self.uri]
 
     def stage(self, n: int, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run([sys.executable, str(REPO / "raysearch" / f"stage{n}.py"), *args, *self.args()],
@@ -235,7 +236,9 @@ def test_ray_job_submit(tmp_path):
 
 @pytest.mark.realdata
 def test_stage1_on_the_real_data(packages_dir, tmp_path):
-    store = Store(tmp_path)
+    # storage given as a URI: what trials share (latency and result caches, the stage-1 weights)
+    # goes through the storage filesystem, as on a multi-node cluster with an object store
+    store = Store(tmp_path, storage=f"file://{tmp_path}/remote")
     store.stage(1, "--quick", "--data", str(packages_dir), "--limit", "16", "--res", "96", "64", "--epochs", "2",
                 "--bench-runs", "5")
     (parent,) = store.parents("stage1")
@@ -247,6 +250,8 @@ def test_stage1_on_the_real_data(packages_dir, tmp_path):
     assert sorted(hw(k) for k in evaluated) == [64, 96]  # then evaluated at every input, no retraining
     same = [k for k in evaluated if hw(k) == 96][0]
     assert same.data.metrics["iou"] == pytest.approx(trained[0].data.metrics["iou"], abs=1e-6)
+    remote = tmp_path / "remote"
+    assert list(remote.glob("latency_cache/*.json")) and list(remote.glob("*/stage1_weights.pt"))
 
 
 def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
@@ -288,3 +293,24 @@ def test_pick_and_report_read_the_searches_back(stage2, tmp_path):
     assert page.count("data:image/png;base64,") >= 1 and "data:image/jpeg;base64," in page  # plot + overlays
     for run in picked:
         assert run["name"] in page
+
+
+@pytest.mark.realdata
+def test_stages_2_4_7_on_the_real_data(packages_dir, tmp_path):
+    """The same paths on a subset of the study's dataset: stage 2's front feeds stage 7."""
+    store = Store(tmp_path)
+    data = ("--data", str(packages_dir), "--limit", "12", "--bench-runs", "5")
+    store.stage(2, "--quick", "--res", "96", "64", "--epochs", "1", *data)
+    store.stage(4, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1", *data)
+    store.stage(7, "--quick", "--epochs", "1", *data)
+    for stage, n in (("stage2", 2), ("stage4", 3)):
+        (parent,) = store.parents(stage)
+        kids = store.children(parent.info.run_id)
+        assert parent.info.status == "FINISHED" and len(kids) == n
+        assert all(k.info.status == "FINISHED" for k in kids)
+    (parent7,) = store.parents("stage7")
+    front2 = {hw(k) for p in store.parents("stage2") for k in store.children(p.info.run_id)
+              if k.data.tags["pareto_optimal"] == "true"}
+    kids7 = store.children(parent7.info.run_id)
+    assert {hw(k) for k in kids7} == front2 and len(kids7) == 3 * len(front2)
+    assert all(0.0 <= k.data.metrics["iou"] <= 1.0 for k in kids7)
