@@ -10,4 +10,4 @@ bash scripts/setup.sh
 export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0
 python raysearch/stage7.py --quick "$@"
 echo
-echo "Compare the candidates in MLflow:  . .venv/bin/activate && mlflow ui --backend-store-uri sqlite:///runs/mlflow.db"
+echo "Compare the candidates in MLflow:  . .venv/bin/activate && mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --workers 1"
