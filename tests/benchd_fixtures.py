@@ -18,6 +18,18 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = [helper.make_opsetid("", 17)]
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """Terminate a child process, kill it if it does not exit within ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
@@ -161,13 +173,7 @@ def serve_subprocess(tmp: Path, name: str, *extra: str) -> Iterator[tuple[subpro
             time.sleep(0.05)
         yield proc, int(port_file.read_text())
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def make_tls(tmp: Path) -> dict[str, Path]:

@@ -301,13 +301,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     raise RuntimeError(f"prometheus did not start\n{live.diagnostics()}") from None
         yield live
     finally:
-        if prom is not None and prom.poll() is None:
-            prom.terminate()
-            try:
-                prom.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                prom.kill()
-                prom.wait()
+        fx.stop_process(prom, timeout=15)
         benchd.stop(0)
 
 
