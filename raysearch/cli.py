@@ -166,14 +166,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raysearch.report import candidates, searches, write_html
 
     client = _client(args)
-    for parent in searches(client, args.experiment, args.run_id):
+    for parent in searches(client, args.experiment, args.run_id, args.optimization):
         rows = candidates(client, parent)
         print(f"{parent.info.run_name} ({parent.data.tags.get('stage', '')}): {len(rows)} candidates")
         if rows:
             print(front_table(rows, max_latency_ms=args.max_latency_ms, min_iou=args.min_iou))
         print()
-    out = write_html(client, args.experiment, args.out, run_id=args.run_id, max_latency_ms=args.max_latency_ms,
-                     min_iou=args.min_iou)
+    out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
+                     max_latency_ms=args.max_latency_ms, min_iou=args.min_iou)
     print(f"wrote {out}")
     return 0
 
@@ -192,6 +192,15 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print(f"{i}. {r['name']}  IoU {r['iou']:.4f}  {r['latency_ms']:.3f} ms  ({r['stage']}, run {r['run_id']})\n"
               f"   {r['onnx']}")
     return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from raysearch.optimize import optimize, options_from_args, result_json
+
+    res = optimize(options_from_args(args))
+    if args.json:
+        print(result_json(res))
+    return 0 if res.candidates else 1
 
 
 def add_mlflow_args(p: argparse.ArgumentParser) -> None:
@@ -278,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print each search's candidates and write one HTML file (plots and prediction "
                                    "overlays embedded) to send instead of an MLflow link.")
     add_mlflow_args(s)
+    s.add_argument("--optimization", help="only the stage searches of this `raysearch optimize` run (its name)")
     s.add_argument("--out", default="raysearch-report.html", help="HTML file to write (default %(default)s)")
     s.set_defaults(func=cmd_report)
 
@@ -287,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_mlflow_args(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_pick)
+
+    from raysearch.optimize import EFFORTS, add_arguments
+
+    s = sub.add_parser("optimize", help="requirements and effort in, qualifying candidate models out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"Run the optimization stages in order of cost for the effort level "
+                                   f"({', '.join(EFFORTS)}) and hand back the candidates that meet --max-latency-ms "
+                                   f"and --min-iou, registered in the MLflow model registry, with an HTML report. "
+                                   f"Nothing qualifies: the closest candidates and what each misses.\n\n"
+                                   "example:\n  raysearch optimize --model fastscnn --data DIR --max-latency-ms 33 "
+                                   "--min-iou 0.95 --farm clusters/farm.yaml --device-class rpi4 --effort intermediate "
+                                   "--time-budget 2h")
+    add_arguments(s)
+    s.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    s.set_defaults(func=cmd_optimize)
     return p
 
 

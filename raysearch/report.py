@@ -19,16 +19,25 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one ba
 from raysearch import objectives as obj
 from raysearch.pareto import front_table, pareto_front, plot_front, qualifies
 
-_PARAMS = ("arch", "a", "t", "r", "pp", "input_hw", "in_channels")
+_PARAMS = ("arch", "a", "t", "r", "pp", "input_hw", "in_channels", "precision")
 
 
-def searches(client: MlflowClient, experiment: str, run_id: str | None = None) -> list:
-    """Parent runs (one per search) of the experiment, newest first; or the one ``run_id``."""
+def searches(client: MlflowClient, experiment: str, run_id: str | None = None,
+             optimization: str | None = None) -> list:
+    """Parent runs (one per search) of the experiment, newest first; or the one ``run_id``; or
+    the stage searches of one `raysearch optimize` run (oldest first: the order they ran)."""
     if run_id:
         return [client.get_run(run_id)]
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    if optimization:
+        found = client.search_runs([exp.experiment_id], f"tags.`raysearch.optimization` = '{optimization}' "
+                                                        "and tags.`raysearch.search` != ''",
+                                   order_by=["attributes.start_time ASC"])
+        if not found:
+            raise ValueError(f"no search of an optimization named {optimization!r} in experiment {experiment!r}")
+        return found
     return client.search_runs([exp.experiment_id], "tags.`raysearch.search` != ''",
                               order_by=["attributes.start_time DESC"])
 
@@ -84,16 +93,18 @@ def _img(path: Path, jpeg: bool = False) -> str:
 
 
 def write_html(client: MlflowClient, experiment: str, out: str | Path, *, run_id: str | None = None,
-               max_latency_ms: float | None = None, min_iou: float | None = None, overlays: int = 2) -> Path:
-    """One HTML file with everything embedded (plots and overlays as data URIs)."""
+               optimization: str | None = None, max_latency_ms: float | None = None, min_iou: float | None = None,
+               overlays: int = 2, preface: str = "") -> Path:
+    """One HTML file with everything embedded (plots and overlays as data URIs); ``preface`` is
+    HTML put before the searches (an optimization's summary)."""
     out = Path(out)
-    parts = [f"<h1>raysearch report: {html.escape(experiment)}</h1>",
-             f"<p>MLflow: {html.escape(client.tracking_uri)}"
+    parts = [f"<h1>raysearch report: {html.escape(optimization or experiment)}</h1>",
+             f"<p>MLflow: {html.escape(client.tracking_uri)}, experiment {html.escape(experiment)}"
              + (f"; requirements: latency &le; {max_latency_ms} ms" if max_latency_ms else "")
-             + (f", IoU &ge; {min_iou}" if min_iou else "") + "</p>"]
+             + (f", IoU &ge; {min_iou}" if min_iou else "") + "</p>", preface]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for n, parent in enumerate(searches(client, experiment, run_id)):
+        for n, parent in enumerate(searches(client, experiment, run_id, optimization)):
             rows = candidates(client, parent)
             stage = parent.data.tags.get("stage", "")
             parts.append(f"<h2>{html.escape(parent.info.run_name)} ({html.escape(stage)}, "

@@ -117,6 +117,11 @@ class SearchOutcome:
         return [r for r in self.front if qualifies(r, max_latency_ms, min_iou)]
 
 
+class BudgetExpired(KeyboardInterrupt):
+    """The search was stopped at its deadline; like Ctrl-C, every run ended KILLED and the search
+    continues with ``resume``."""
+
+
 # ---- plumbing -------------------------------------------------------------------------------
 def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
@@ -161,17 +166,21 @@ def prepare_data(data: str, storage: Path | None, seed: int) -> str:
     return str(out)
 
 
+def ensure_experiment(client, experiment: str, tracking_uri: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri.startswith("sqlite:///"):
+        artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=artifacts)
+
+
 def open_parent(client, experiment: str, tracking_uri: str, state_path: Path, run_name: str, tags: dict,
                 params: dict) -> tuple[str, str]:
     """(experiment id, parent run id): the saved parent on resume, else a new run."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        artifacts = None
-        if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the CWD
-            artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        exp_id = client.create_experiment(experiment, artifact_location=artifacts)
-    else:
-        exp_id = exp.experiment_id
+    exp_id = ensure_experiment(client, experiment, tracking_uri)
     if state_path.is_file():
         parent = json.loads(state_path.read_text())["parent"]
         client.update_run(parent, status="RUNNING")
@@ -213,12 +222,17 @@ def search_name(label: str, opts: SearchOptions) -> str:
 # ---- one search -------------------------------------------------------------------------------
 def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str | None = None,
                init_checkpoint: str | None = None, parent: tuple | None = None,
-               keep_parent_open: bool = False) -> SearchOutcome:
+               keep_parent_open: bool = False, tags: dict | None = None, init_checkpoints: dict | None = None,
+               deadline: float | None = None, results_cache: str | None = None) -> SearchOutcome:
     """Run one Ray Tune search over ``space`` and log it to MLflow (see the module doc).
 
     ``parent``: (client, experiment id, parent run id) to log under an existing parent (stage 1's
     second phase, which then ends it); otherwise a parent run is opened (or reopened with
-    ``opts.resume``) and ended unless ``keep_parent_open``.
+    ``opts.resume``), tagged with ``tags`` as well, and ended unless ``keep_parent_open``.
+    ``init_checkpoints``: weights per named model of ``space.models`` (with ``epochs=0``).
+    ``deadline`` (``time.time()`` seconds): stop there like Ctrl-C and raise `BudgetExpired`;
+    the search continues with ``opts.resume``. ``results_cache``: where finished trials are kept
+    by spec (default: per search), so searches sharing one never train a configuration twice.
     """
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -251,36 +265,89 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         settings = TrialSettings(
             # trial-side files live in the storage every node reaches (a folder or an object store)
             data=data, bench=bench_settings(opts, farm), latency_cache=f"{storage_uri.rstrip('/')}/latency_cache",
-            results_cache=f"{storage_uri.rstrip('/')}/results/{name}",
+            results_cache=results_cache or f"{storage_uri.rstrip('/')}/results/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
-            models=space.models)
+            models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
         if parent:
             _, exp_id, parent_id = parent
         else:
             exp_id, parent_id = open_parent(
                 client, opts.experiment, opts.tracking, state_path, run_name=name,
-                tags={"stage": stage, "mode": opts.mode, "raysearch.search": name, "raysearch.storage": exp_path},
+                tags={"stage": stage, "mode": opts.mode, "raysearch.search": name, "raysearch.storage": exp_path,
+                      **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), "hv_reference": json.dumps(hv_ref)})
         tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_ref)
         trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
                                         {"cpu": opts.cpus_per_trial, "gpu": gpus})
         t0 = time.time()
+        alarm = _Deadline(deadline)
         try:
             tuner = _tuner(tune, ASHAScheduler, trainable, space, opts, epochs, name, storage_uri, exp_path, tracker)
-            results = tuner.fit()
+            with alarm:
+                results = tuner.fit()
             errors = sum(1 for r in results if r.error is not None)
+            if alarm.fired:  # Ray Tune caught our SIGINT, saved its state and returned
+                raise BudgetExpired
             if not tracker.ended_cleanly(state_path):  # Ray Tune caught Ctrl-C / SIGTERM, saved state, returned
                 raise KeyboardInterrupt
         except BaseException:
             SearchTracker(*tracker._args).close("KILLED")  # the state file knows every run, even after a restore
             client.set_terminated(parent_id, "KILLED")
+            if alarm.fired:  # the deadline's SIGINT landed before Ray Tune's own handler was in place
+                raise BudgetExpired from None
             raise
         tracker = SearchTracker(*tracker._args)  # what Ray Tune's copy of the callback recorded
         outcome = _finish(client, parent_id, tracker, opts, hv_ref, exp_path, errors, close_parent=not keep_parent_open)
         log.info("%s: %d trials, %d errors, %.0f s", name, len(outcome.rows), errors, time.time() - t0)
         return outcome
+
+
+class _Deadline:
+    """At ``deadline``, interrupt the search exactly as Ctrl-C does (SIGINT to this process): Ray
+    Tune saves the experiment state, so the search can be resumed where it stopped."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline, self.fired, self._timer = deadline, False, None
+
+    def _fire(self) -> None:
+        import signal
+
+        self.fired = True
+        log.warning("time budget reached: stopping the search (it can be resumed)")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def __enter__(self) -> "_Deadline":
+        import threading
+
+        if self.deadline is not None:
+            self._timer = threading.Timer(max(0.0, self.deadline - time.time()), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def shipped_families() -> tuple:
+    """Model families registered in this process beyond the built-in ones. They travel to the
+    trials with the settings; a module that trial processes could not import (a script, a
+    notebook, a test file) is pickled by value."""
+    import sys
+
+    from ray import cloudpickle  # Ray serializes with its own copy of cloudpickle
+
+    from raysearch.models.registry import user_families
+
+    fams = user_families()
+    for f in fams:
+        mod = sys.modules.get(getattr(f.build, "__module__", ""))
+        if mod is not None and mod.__name__ != "__main__" and "-packages" not in (getattr(mod, "__file__", "") or ""):
+            cloudpickle.register_pickle_by_value(mod)
+    return fams
 
 
 class _farm:

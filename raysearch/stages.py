@@ -161,6 +161,17 @@ def build_parser(stage: int) -> argparse.ArgumentParser:
     g.add_argument("--res", type=int, nargs="+", help="input resolutions to use instead of the stage's")
     g.add_argument("--epochs", type=int, help="training epochs per trial (default 400, or 8 with --quick)")
     g.add_argument("--seed", type=int, default=0)
+    add_search_args(p)
+    g = p.add_argument_group("this search")
+    g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted search: --name, or the latest "
+                                                         "search of this stage and mode")
+    g.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
     g.add_argument("--max-latency-ms", type=float, help="latency budget on the device; slower trials are pruned "
                                                         "before any training")
@@ -185,9 +196,6 @@ def build_parser(stage: int) -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
     g.add_argument("--storage-path", default="runs/ray", help="Ray Tune storage: a local or shared folder, or an "
                                                               "object-store URI (default %(default)s)")
-    g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted search: --name, or the latest "
-                                                         "search of this stage and mode")
     g = p.add_argument_group("cluster")
     g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     g.add_argument("--concurrency", type=int, help="trials at once (default: as many as resources allow)")
@@ -199,8 +207,6 @@ def build_parser(stage: int) -> argparse.ArgumentParser:
     g.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default %(default)s)")
     g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency (default: "
                                                            "--max-latency-ms, else 1000 ms)")
-    g.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:

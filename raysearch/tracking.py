@@ -43,6 +43,13 @@ def _num(v: Any) -> float | None:
     return None
 
 
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray Tune checkpoint lives: a local path, or a URI on an object store."""
+    fs = getattr(checkpoint, "filesystem", None)
+    kind = getattr(fs, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
 class SearchTracker(Callback):
     """Ray Tune callback: child runs per trial, hypervolume on the parent after every trial."""
 
@@ -120,7 +127,8 @@ class SearchTracker(Callback):
             return
         final = {k: v for k, v in result.items() if k not in _FINAL_SKIP and _num(v) is not None
                  and not k.startswith(("time_this", "time_since", "timestamp", "iterations_", "pid", "node_ip"))}
-        self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id, trial.trial_id), "run_id": run_id, **final}
+        self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id, trial.trial_id), "run_id": run_id,
+                                       "spec": self._spec_dict(trial), **final}
         tags = [RunTag("pruned_by_latency", str(bool(result.get(obj.PRUNED))).lower())]
         if result.get("duplicate"):
             tags.append(RunTag("duplicate", "true"))
@@ -134,6 +142,7 @@ class SearchTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
         if trial.checkpoint is not None and trial.trial_id in self.finals:
+            self.finals[trial.trial_id]["checkpoint"] = checkpoint_uri(trial.checkpoint)
             try:
                 with trial.checkpoint.as_directory() as d:
                     for p in sorted(Path(d).iterdir()):
@@ -150,6 +159,7 @@ class SearchTracker(Callback):
         if stopped:  # stopped by the scheduler: its last validation figures are what it has
             last = trial.last_result or {}
             self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id), "run_id": run_id, "stopped_early": 1,
+                                           "spec": self._spec_dict(trial),
                                            **{k: last[k] for k in (obj.IOU.name, obj.LATENCY_MS.name, obj.VAL_IOU.name)
                                               if _num(last.get(k)) is not None}}
         self.client.set_terminated(run_id, "FINISHED")
@@ -174,10 +184,18 @@ class SearchTracker(Callback):
         self.client.set_tag(run_id, "retried", "true")
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.ended = True
+        # Ray Tune also ends the experiment when Ctrl-C (or our deadline's SIGINT) stops it early:
+        # only a run where every trial concluded ended cleanly
+        self.ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self.close("KILLED")
 
     # ---- helpers -------------------------------------------------------------------------
+    def _spec_dict(self, trial) -> dict | None:
+        try:
+            return self.to_spec(trial.config).to_dict()
+        except ValueError:
+            return None
+
     def _log_hypervolume(self) -> None:
         points = [f for f in self.finals.values() if not f.get(obj.PRUNED)]
         hv = hypervolume(points, self.hv_reference)

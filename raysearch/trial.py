@@ -50,13 +50,18 @@ class TrialSettings:
     results_cache: str | None = None  # finished trials by spec: a repeated config is not trained again
     fixed: dict = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
     models: dict = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
+    init_checkpoints: dict = field(default_factory=dict)  # model name -> weights to start from (epochs=0)
+    families: tuple = ()  # user model families (ModelFamily) to register in the trial's process
 
-    def result_key(self, spec: ModelSpec) -> str:
+    def checkpoint_for(self, config: dict) -> str | None:
+        return self.init_checkpoints.get(config.get("model")) or self.init_checkpoint
+
+    def result_key(self, spec: ModelSpec, init_checkpoint: str | None = None) -> str:
         """Everything that decides a trained trial's outcome, hashed."""
         import hashlib
 
         ident = [spec.to_json(), self.data, self.data_seed, self.limit, self.epochs, self.batch_size, self.lr,
-                 self.seed, self.init_checkpoint, self.logit_threshold, self.bench.cache_key(spec)]
+                 self.seed, init_checkpoint or self.init_checkpoint, self.logit_threshold, self.bench.cache_key(spec)]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
 
     def spec_for(self, config: dict) -> ModelSpec:
@@ -101,15 +106,20 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
     from raysearch.data import open_split
     from raysearch.evaluate import OnnxPredictor, evaluate
-    from raysearch.export import export_onnx
     from raysearch.models import build_model
     from raysearch.summary import summarize
     from raysearch.train import TrainConfig, train
 
+    from raysearch.models import register_family
+
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    for family in settings.families:  # a user's own model family, shipped with the settings
+        register_family(family, replace=True)
     spec = settings.spec_for(config)  # bad values raise, naming the value
+    init_checkpoint = settings.checkpoint_for(config)
+    result_key = settings.result_key(spec, init_checkpoint)
     results = LatencyCache(settings.results_cache) if settings.results_cache else None
-    if results is not None and (done := results.get(settings.result_key(spec))) is not None:
+    if results is not None and (done := results.get(result_key)) is not None:
         # the searcher proposed a configuration that already ran: report its figures, train nothing
         tune.report({**done, "duplicate": 1})
         return
@@ -123,7 +133,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         key = settings.bench.cache_key(spec)
         first = cache.get(key)
         if first is None:
-            path = export_onnx(build_model(spec), work / "untrained.onnx", exporter=settings.exporter).path
+            path = _export(build_model(spec), work / "untrained.onnx", settings)
             first = measure(path, settings.bench)
             cache.put(key, first)
         latency = float(first["latency_ms"])
@@ -150,8 +160,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
         if settings.epochs == 0:
             model = build_model(spec)
-            if settings.init_checkpoint:
-                state = torch.load(io.BytesIO(read_bytes(settings.init_checkpoint)), map_location="cpu",
+            if init_checkpoint:
+                state = torch.load(io.BytesIO(read_bytes(init_checkpoint)), map_location="cpu",
                                    weights_only=False)["model"]
                 model.load_state_dict(state)  # Fast-SCNN's weights do not depend on the input size
             model.eval()
@@ -176,7 +186,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
         final = work / FINAL_DIR
         (final / "overlays").mkdir(parents=True)
-        onnx_path = export_onnx(model, final / "model.onnx", exporter=settings.exporter).path
+        onnx_path = _export(model, final / "model.onnx", settings)
         test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
 
         def keep(i, image, gt, pred):
@@ -204,6 +214,24 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             device_name=bench.get("farm_device") or bench["device_name"], device_class=bench["device_class"], **shape)
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
         if results is not None:
-            results.put(settings.result_key(spec), final_metrics)
+            results.put(result_key, final_metrics)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _export(model, path: Path, settings: TrialSettings) -> Path:
+    """The deployable ONNX file of ``model``: the fp32 export, or with ``precision=int8`` that
+    export quantized, calibrated on validation images fed as at inference."""
+    from raysearch.export import export_onnx
+
+    spec: ModelSpec = model.spec
+    if spec.precision == "fp32":
+        return export_onnx(model, path, exporter=settings.exporter).path
+    from raysearch.data import open_split
+    from raysearch.quantize import calibration_inputs, quantize_int8
+
+    fp32 = export_onnx(model, path.with_name(path.stem + "-fp32.onnx"), exporter=settings.exporter).path
+    val = open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit)
+    quantize_int8(fp32, path, calibration_inputs(val, spec))
+    fp32.unlink()
+    return path

@@ -212,7 +212,8 @@ def _free_port() -> int:
 
 
 def test_ray_job_submit(tmp_path):
-    """`ray job submit --working-dir . -- python raysearch/stage7.py --quick` against `ray start --head`."""
+    """`ray job submit --working-dir . -- python raysearch/stage7.py --quick` (and `raysearch optimize`)
+    against `ray start --head`."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     dash = _free_port()
     env = {**ENV, "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on: the client must say so too
@@ -230,6 +231,14 @@ def test_ray_job_submit(tmp_path):
         assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
         (parent,) = store.parents("stage7")
         assert parent.info.status == "FINISHED" and len(store.children(parent.info.run_id)) == 3
+        # `raysearch optimize` the same way (its console script on the cluster's PATH)
+        job = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+                              "--", "raysearch", "optimize", "--quick", "--effort", "entry", "--res", "64",
+                              "--epochs", "1", "--bench-runs", "5", "--max-latency-ms", "1000", *store.args()],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
+        (opt,) = [r for r in store.all_runs() if r.data.tags.get("raysearch.kind") == "optimization"]
+        assert opt.info.status == "FINISHED" and store.client.get_registered_model(f"raysearch-{opt.info.run_name}")
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
 

@@ -42,6 +42,9 @@ _BUILTIN = (
         knobs=("a", "t", "r", "pp"),
         validate=_check_width(32),
         description="Fast-SCNN (Poudel et al. 2019) as the reference study parameterized it",
+        # the study's knob values (stages 4-6), baseline first
+        baseline=dict(a=1.0, t=6, r=3, pp=1),
+        choices=dict(a=(1.0, 0.75, 0.5, 0.25, 0.125), t=(6, 4, 2), r=(3, 2, 1), pp=(1, 0)),
     ),
     ModelFamily(
         "bisenetv2",
@@ -49,6 +52,8 @@ _BUILTIN = (
         knobs=("a", "t", "r"),
         validate=_check_width(8),  # the stem block's 1x1 squeeze is int(8*a) wide
         description="BiSeNetV2 (Yu et al. 2021); t/r: expansion and repetitions of the GE blocks",
+        baseline=dict(a=1.0, t=6, r=3),
+        choices=dict(a=(1.0, 0.75, 0.5, 0.25, 0.125), t=(6, 4, 2), r=(3, 2, 1)),
     ),
     ModelFamily(
         "deeplabv3",
@@ -56,8 +61,12 @@ _BUILTIN = (
         knobs=("a",),
         validate=_check_width(16),
         description="DeepLabV3 with a MobileNetV3-Large backbone (output stride 16), ASPP head",
+        baseline=dict(a=1.0),
+        choices=dict(a=(1.0, 0.75, 0.5, 0.35, 0.25)),
     ),
 )
+
+BUILTIN_NAMES = frozenset(f.name for f in _BUILTIN)
 
 for _family in _BUILTIN:
     if _family.name not in _FAMILIES:

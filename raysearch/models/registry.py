@@ -7,7 +7,7 @@ would (``register_family``), so the search code never names an architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -23,13 +23,29 @@ def _no_check(spec: "ModelSpec") -> None:
 class ModelFamily:
     """name: the ``arch`` value; build: spec -> nn.Module returning logits (N, classes, H, W);
     knobs: the spec fields this family reads (beyond input_hw/in_channels/num_classes), in the
-    order an expert would tune them; validate: extra per-family checks raising ValueError."""
+    order an expert would tune them; validate: extra per-family checks raising ValueError.
+
+    For `raysearch optimize`: ``baseline`` holds the full-size model's value of every knob (and
+    optionally ``input_hw``), ``choices`` the values worth trying per knob, from the baseline's
+    down to the cheapest; ``resolutions`` the input sizes to try, largest first."""
 
     name: str
     build: Callable[["ModelSpec"], "nn.Module"]
     knobs: tuple[str, ...] = ()
     validate: Callable[["ModelSpec"], None] = field(default=_no_check)
     description: str = ""
+    baseline: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple] = field(default_factory=dict)
+    resolutions: tuple[int, ...] = (512, 256, 224, 192, 160, 128, 96)
+
+    def __post_init__(self) -> None:
+        for k in (*self.baseline, *self.choices):
+            if k not in (*self.knobs, "input_hw"):
+                raise ValueError(f"model family {self.name!r}: {k!r} is in baseline/choices but not one of its "
+                                 f"knobs {self.knobs}")
+        for k, values in self.choices.items():
+            if not values:
+                raise ValueError(f"model family {self.name!r}: choices[{k!r}] is empty")
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -54,6 +70,14 @@ def get_family(name: str) -> ModelFamily:
 def families() -> dict[str, ModelFamily]:
     _load_builtin()
     return dict(_FAMILIES)
+
+
+def user_families() -> tuple[ModelFamily, ...]:
+    """The families registered beyond the built-in ones (they must travel to trial processes)."""
+    from raysearch.models.builtin import BUILTIN_NAMES
+
+    _load_builtin()
+    return tuple(f for k, f in _FAMILIES.items() if k not in BUILTIN_NAMES)
 
 
 def _load_builtin() -> None:

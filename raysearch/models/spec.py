@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 #: The input stride every supported architecture needs (Fast-SCNN downsamples by 32).
 INPUT_STRIDE = 32
+#: fp32: the exported graph as is; int8: statically quantized (QDQ) with onnxruntime's tools.
+PRECISIONS = ("fp32", "int8")
 
 
 def parse_hw(value: Any) -> tuple[int, int]:
@@ -53,6 +55,8 @@ class ModelSpec:
     input_hw     input (height, width) in pixels, each a multiple of 32
     in_channels  3 (RGB, ImageNet-normalized) or 1 (the Y channel of YCrCb, 0..255)
     num_classes  output channels; 1 = binary segmentation with one logit per pixel
+    precision    numbers of the deployed ONNX model: fp32, or int8 (static quantization of the
+                 exported fp32 graph, calibrated on validation images); training is always fp32
     """
 
     arch: str = "fastscnn"
@@ -63,12 +67,14 @@ class ModelSpec:
     input_hw: tuple[int, int] = (512, 512)
     in_channels: int = 3
     num_classes: int = 1
+    precision: str = "fp32"
     extra: tuple[tuple[str, Any], ...] = field(default=(), compare=True)
 
     def __post_init__(self) -> None:
         # Normalize first (frozen: go through object.__setattr__), then validate.
         set_ = object.__setattr__
         set_(self, "arch", str(self.arch).lower())
+        set_(self, "precision", str(self.precision).lower())
         set_(self, "input_hw", parse_hw(self.input_hw))
         for name in ("t", "r", "pp", "in_channels", "num_classes"):
             set_(self, name, _as_int(name, getattr(self, name)))
@@ -101,6 +107,8 @@ class ModelSpec:
             raise ValueError(f"in_channels={self.in_channels} must be 3 (RGB) or 1 (Y channel)")
         if self.num_classes < 1:
             raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} must be one of {PRECISIONS}")
         family.validate(self)
 
     # ---- conversions -------------------------------------------------------------------------
@@ -159,6 +167,8 @@ class ModelSpec:
         s = f"{self.arch}-a{a}-t{self.t}-r{self.r}-pp{self.pp}-{self.height}x{self.width}-c{self.in_channels}"
         if self.num_classes != 1:
             s += f"-k{self.num_classes}"
+        if self.precision != "fp32":
+            s += f"-{self.precision}"
         for k, v in self.extra:
             s += f"-{k}{v}"
         return s
