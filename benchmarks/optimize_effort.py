@@ -7,7 +7,7 @@ study ran it. Every run here goes one trial at a time, so "until the first quali
 is the order the runs would give on this machine. Latency: a local benchd on this host's CPU.
 
     python benchmarks/optimize_effort.py [--data ../shared/data/packages] [--res 160 128 96 64]
-        [--epochs 8] [--max-latency-ms 0.2] [--min-iou 0.8] [--levels entry intermediate expert grid]
+        [--epochs 8] [--max-latency-ms 0.2] [--min-iou 0.75] [--levels entry intermediate expert grid]
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def epochs_of(client: MlflowClient, run) -> int:
 
 def measure(client: MlflowClient, t0: float, wall: float, max_latency_ms: float, min_iou: float) -> dict:
     runs = trial_runs(client)
-    epochs, first = 0, None
-    best = 0.0
+    epochs, first, best = 0, None, None
     for n, r in enumerate(runs, 1):
         epochs += epochs_of(client, r)
         m, t = r.data.metrics, r.data.tags
@@ -53,11 +52,11 @@ def measure(client: MlflowClient, t0: float, wall: float, max_latency_ms: float,
               and t.get("stopped_early") != "true" and t.get("duplicate") != "true"
               and qualifies({"iou": m["iou"], "latency_ms": m.get("latency_ms")}, max_latency_ms, min_iou))
         if ok:
-            best = max(best, m["iou"])
+            best = m["iou"] if best is None else max(best, m["iou"])
             if first is None:
                 first = {"first_s": r.info.end_time / 1000 - t0, "first_epochs": epochs, "first_trials": n,
                          "first_name": r.info.run_name, "first_iou": m["iou"], "first_latency_ms": m["latency_ms"]}
-    return {"trials": len(runs), "epochs": epochs, "wall_s": wall, "best_qualifying_iou": best or None,
+    return {"trials": len(runs), "epochs": epochs, "wall_s": wall, "best_qualifying_iou": best,
             **(first or {"first_s": None, "first_epochs": None, "first_trials": None})}
 
 
@@ -74,7 +73,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, nargs="+", default=[160, 128, 96, 64])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--max-latency-ms", type=float, default=0.2)
-    ap.add_argument("--min-iou", type=float, default=0.8)
+    ap.add_argument("--min-iou", type=float, default=0.75)
     ap.add_argument("--levels", nargs="+", default=["entry", "intermediate", "expert", "grid"])
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
@@ -109,7 +108,7 @@ def main() -> None:
         print(f"| {level} | {r['trials']} | {r['epochs']} | {r['wall_s']:.0f} | "
               + (f"{f:.0f} | {r['first_epochs']} | {r['first_trials']} | {r['first_iou']:.4f} / "
                  f"{r['first_latency_ms']:.3f}" if f is not None else "none | - | - | -")
-              + f" | {r['best_qualifying_iou'] or '-'} |")
+              + (f" | {r['best_qualifying_iou']:.4f} |" if r["best_qualifying_iou"] is not None else " | - |"))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

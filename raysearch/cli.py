@@ -167,13 +167,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     client = _client(args)
     for parent in searches(client, args.experiment, args.run_id, args.optimization):
-        rows = candidates(client, parent)
+        rows = candidates(client, parent, args.device_class)
         print(f"{parent.info.run_name} ({parent.data.tags.get('stage', '')}): {len(rows)} candidates")
         if rows:
             print(front_table(rows, max_latency_ms=args.max_latency_ms, min_iou=args.min_iou))
         print()
     out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
-                     max_latency_ms=args.max_latency_ms, min_iou=args.min_iou)
+                     max_latency_ms=args.max_latency_ms, min_iou=args.min_iou, device_class=args.device_class)
     print(f"wrote {out}")
     return 0
 
@@ -181,7 +181,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from raysearch.report import pick, rows_json
 
-    rows = pick(_client(args), args.experiment, args.max_latency_ms, args.min_iou, args.run_id)
+    rows = pick(_client(args), args.experiment, args.max_latency_ms, args.min_iou, args.run_id, args.optimization,
+                args.device_class)
     if args.json:
         print(rows_json(rows))
         return 0 if rows else 1
@@ -189,7 +190,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print("no candidate meets the requirements; `raysearch report` shows the closest", file=sys.stderr)
         return 1
     for i, r in enumerate(rows, 1):
-        print(f"{i}. {r['name']}  IoU {r['iou']:.4f}  {r['latency_ms']:.3f} ms  ({r['stage']}, run {r['run_id']})\n"
+        print(f"{i}. {r['name']}  IoU {r['iou']:.4f}  {r['latency_ms']:.3f} ms on {r['device_class'] or '?'}  "
+              f"({r['stage']}, run {r['run_id']})\n"
               f"   {r['onnx']}")
     return 0
 
@@ -206,6 +208,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def add_mlflow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
     p.add_argument("--run-id", help="only this search (its parent run id)")
+    p.add_argument("--optimization", help="only the stage searches of this `raysearch optimize` run (its name)")
+    p.add_argument("--device-class", help="only candidates measured on this device class (e.g. rpi4; a quick "
+                                          "local run's are 'local')")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     p.add_argument("--max-latency-ms", type=float, help="latency requirement")
     p.add_argument("--min-iou", type=float, help="IoU requirement")
@@ -216,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def add_with_verbose(*a, **kw):  # `-v` after the command too (the default stays the top-level one)
+        s = add_parser(*a, **kw)
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging "
+                                                                                              "and tracebacks")
+        return s
+
+    sub.add_parser = add_with_verbose
 
     s = sub.add_parser("summary", help="parameters, MACs and memory of a model variant",
                        description="Parameters (the study's convention and the executed ones), MACs and "
@@ -287,7 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print each search's candidates and write one HTML file (plots and prediction "
                                    "overlays embedded) to send instead of an MLflow link.")
     add_mlflow_args(s)
-    s.add_argument("--optimization", help="only the stage searches of this `raysearch optimize` run (its name)")
     s.add_argument("--out", default="raysearch-report.html", help="HTML file to write (default %(default)s)")
     s.set_defaults(func=cmd_report)
 
@@ -298,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_pick)
 
-    from raysearch.optimize import EFFORTS, add_arguments
+    from raysearch.optimize import EFFORTS, EPILOG, add_arguments
 
     s = sub.add_parser("optimize", help="requirements and effort in, qualifying candidate models out",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -308,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"Nothing qualifies: the closest candidates and what each misses.\n\n"
                                    "example:\n  raysearch optimize --model fastscnn --data DIR --max-latency-ms 33 "
                                    "--min-iou 0.95 --farm clusters/farm.yaml --device-class rpi4 --effort intermediate "
-                                   "--time-budget 2h")
+                                   "--time-budget 2h", epilog=EPILOG)
     add_arguments(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     s.set_defaults(func=cmd_optimize)
@@ -321,13 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # one clear line, no traceback (-v for one)
         if args.verbose:
             raise
         print(f"raysearch {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"raysearch {args.command}: interrupted", file=sys.stderr)
+        hint = "; run the same command again to continue (--fresh to start over)" if args.command == "optimize" else ""
+        print(f"raysearch {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

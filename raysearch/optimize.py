@@ -50,6 +50,21 @@ from raysearch.search import BudgetExpired, SearchOptions, Space, local_root, ru
 log = logging.getLogger(__name__)
 
 EFFORTS = ("entry", "intermediate", "expert")
+EPILOG = """\
+continuing:
+  An optimization is named optimize-MODEL-EFFORT-<hash of what decides its outcome: model, data,
+  requirements, effort, epochs, sizes, seed, ...>, printed on the first line; its state is in
+  <--storage-path>/optimize/NAME.json. Running the same command again from the same folder
+  (after Ctrl-C, `kill`, `ray job stop`, a crash or an expired --time-budget) continues it;
+  --fresh starts a new one (named NAME-<timestamp>; continue that one with --name).
+
+output:
+  The table of every candidate, the qualifying Pareto candidates best IoU first with their
+  model.onnx, an HTML report (<--storage-path>/optimize/NAME.html, also on the optimization's
+  MLflow run), and the registered model raysearch-NAME (a version per qualifying candidate;
+  aliases best, fastest, rank-1, rank-2, ...). Exit status 0 when something qualifies, 1 when
+  nothing does (the closest candidates and what each misses are shown), 2 on bad input.
+"""
 GRID_LIMIT = 16  # a stage with more points is searched (Optuna + ASHA) instead of run as a grid
 MAX_TOPOLOGIES = 6  # Pareto topologies carried into the cross stage (the study carried six)
 MAX_INT8 = 8  # candidates quantized in the int8 stage
@@ -103,7 +118,8 @@ class OptimizeOptions:
     def ident(self) -> str:
         """A name for the optimization from everything that decides its outcome (not the budget)."""
         s = self.search
-        key = [self.model, self.effort, s.data, s.limit, s.seed, s.max_latency_ms, s.min_iou, s.device_class,
+        data = str(Path(s.data).resolve()) if Path(s.data).exists() else s.data  # ./data/x == data/x
+        key = [self.model, self.effort, data, s.limit, s.seed, s.max_latency_ms, s.min_iou, s.device_class,
                s.latency_stat, s.logit_threshold, s.quick, self.train_epochs, self.resolutions(), self.quantize,
                self.y_channel, self.trials_per_stage]
         return f"optimize-{self.model}-{self.effort}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]}"
@@ -141,7 +157,7 @@ def topology_knobs(family, effort: str) -> tuple[str, ...]:
     return tuple(k for k in knobs if k in family.choices and len(family.choices[k]) > 1)
 
 
-def baseline(family, opt: OptimizeOptions) -> dict:
+def baseline(family) -> dict:
     return {"arch": family.name, **{k: v for k, v in family.baseline.items() if k != "input_hw"}}
 
 
@@ -149,7 +165,7 @@ def resolution_space(family, opt: OptimizeOptions) -> Space:
     grid: dict[str, list] = {"input_hw": opt.resolutions()}
     if opt.y_channel:
         grid["in_channels"] = [3, 1]
-    return Space(grid, baseline(family, opt))
+    return Space(grid, baseline(family))
 
 
 def trained(rows: list[dict]) -> list[dict]:
@@ -158,7 +174,7 @@ def trained(rows: list[dict]) -> list[dict]:
             and r.get(obj.IOU.name) is not None and r.get(obj.LATENCY_MS.name) is not None and r.get("spec")]
 
 
-def kept_resolutions(rows: list[dict], min_iou: float | None) -> list[list[int]]:
+def kept_resolutions(rows: list[dict], min_iou: float | None) -> list[tuple[int, int]]:
     """Sizes worth crossing with narrower topologies: on the front, or too slow for the baseline;
     not those where the full model already misses the IoU floor (narrowing lowers IoU)."""
     done = trained(rows)
@@ -182,7 +198,7 @@ def topology_space(family, opt: OptimizeOptions, res_rows: list[dict]) -> Space:
     hw, channels = topology_resolution(res_rows, opt.resolutions())
     knobs = topology_knobs(family, opt.effort)
     return Space({k: list(family.choices[k]) for k in knobs},
-                 {**baseline(family, opt), "input_hw": hw, "in_channels": channels})
+                 {**baseline(family), "input_hw": hw, "in_channels": channels})
 
 
 def _spec_key(spec: dict) -> str:
@@ -191,6 +207,8 @@ def _spec_key(spec: dict) -> str:
 
 def cross_space(family, opt: OptimizeOptions, res_rows: list[dict], topo_rows: list[dict],
                 ran: list[dict]) -> Space:
+    """The kept sizes x the Pareto topologies (best IoU first, at most MAX_TOPOLOGIES), as named
+    models, leaving out every spec that already ran in an earlier stage."""
     done = trained(topo_rows)
     front = sorted((done[i] for i in pareto_front(done)), key=lambda r: -r[obj.IOU.name])[:MAX_TOPOLOGIES]
     seen = {_spec_key(r["spec"]) for r in ran if r.get("spec")}
@@ -253,9 +271,13 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     from raysearch.models import get_family
     from raysearch.search import ensure_experiment
 
+    from raysearch.data import open_split
+
     t_start = time.time()
     family = get_family(opt.model)
     sopts = opt.search
+    for split in ("train", "val", "test"):  # bad data fails here, in a second, not in every trial
+        open_split(sopts.data, split, seed=sopts.seed, limit=sopts.limit)
     root = local_root(sopts)
     name = opt.name or opt.ident()
     if opt.fresh and (root / "optimize" / f"{name}.json").is_file():
@@ -280,6 +302,9 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         state.data.update(name=name, run_id=run_id, started=t_start, stages={})
         state.save()
+    if not sopts.farm:
+        print("latency: measured by a local benchd on THIS machine (device class 'local'), not on your edge "
+              "device; pass --farm clusters/farm.yaml --device-class rpi4 for a Pi requirement")
     print(f"optimization {name}: {opt.model}, effort {opt.effort} -> stages {', '.join(stages)}"
           + (f"; time budget {opt.time_budget_s:.0f} s ({max(0.0, opt.time_budget_s - spent_before):.0f} s left)"
              if opt.time_budget_s else ""))
@@ -295,8 +320,9 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
             label = stages[len(rows_by_stage)]
             search = state.stage(label).get("search")
             rows_by_stage[label] = [{**r, "stage": label} for r in _partial_rows(opt, search)] if search else []
-            print(f"\ntime budget reached during stage {label!r}; these are the best candidates so far. Run the "
-                  f"same command with a larger --time-budget to continue.")
+            print(f"\ntime budget reached during stage {label!r}; these are the best candidates so far. To "
+                  f"continue, run the same command with a --time-budget above the "
+                  f"{spent_before + time.time() - t_start:.0f} s spent in all.")
         spent = spent_before + time.time() - t_start
         state.data.update(spent_s=spent, complete=complete)
         state.save()
@@ -343,9 +369,14 @@ def _space_for(label: str, family, opt: OptimizeOptions, rows: dict[str, list[di
             return None, None, 0
         return topology_space(family, opt, rows["resolution"]), None, opt.train_epochs
     if label == "cross":
-        if not trained(rows.get("topology", [])):
+        # the baseline topology ran in stage 1 (stage 2 found it in the results cache): it competes too
+        hw, channels = topology_resolution(rows["resolution"], opt.resolutions())
+        same_size = [r for r in trained(rows["resolution"])
+                     if list(r["spec"]["input_hw"]) == hw and r["spec"]["in_channels"] == channels]
+        topo = trained(rows.get("topology", [])) + same_size
+        if not topo:
             return None, None, 0
-        return cross_space(family, opt, rows["resolution"], rows["topology"], ran), None, opt.train_epochs
+        return cross_space(family, opt, rows["resolution"], topo, ran), None, opt.train_epochs
     if label == "int8":
         space, weights = int8_space(family, trained(ran))
         return space, weights, 0
@@ -416,6 +447,8 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
     for r in quals:
         r["onnx"] = _onnx_path(client, r["run_id"])
     closest = [] if quals else _closest(pool, s.max_latency_ms, s.min_iou)
+    if not quals and not pool:  # everything was over the latency requirement before training
+        closest = _fastest_pruned([r for rs in rows_by_stage.values() for r in rs], s.max_latency_ms)
     epochs = sum(int(st.get("epochs", 0)) for st in state.data["stages"].values())
     registered = _register(client, name, quals, opt) if quals else None
 
@@ -465,6 +498,13 @@ def _closest(pool: list[dict], max_latency_ms: float | None, min_iou: float | No
     return [{**r, "misses": misses(r, max_latency_ms, min_iou)} for r in near]
 
 
+def _fastest_pruned(rows: list[dict], max_latency_ms: float | None, n: int = 3) -> list[dict]:
+    """When nothing trained: the candidates nearest the latency requirement, with by how much."""
+    pruned = sorted((r for r in rows if r.get(obj.PRUNED) and r.get("spec")), key=lambda r: r[obj.LATENCY_MS.name])
+    return [{**r, "misses": [f"latency {r[obj.LATENCY_MS.name]:.3g} ms > {max_latency_ms:g} ms (measured before "
+                             f"training, so never trained)"]} for r in pruned[:n]]
+
+
 def summary_text(name: str, quals: list[dict], closest: list[dict], opt: OptimizeOptions, complete: bool,
                  spent: float, epochs: int, registered: str | None) -> str:
     s = opt.search
@@ -478,15 +518,17 @@ def summary_text(name: str, quals: list[dict], closest: list[dict], opt: Optimiz
             lines.append(f"{i}. {r['name']}  IoU {r[obj.IOU.name]:.4f}  {r[obj.LATENCY_MS.name]:.2f} ms  "
                          f"({r['stage']} stage, run {r['run_id']})\n   {r.get('onnx', '')}")
         if registered:
-            lines.append(f"registered in MLflow as {registered!r}: versions 1..{len(quals)} in this order, aliases "
-                         f"'best' (highest IoU) and 'fastest'")
+            lines.append(f"registered in MLflow as {registered!r}, aliases 'best' (highest IoU), 'fastest' and "
+                         f"'rank-1'..'rank-{len(quals)}' in this order")
         return "\n".join(lines)
-    lines = [head, "NOTHING QUALIFIES." + (" The closest candidates:" if closest else
-                                            " No candidate trained to the end (all pruned by latency?).")]
+    lines = [head, "NOTHING QUALIFIES." + (" The closest candidates:" if closest else " No candidate was measured.")]
     for r in closest:
-        lines.append(f"- {r['name']}  IoU {r[obj.IOU.name]:.4f}  {r[obj.LATENCY_MS.name]:.2f} ms: misses "
-                     + "; ".join(r["misses"]))
-    hint = "a higher --effort" if opt.effort != "expert" else "more --epochs or more data"
+        iou = "" if r.get(obj.PRUNED) else f"  IoU {r[obj.IOU.name]:.4f}"
+        lines.append(f"- {r['name']}{iou}  {r[obj.LATENCY_MS.name]:.3g} ms: misses " + "; ".join(r["misses"]))
+    if closest and all(r.get(obj.PRUNED) for r in closest):
+        hint = "a higher --effort (narrower models)" if opt.effort != "expert" else "smaller --res"
+    else:
+        hint = "a higher --effort" if opt.effort != "expert" else "more --epochs or more data"
     lines.append(f"Try {hint}, or relax the requirement." + ("" if complete else
                                                               " The search did not finish: a larger --time-budget continues it."))
     return "\n".join(lines)
@@ -496,6 +538,24 @@ def _onnx_path(client, run_id: str) -> str:
     from raysearch.report import onnx_path
 
     return onnx_path(client, {"run_id": run_id, "artifact_uri": client.get_run(run_id).info.artifact_uri})
+
+
+MLFLOW_MODEL_DIR = "mlflow_model"
+
+
+def _log_mlflow_model(client, row: dict) -> None:
+    """The candidate's ONNX file as an MLflow model (the onnx flavor) in its run, so that
+    ``models:/NAME@best`` downloads (and ``mlflow.pyfunc.load_model`` loads) it."""
+    import tempfile
+
+    import mlflow.onnx
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.onnx.save_model(onnx.load(row["onnx"]), f"{tmp}/model", save_as_external_data=False,
+                               onnx_execution_providers=["CPUExecutionProvider"],
+                               pip_requirements=["onnxruntime", "numpy"])
+        client.log_artifacts(row["run_id"], f"{tmp}/model", artifact_path=MLFLOW_MODEL_DIR)
 
 
 def _register(client, name: str, quals: list[dict], opt: OptimizeOptions) -> str:
@@ -523,8 +583,9 @@ def _register(client, name: str, quals: list[dict], opt: OptimizeOptions) -> str
     for rank, r in enumerate(quals, 1):
         version = existing.get(r["run_id"])
         if version is None:
+            _log_mlflow_model(client, r)
             mv = client.create_model_version(
-                model, source=f"runs:/{r['run_id']}/model.onnx", run_id=r["run_id"],
+                model, source=f"runs:/{r['run_id']}/{MLFLOW_MODEL_DIR}", run_id=r["run_id"],
                 tags={"iou": f"{r[obj.IOU.name]:.4f}", "latency_ms": f"{r[obj.LATENCY_MS.name]:.3f}",
                       "spec": r["name"], "precision": r["precision"], "stage": r["stage"]},
                 description=f"{r['name']}: IoU {r[obj.IOU.name]:.4f}, {r[obj.LATENCY_MS.name]:.2f} ms")
@@ -570,14 +631,17 @@ def add_arguments(p) -> None:
     g.add_argument("--model", default="fastscnn", help="model family: fastscnn, bisenetv2, deeplabv3 or one "
                                                        "registered by --import (default %(default)s)")
     g.add_argument("--effort", choices=EFFORTS, default="intermediate",
-                   help="entry: input resolution only; intermediate: + width; expert: + every knob of the "
-                        "family and int8 (default %(default)s)")
+                   help="entry: retrain the full model at each input size. intermediate: + the width multiplier a "
+                        "at the best size, then the kept sizes x the best widths. expert: + every knob of the "
+                        f"family (Fast-SCNN a, t, r, pp; searched when over {GRID_LIMIT} points), then int8 "
+                        "(default %(default)s)")
     g.add_argument("--time-budget", type=_duration_arg, metavar="DURATION",
-                   help="stop cleanly after this long in total (90s, 45m, 2h); the same command with a larger "
-                        "budget continues")
+                   help="total for the whole optimization over all its runs (90s, 45m, 2h, 1h30m): at the deadline "
+                        "it stops cleanly and reports the best so far; after a 2h budget ran out, --time-budget 3h "
+                        "gives it one more hour (default: no limit)")
     g.add_argument("--epochs", type=int, help="training epochs per candidate (default 400, 8 with --quick)")
-    g.add_argument("--res", type=int, nargs="+", help="input sizes to try (default: the family's, 128 96 64 "
-                                                      "with --quick)")
+    g.add_argument("--res", type=int, nargs="+", help="input sizes to try (default: the family's, 512 256 224 "
+                                                      "192 160 128 96 for the built-in ones; 128 96 64 with --quick)")
     g.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                    help="--int8 / --no-int8: also try int8-quantized candidates (default: only at expert)")
     g.add_argument("--y-channel", action="store_true", help="also try the Y channel of YCrCb as the only input "
@@ -596,14 +660,19 @@ def add_arguments(p) -> None:
 
 def options_from_args(args) -> OptimizeOptions:
     import importlib
+    import os
+    import sys
 
     from raysearch.stages import options_from_args as search_options
 
+    if args.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--import my_models` finds ./my_models.py, as `python -m` would
     for module in args.imports:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ValueError(f"--import {module}: cannot import it ({e})") from None
+            raise ValueError(f"--import {module}: cannot import it ({e}); is it in the current folder or on "
+                             f"PYTHONPATH?") from None
     return OptimizeOptions(
         model=args.model, effort=args.effort, search=search_options(args), time_budget_s=args.time_budget,
         epochs=args.epochs, res=tuple(args.res) if args.res else None, int8=args.int8, y_channel=args.y_channel,

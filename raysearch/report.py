@@ -42,8 +42,9 @@ def searches(client: MlflowClient, experiment: str, run_id: str | None = None,
                               order_by=["attributes.start_time DESC"])
 
 
-def candidates(client: MlflowClient, parent) -> list[dict]:
-    """Trials of a search that trained to the end (not pruned, not stopped, not repeats)."""
+def candidates(client: MlflowClient, parent, device_class: str | None = None) -> list[dict]:
+    """Trials of a search that trained to the end (not pruned, not stopped, not repeats), measured
+    on ``device_class`` when given."""
     kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     rows = []
     for k in kids:
@@ -52,8 +53,11 @@ def candidates(client: MlflowClient, parent) -> list[dict]:
             continue
         if t.get("pruned_by_latency") == "true" or t.get("stopped_early") == "true" or t.get("duplicate") == "true":
             continue
+        if device_class is not None and t.get("device_class") != device_class:
+            continue
         row = {"name": k.info.run_name, "run_id": k.info.run_id, "stage": t.get("stage", ""),
-               "search": parent.info.run_name, "device": t.get("device_name", ""), **m}
+               "search": parent.info.run_name, "device": t.get("device_name", ""),
+               "device_class": t.get("device_class", ""), **m}
         row.update({p: k.data.params.get(p) for p in _PARAMS})
         row["artifact_uri"] = k.info.artifact_uri
         rows.append(row)
@@ -71,10 +75,11 @@ def onnx_path(client: MlflowClient, row: dict) -> str:
 
 
 def pick(client: MlflowClient, experiment: str, max_latency_ms: float | None, min_iou: float | None,
-         run_id: str | None = None) -> list[dict]:
-    """Qualifying candidates of every search (or of ``run_id``), Pareto-optimal among all of them,
-    best IoU first, with the path of their ONNX file."""
-    rows = [r for p in searches(client, experiment, run_id) for r in candidates(client, p)]
+         run_id: str | None = None, optimization: str | None = None, device_class: str | None = None) -> list[dict]:
+    """Qualifying candidates of every search (or of ``run_id``, or of one optimization; measured on
+    ``device_class`` when given), Pareto-optimal among all of them, best IoU first, with the path
+    of their ONNX file."""
+    rows = [r for p in searches(client, experiment, run_id, optimization) for r in candidates(client, p, device_class)]
     ok = [r for r in rows if qualifies(r, max_latency_ms, min_iou)]
     front = [ok[i] for i in pareto_front(ok)]
     for r in front:
@@ -94,7 +99,7 @@ def _img(path: Path, jpeg: bool = False) -> str:
 
 def write_html(client: MlflowClient, experiment: str, out: str | Path, *, run_id: str | None = None,
                optimization: str | None = None, max_latency_ms: float | None = None, min_iou: float | None = None,
-               overlays: int = 2, preface: str = "") -> Path:
+               overlays: int = 2, preface: str = "", device_class: str | None = None) -> Path:
     """One HTML file with everything embedded (plots and overlays as data URIs); ``preface`` is
     HTML put before the searches (an optimization's summary)."""
     out = Path(out)
@@ -105,7 +110,7 @@ def write_html(client: MlflowClient, experiment: str, out: str | Path, *, run_id
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for n, parent in enumerate(searches(client, experiment, run_id, optimization)):
-            rows = candidates(client, parent)
+            rows = candidates(client, parent, device_class)
             stage = parent.data.tags.get("stage", "")
             parts.append(f"<h2>{html.escape(parent.info.run_name)} ({html.escape(stage)}, "
                          f"{html.escape(parent.data.tags.get('mode', ''))}) &mdash; {len(rows)} candidates</h2>")
@@ -135,5 +140,6 @@ def write_html(client: MlflowClient, experiment: str, out: str | Path, *, run_id
 
 
 def rows_json(rows: list[dict]) -> str:
-    keep = ("name", "run_id", "stage", "iou", "latency_ms", "fps", "params_total", "macs", "onnx") + _PARAMS
+    keep = ("name", "run_id", "stage", "iou", "latency_ms", "fps", "params_total", "macs", "onnx", "device",
+            "device_class") + _PARAMS
     return json.dumps([{k: r.get(k) for k in keep} for r in rows], indent=2)

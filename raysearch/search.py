@@ -70,6 +70,25 @@ class SearchOptions:
             raise ValueError(f"--max-latency-ms {self.max_latency_ms} must be > 0")
         if self.min_iou is not None and not 0 <= self.min_iou <= 1:
             raise ValueError(f"--min-iou {self.min_iou} must be between 0 and 1")
+        if self.farm and self.farm.endswith((".yaml", ".yml")):
+            self._check_inventory()
+
+    def _check_inventory(self) -> None:
+        """An absolute inventory path (trials run in folders of their own) and a device class it
+        has; with a single class and the default ``local``, that class."""
+        from benchd.farm import load_inventory
+
+        path = Path(self.farm).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--farm {self.farm}: farm inventory not found")
+        self.farm = str(path.resolve())
+        classes = sorted({d.device_class for d in load_inventory(path)})
+        if self.device_class not in classes:
+            if self.device_class == "local" and len(classes) == 1:
+                self.device_class = classes[0]
+            else:
+                raise ValueError(f"--device-class {self.device_class!r}: {path} has no device of that class; "
+                                 f"its classes: {classes}")
 
     @property
     def tracking(self) -> str:

@@ -106,11 +106,9 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
     from raysearch.data import open_split
     from raysearch.evaluate import OnnxPredictor, evaluate
-    from raysearch.models import build_model
+    from raysearch.models import build_model, register_family
     from raysearch.summary import summarize
     from raysearch.train import TrainConfig, train
-
-    from raysearch.models import register_family
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     for family in settings.families:  # a user's own model family, shipped with the settings

@@ -11,3 +11,4 @@ export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0
 python raysearch/stage7.py --quick "$@"
 echo
 echo "Compare the candidates in MLflow:  . .venv/bin/activate && mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --workers 1"
+echo "Let the tool pick for a requirement: . .venv/bin/activate && raysearch optimize --quick --max-latency-ms 2 --min-iou 0.5"

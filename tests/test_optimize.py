@@ -129,6 +129,17 @@ def test_nothing_qualifies_names_what_each_candidate_misses():
     assert "latency" in text and "iou" in text.lower()
 
 
+def test_nothing_trained_shows_the_fastest_pruned_candidates():
+    o = OptimizeOptions(effort="entry", search=SearchOptions(max_latency_ms=0.2, min_iou=0.8))
+    rows = [row(128, pruned=True, lat=0.9), row(96, pruned=True, lat=0.5), row(64, pruned=True, lat=0.3)]
+    closest = opt_mod._fastest_pruned(rows, 0.2, n=2)
+    assert [r["name"] for r in closest] == [rows[2]["name"], rows[1]["name"]]
+    assert "latency 0.3 ms > 0.2 ms" in closest[0]["misses"][0]
+    text = summary_text("opt", [], closest, o, True, 1.0, 0, None)
+    assert "IoU" not in text.split("NOTHING QUALIFIES")[1].split("Try")[0]  # never trained: no IoU to show
+    assert "higher --effort (narrower models)" in text
+
+
 def test_precision_is_a_spec_knob():
     s = ModelSpec(input_hw=64, precision="INT8")
     assert s.precision == "int8" and s.name.endswith("-int8") and "int8" not in ModelSpec(input_hw=64).name
@@ -189,7 +200,7 @@ def _runs(client: MlflowClient, query: str = ""):
 
 
 @pytest.mark.slow
-def test_entry_with_int8_a_budget_that_expires_then_resumes(tmp_path):
+def test_entry_with_int8_a_budget_that_expires_then_resumes(tmp_path, monkeypatch):
     args = ("--quick", "--effort", "entry", "--int8", "--data", "synthetic:40", "--res", "96", "64", "--epochs", "3",
             "--concurrency", "1", "--bench-runs", "5", "--max-latency-ms", "1000", "--min-iou", "0", "--json")
     first = _optimize(tmp_path, *args, "--time-budget", "20s")
@@ -228,6 +239,15 @@ def test_entry_with_int8_a_budget_that_expires_then_resumes(tmp_path):
     assert client.get_model_version_by_alias(model.name, "best").run_id == cands[0]["run_id"]
     fastest = min(cands, key=lambda c: c["latency_ms"])
     assert client.get_model_version_by_alias(model.name, "fastest").run_id == fastest["run_id"]
+    import mlflow.artifacts  # the registered version is an MLflow model (onnx flavor) holding the ONNX file
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # the registry's too
+    got = Path(mlflow.artifacts.download_artifacts(f"models:/{model.name}@best", dst_path=str(tmp_path / "dl")))
+    import onnx
+
+    meta = [{p.key: p.value for p in onnx.load(str(f)).metadata_props}["raysearch.spec"]
+            for f in (got / "model.onnx", Path(cands[0]["onnx"]))]
+    assert (got / "MLmodel").is_file() and meta[0] == meta[1]
     page = Path(result["report"]).read_text()
     assert all(c["name"] in page for c in cands) and "data:image/png;base64," in page
 
@@ -282,17 +302,20 @@ def test_a_custom_family_and_nothing_qualifies(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_intermediate_on_the_real_data(packages_dir, tmp_path):
-    p = _optimize(tmp_path, "--effort", "intermediate", "--data", str(packages_dir), "--limit", "12", "--res", "96",
-                  "64", "--epochs", "2", "--bench-runs", "5", "--bench-warmup", "1", "--max-latency-ms", "1000",
+@pytest.mark.parametrize("effort", ["entry", "intermediate"])
+def test_entry_and_intermediate_on_the_real_data(packages_dir, tmp_path, effort):
+    res = ["96", "64"] if effort == "intermediate" else ["64"]
+    p = _optimize(tmp_path, "--effort", effort, "--data", str(packages_dir), "--limit", "12", "--res", *res,
+                  "--epochs", "2", "--bench-runs", "5", "--bench-warmup", "1", "--max-latency-ms", "1000",
                   "--min-iou", "0.2", "--json")
     assert p.returncode in (0, 1), p.stdout[-3000:] + p.stderr[-3000:]
     result = json.loads(p.stdout[p.stdout.index("{\n"):])
-    assert result["complete"] and result["stages"] == ["resolution", "topology", "cross"]
+    assert result["complete"] and result["stages"] == opt_mod.plan(effort, False)
+    assert result["candidates"] or result["closest"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     kids = _runs(client, f"tags.`mlflow.parentRunId` = '{result['run_id']}'")
-    assert {k.data.tags["optimize_stage"] for k in kids} >= {"resolution", "topology"}
-    topo = next(k for k in kids if k.data.tags["optimize_stage"] == "topology")
-    widths = {float(k.data.params["a"]) for k in _runs(client, f"tags.`mlflow.parentRunId` = '{topo.info.run_id}'")}
-    assert widths == set(get_family("fastscnn").choices["a"])
-    assert result["candidates"] or result["closest"]
+    assert {k.data.tags["optimize_stage"] for k in kids} <= set(result["stages"])
+    if effort == "intermediate":
+        topo = next(k for k in kids if k.data.tags["optimize_stage"] == "topology")
+        widths = {float(k.data.params["a"]) for k in _runs(client, f"tags.`mlflow.parentRunId` = '{topo.info.run_id}'")}
+        assert widths == set(get_family("fastscnn").choices["a"])

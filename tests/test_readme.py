@@ -79,7 +79,7 @@ class Run:
 RUN: dict[str, Run] = {
     "raysearch summary --a 0.125 --t 2 --r 1 --pp 0 --res 512": Run(),
     "raysearch synth data/synth --n 400 --seed 0": Run(creates="data/synth/test/labels", slow=True),
-    "raysearch pick --max-latency-ms 33 --min-iou 0.95": Run(ok=(0, 1)),  # 1: nothing qualifies
+    "raysearch pick --max-latency-ms 33 --min-iou 0.95 --device-class rpi4": Run(ok=(0, 1)),  # 1: nothing qualifies
     "raysearch report --max-latency-ms 33 --min-iou 0.95 --out report.html": Run(creates="report.html"),
     "raysearch train --data data/mine --a 0.125 --t 2 --r 1 --pp 0 --res 64 --epochs 1 --out runs/check":
         Run(creates="runs/check/model.onnx"),
