@@ -261,6 +261,10 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
 
     init_ray(opts.address)
     storage_uri = str(Path(opts.storage_path).resolve()) if "://" not in opts.storage_path else opts.storage_path
+    if "://" not in opts.storage_path:
+        # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
+        # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     root = local_root(opts)
     name = name or search_name(stage, opts)
     exp_path = f"{storage_uri.rstrip('/')}/{name}"
