@@ -11,8 +11,10 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-python -c "import torch" 2>/dev/null || { echo "setup: installing torch==2.13.0 (CPU)"; pip install -q torch==2.13.0; }
+# torch first and pinned (the version everything is tested with). Where the index is plain PyPI on
+# Linux x86_64 this is the multi-GB CUDA build: install the CPU build into .venv first (README,
+# Troubleshooting); a torch already there is kept.
+python -c "import torch" 2>/dev/null || { echo "setup: installing torch==2.13.0 (from the configured index; see README, Troubleshooting, for a CPU-only machine)"; pip install -q torch==2.13.0; }
 echo "setup: installing raysearch + benchd with the [search,test] extras"
 # build-backend chatter goes to .venv/setup.log; shown only when the install fails
 if ! pip install -q -e ".[search,test]" > .venv/setup.log 2>&1; then
