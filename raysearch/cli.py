@@ -221,15 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser = sub.add_parser
-
-    def add_with_verbose(*a, **kw):  # `-v` after the command too (the default stays the top-level one)
-        s = add_parser(*a, **kw)
-        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging "
-                                                                                              "and tracebacks")
-        return s
-
-    sub.add_parser = add_with_verbose
 
     s = sub.add_parser("summary", help="parameters, MACs and memory of a model variant",
                        description="Parameters (the study's convention and the executed ones), MACs and "
@@ -325,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     s.set_defaults(func=cmd_optimize)
+    for s in sub.choices.values():  # `-v` after the command too (SUPPRESS: the top-level default stands)
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging and tracebacks")
     return p
 
 

@@ -34,6 +34,7 @@ decides its outcome (model, data, requirements, effort, ...), not by the budget.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import math
@@ -45,7 +46,8 @@ from typing import Any
 from raysearch import objectives as obj
 from raysearch.models import ModelSpec
 from raysearch.pareto import front_table, misses, pareto_front, plot_front, qualifies
-from raysearch.search import BudgetExpired, SearchOptions, Space, local_root, run_search
+from raysearch.search import (BudgetExpired, SearchOptions, Space, local_root, run_search, search_state_path,
+                              storage_uri)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +257,7 @@ class _State:
 
 def _partial_rows(opt: OptimizeOptions, search: str) -> list[dict]:
     """Finished trials of an interrupted search (from its state file)."""
-    path = local_root(opt.search) / "state" / search / "raysearch_state.json"
+    path = search_state_path(opt.search, search)
     try:
         return list(json.loads(path.read_text()).get("finals", {}).values())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -264,14 +266,12 @@ def _partial_rows(opt: OptimizeOptions, search: str) -> list[dict]:
 
 def optimize(opt: OptimizeOptions) -> OptimizeResult:
     """Run (or continue) the optimization; see the module doc."""
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from mlflow.entities import Param
-
+    from raysearch.data import open_split
     from raysearch.models import get_family
     from raysearch.search import ensure_experiment
-
-    from raysearch.data import open_split
 
     t_start = time.time()
     family = get_family(opt.model)
@@ -309,7 +309,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
           + (f"; time budget {opt.time_budget_s:.0f} s ({max(0.0, opt.time_budget_s - spent_before):.0f} s left)"
              if opt.time_budget_s else ""))
 
-    results_cache = f"{_storage_uri(sopts)}/results/{name}"
+    results_cache = f"{storage_uri(sopts)}/results/{name}"
     complete = True
     rows_by_stage: dict[str, list[dict]] = {}
     try:
@@ -352,11 +352,6 @@ def _end(state: _State, client, run_id: str, spent: float, status: str) -> None:
     state.data["spent_s"] = spent
     state.save()
     client.set_terminated(run_id, status)
-
-
-def _storage_uri(sopts: SearchOptions) -> str:
-    return (str(Path(sopts.storage_path).resolve()) if "://" not in sopts.storage_path
-            else sopts.storage_path).rstrip("/")
 
 
 def _space_for(label: str, family, opt: OptimizeOptions, rows: dict[str, list[dict]]):
@@ -463,7 +458,7 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
                        max_latency_ms=s.max_latency_ms, min_iou=s.min_iou)
         report = write_html(client, s.experiment, tmp / "report.html", optimization=name,
                             max_latency_ms=s.max_latency_ms, min_iou=s.min_iou,
-                            preface=f"<h2>Optimization {name}</h2><pre>{_escape(summary)}</pre>")
+                            preface=f"<h2>Optimization {name}</h2><pre>{html.escape(summary)}</pre>")
         client.log_artifacts(run_id, str(tmp))
         out = Path(local_root(s)) / "optimize" / f"{name}.html"
         out.write_bytes(report.read_bytes())
@@ -479,12 +474,6 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
     print("\n" + table + "\n\n" + summary + f"\nHTML report: {out}")
     return OptimizeResult(name, run_id, quals, closest, complete, spent, epochs,
                           [k for k in stages if k in rows_by_stage], registered, str(out), pool)
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def _closest(pool: list[dict], max_latency_ms: float | None, min_iou: float | None, n: int = 3) -> list[dict]:

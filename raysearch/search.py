@@ -219,6 +219,19 @@ def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
                          threads=opts.bench_threads, stat=opts.latency_stat)
 
 
+def storage_uri(opts: SearchOptions) -> str:
+    """Ray Tune's storage: an absolute folder, or the object-store URI as given (no trailing /)."""
+    text = str(Path(opts.storage_path).resolve()) if "://" not in opts.storage_path else opts.storage_path
+    return text.rstrip("/")
+
+
+def search_state_path(opts: SearchOptions, name: str) -> Path:
+    """Where a search keeps its trial -> MLflow run mapping and finished trials (the tracker's state)."""
+    from raysearch.tracking import STATE_FILE
+
+    return local_root(opts) / "state" / name / STATE_FILE
+
+
 def local_root(opts: SearchOptions) -> Path:
     """Where the driver keeps its own files (search state; synthetic data on a local storage)."""
     return Path(opts.storage_path).resolve() if "://" not in opts.storage_path else Path("runs").resolve()
@@ -260,17 +273,17 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.tracking import SearchTracker
 
     init_ray(opts.address)
-    storage_uri = str(Path(opts.storage_path).resolve()) if "://" not in opts.storage_path else opts.storage_path
+    storage = storage_uri(opts)
     if "://" not in opts.storage_path:
         # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
         # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     root = local_root(opts)
     name = name or search_name(stage, opts)
-    exp_path = f"{storage_uri.rstrip('/')}/{name}"
-    state_path = root / "state" / name / "raysearch_state.json"
+    exp_path = f"{storage}/{name}"
+    state_path = search_state_path(opts, name)
     if not opts.resume and state_path.exists():
-        raise ValueError(f"a search named {name!r} already exists under {storage_uri} (state {state_path}); "
+        raise ValueError(f"a search named {name!r} already exists under {storage} (state {state_path}); "
                          f"pass --resume to continue it or --name to start another")
 
     remote = "://" in opts.storage_path
@@ -287,8 +300,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     with _farm(opts) as farm:
         settings = TrialSettings(
             # trial-side files live in the storage every node reaches (a folder or an object store)
-            data=data, bench=bench_settings(opts, farm), latency_cache=f"{storage_uri.rstrip('/')}/latency_cache",
-            results_cache=results_cache or f"{storage_uri.rstrip('/')}/results/{name}",
+            data=data, bench=bench_settings(opts, farm), latency_cache=f"{storage}/latency_cache",
+            results_cache=results_cache or f"{storage}/results/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
@@ -307,7 +320,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         t0 = time.time()
         alarm = _Deadline(deadline)
         try:
-            tuner = _tuner(tune, ASHAScheduler, trainable, space, opts, epochs, name, storage_uri, exp_path, tracker)
+            tuner = _tuner(tune, ASHAScheduler, trainable, space, opts, epochs, name, storage, exp_path, tracker)
             with alarm:
                 results = tuner.fit()
             errors = sum(1 for r in results if r.error is not None)
@@ -391,12 +404,12 @@ class _farm:
 
 
 def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, epochs: int, name: str,
-           storage_uri: str, exp_path: str, tracker):
+           storage: str, exp_path: str, tracker):
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage_uri, callbacks=[tracker], verbose=opts.verbose,
+        name=name, storage_path=storage, callbacks=[tracker], verbose=opts.verbose,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if opts.mode == "grid":  # the study's grid: every trial to the end

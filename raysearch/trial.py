@@ -8,6 +8,7 @@ MLflow callback logs it from there, so one process writes to the tracking store.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -117,6 +119,13 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     init_checkpoint = settings.checkpoint_for(config)
     result_key = settings.result_key(spec, init_checkpoint)
     results = LatencyCache(settings.results_cache) if settings.results_cache else None
+
+    @functools.cache
+    def calibration() -> list:  # int8 only; read once for both exports of the trial
+        from raysearch.quantize import calibration_inputs
+
+        return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
+
     if results is not None and (done := results.get(result_key)) is not None:
         # the searcher proposed a configuration that already ran: report its figures, train nothing
         tune.report({**done, "duplicate": 1})
@@ -131,7 +140,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         key = settings.bench.cache_key(spec)
         first = cache.get(key)
         if first is None:
-            path = _export(build_model(spec), work / "untrained.onnx", settings)
+            path = _export(build_model(spec), work / "untrained.onnx", settings, calibration)
             first = measure(path, settings.bench)
             cache.put(key, first)
         latency = float(first["latency_ms"])
@@ -184,7 +193,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
         final = work / FINAL_DIR
         (final / "overlays").mkdir(parents=True)
-        onnx_path = _export(model, final / "model.onnx", settings)
+        onnx_path = _export(model, final / "model.onnx", settings, calibration)
         test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
 
         def keep(i, image, gt, pred):
@@ -217,19 +226,16 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _export(model, path: Path, settings: TrialSettings) -> Path:
+def _export(model, path: Path, settings: TrialSettings, calibration: Callable[[], list]) -> Path:
     """The deployable ONNX file of ``model``: the fp32 export, or with ``precision=int8`` that
-    export quantized, calibrated on validation images fed as at inference."""
+    export quantized, calibrated on ``calibration()`` (validation images fed as at inference)."""
     from raysearch.export import export_onnx
 
-    spec: ModelSpec = model.spec
-    if spec.precision == "fp32":
+    if model.spec.precision == "fp32":
         return export_onnx(model, path, exporter=settings.exporter).path
-    from raysearch.data import open_split
-    from raysearch.quantize import calibration_inputs, quantize_int8
+    from raysearch.quantize import quantize_int8
 
     fp32 = export_onnx(model, path.with_name(path.stem + "-fp32.onnx"), exporter=settings.exporter).path
-    val = open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit)
-    quantize_int8(fp32, path, calibration_inputs(val, spec))
+    quantize_int8(fp32, path, calibration())
     fp32.unlink()
     return path
