@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchd import __version__
+from benchd.runner import DEFAULTS
 
 _EPILOG = """examples:
   benchd serve --device-class rpi4                       # loopback only, port 50051
@@ -87,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--local", action="store_true", help="time in this process (no server)")
     b.add_argument("--class", dest="device_class", help="with --farm: device class to use")
     b.add_argument("--label", action="append", default=[], metavar="K=V", help="with --farm: required label")
-    b.add_argument("--runs", type=int, default=20, help="minimum timed runs")
-    b.add_argument("--warmup", type=int, default=5, help="discarded runs after the cold first run")
+    b.add_argument("--runs", type=int, default=DEFAULTS.runs, help="minimum timed runs (default %(default)s)")
+    b.add_argument("--warmup", type=int, default=DEFAULTS.warmup_runs,
+                   help="discarded runs after the cold first run (default %(default)s)")
     b.add_argument("--min-duration-s", type=float, default=0.0, help="keep timing at least this long")
     b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores of the device)")
     b.add_argument("--batch-size", type=int, default=1, help="for a dynamic batch dimension")
@@ -224,9 +226,9 @@ def _bench(args: argparse.Namespace) -> int:
             return 1
         result.update(model_sha256=sha256_file(args.model), device_name="local", device_class="local")
     else:
-        from benchd.client import BenchOptions
+        from benchd.runner import BenchParams
 
-        opts = BenchOptions(
+        opts = BenchParams(
             runs=args.runs, warmup_runs=args.warmup, min_duration_s=args.min_duration_s,
             intra_op_threads=args.threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
             input_shapes=shapes, return_samples=args.samples,

@@ -10,16 +10,18 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchd import wire
 from benchd.cache import SHA256_RE, sha256_file
 from benchd.errors import BenchError, BenchNotFound, from_rpc_error
+from benchd.runner import BenchParams
 from benchd.security import ClientTls, auth_metadata, read_token_file
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
@@ -27,10 +29,6 @@ from benchd.v1 import benchd_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default message limit
-_GRAPH_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
-              "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
-_THROTTLE = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
-             pb.THROTTLE_STATE_THROTTLED: True}
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # Notice a device that vanished (power cut) during a long benchmark.
     ("grpc.keepalive_time_ms", 15_000),
@@ -120,9 +118,6 @@ class BenchResult:
 
     @classmethod
     def from_proto(cls, resp: pb.BenchmarkResponse, target: str, **extra: Any) -> BenchResult:
-        def opt(name: str) -> float | None:
-            return getattr(resp, name) if resp.HasField(name) else None
-
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name in extra or f.name in ("target",):
@@ -130,17 +125,13 @@ class BenchResult:
             if f.name in ("device_name", "device_class"):
                 values[f.name] = getattr(resp.device, "name" if f.name == "device_name" else "device_class")
             elif f.name.startswith(("cpu_temperature_c_", "cpu_freq_mhz_")):
-                values[f.name] = opt(f.name)
+                values[f.name] = wire.optional(resp, f.name)
             elif f.name == "throttled":
-                values[f.name] = _THROTTLE.get(resp.throttled)
+                values[f.name] = wire.throttle_state(resp.throttled)
             elif f.name == "graph_optimization":
-                values[f.name] = pb.GraphOptimization.Name(resp.graph_optimization).removeprefix(
-                    "GRAPH_OPTIMIZATION_").lower()
+                values[f.name] = wire.graph_optimization_name(resp.graph_optimization)
             elif f.name == "inputs":
-                values[f.name] = tuple(
-                    {"name": i.name, "element_type": i.element_type, "graph_dims": list(i.graph_dims),
-                     "dims": list(i.dims)} for i in resp.inputs
-                )
+                values[f.name] = wire.inputs_of(resp)
             elif f.name == "samples_ms":
                 values[f.name] = tuple(resp.samples_ms)
             elif hasattr(resp, f.name):
@@ -159,39 +150,6 @@ class UploadResult:
     sha256: str
     size_bytes: int
     uploaded: bool  # False: the device already had it
-
-
-@dataclass
-class BenchOptions:
-    """Benchmark request knobs (None: the server's default)."""
-
-    runs: int | None = None
-    warmup_runs: int | None = None
-    min_duration_s: float = 0.0
-    intra_op_threads: int = 0
-    batch_size: int = 1
-    graph_optimization: str = "all"
-    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
-    return_samples: bool = False
-
-    def request(self, sha: str, reject_if_busy: bool = False) -> pb.BenchmarkRequest:
-        if self.graph_optimization not in _GRAPH_OPT:
-            raise ValueError(f"graph_optimization must be one of {sorted(_GRAPH_OPT)}")
-        req = pb.BenchmarkRequest(
-            model_sha256=sha,
-            min_duration_s=self.min_duration_s,
-            intra_op_threads=self.intra_op_threads,
-            batch_size=self.batch_size,
-            graph_optimization=_GRAPH_OPT[self.graph_optimization],
-            input_shapes=[pb.InputShape(name=k, dims=list(v)) for k, v in self.input_shapes.items()],
-            return_samples=self.return_samples,
-            reject_if_busy=reject_if_busy,
-        )
-        if self.runs is not None:
-            req.runs = self.runs
-        if self.warmup_runs is not None:
-            req.warmup_runs = self.warmup_runs
-        return req
 
 
 class BenchClient:
@@ -300,17 +258,17 @@ class BenchClient:
     def benchmark(
         self,
         model: Model | str | os.PathLike[str] | bytes,
-        options: BenchOptions | None = None,
+        options: BenchParams | None = None,
         *,
         reject_if_busy: bool = False,
         timeout_s: float | None = None,
         **knobs: Any,
     ) -> BenchResult:
-        """Upload if missing, then time the model. `knobs` are BenchOptions fields."""
-        opts = dataclasses.replace(options or BenchOptions(), **knobs)
+        """Upload if missing, then time the model. `knobs` are `BenchParams` fields."""
+        opts = dataclasses.replace(options or BenchParams(), **knobs)
         m = Model.of(model)
+        req = wire.benchmark_request(opts, m.sha256, reject_if_busy=reject_if_busy)  # a bad knob fails before upload
         uploaded = self.ensure_model(m).uploaded
-        req = opts.request(m.sha256, reject_if_busy=reject_if_busy)
         timeout = timeout_s or self.benchmark_timeout_s + opts.min_duration_s
         for attempt in range(2):
             start = time.monotonic()

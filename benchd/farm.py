@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-from benchd.client import BenchClient, BenchOptions, BenchResult, Model
+from benchd import wire
+from benchd.client import BenchClient, BenchResult, Model
+from benchd.runner import BenchParams
 from benchd.errors import (
     BenchAuthError,
     BenchBusy,
@@ -250,7 +252,7 @@ class BenchFarm:
     def benchmark(
         self,
         model: Model | str | os.PathLike[str] | bytes,
-        options: BenchOptions | None = None,
+        options: BenchParams | None = None,
         *,
         device_class: str | None = None,
         labels: Mapping[str, str] | None = None,
@@ -258,7 +260,7 @@ class BenchFarm:
         **knobs: Any,
     ) -> BenchResult:
         """Measure on one healthy device of the class; fails over until `timeout_s` passes."""
-        opts = dataclasses.replace(options or BenchOptions(), **knobs)
+        opts = dataclasses.replace(options or BenchParams(), **knobs)
         m = Model.of(model)
         candidates = self.matching(device_class, labels)
         if not candidates:
@@ -312,8 +314,8 @@ class BenchFarm:
                 return DeviceState(d, "DOWN", error=f"{exc.code.name if exc.code else ''} {exc.details}".strip())
             except ValueError as exc:
                 return DeviceState(d, "DOWN", error=str(exc))
-            temp = st.cpu_temperature_c if st.HasField("cpu_temperature_c") else None
-            throttled = {pb.THROTTLE_STATE_THROTTLED: True, pb.THROTTLE_STATE_NOT_THROTTLED: False}.get(st.throttled)
+            temp = wire.optional(st, "cpu_temperature_c")
+            throttled = wire.throttle_state(st.throttled)
             return DeviceState(d, health, busy=st.busy, queue_depth=st.queue_depth, temperature_c=temp,
                                throttled=throttled)
 

@@ -43,37 +43,32 @@ _MEMORY_MARKERS = ("bad_alloc", "failed to allocate", "cannot allocate memory", 
 
 
 class BenchmarkError(Exception):
-    """A benchmark failed because of the request or the model (maps to a gRPC status)."""
-
-    code = "INTERNAL"
+    """A benchmark failed because of the request or the model. Each kind below is a domain
+    error; the server alone maps it to a gRPC status."""
 
 
 class ModelInputError(BenchmarkError):
     """Inputs cannot be fed: unsupported type, unresolved dynamic dimension, bad shape."""
 
-    code = "INVALID_ARGUMENT"
-
 
 class ModelLoadError(BenchmarkError):
     """onnxruntime refused the model when creating the session."""
-
-    code = "INVALID_ARGUMENT"
 
 
 class ModelRunError(BenchmarkError):
     """onnxruntime failed inside session.run."""
 
-    code = "INVALID_ARGUMENT"
-
 
 class MemoryLimitError(BenchmarkError):
     """The model needed more memory than the worker may use."""
 
-    code = "RESOURCE_EXHAUSTED"
-
 
 @dataclass(frozen=True)
 class BenchParams:
+    """How to time one model: what a client asks for (on the wire) and what the server decides
+    (``max_duration_s``, ``seed``). The defaults are benchd's, the ones the proto's comments
+    document; `DEFAULTS` holds them."""
+
     warmup_runs: int = 5
     runs: int = 20
     min_duration_s: float = 0.0
@@ -100,6 +95,9 @@ class BenchParams:
             raise ModelInputError(
                 f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {self.graph_optimization!r}"
             )
+
+
+DEFAULTS = BenchParams()  # the one table of defaults (warm-up 5, runs 20, ...)
 
 
 def resolved_threads(requested: int) -> int:

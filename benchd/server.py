@@ -28,6 +28,7 @@ from benchd.cache import CacheError, ModelCache, check_sha
 from benchd.devicelock import DeviceLock, QueueAbandoned, QueueFull, QueueTimeout
 from benchd.errors import REASON_KEY
 from benchd.metrics import Metrics
+from benchd import runner, wire
 from benchd.runner import BenchmarkError, BenchParams
 from benchd.security import ServerTls, TokenInterceptor, is_loopback, split_address
 from benchd.v1 import benchd_pb2 as pb
@@ -39,21 +40,14 @@ log = logging.getLogger("benchd.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BenchService"].full_name
 DEFAULT_PORT = 50051
 
-_OPT_TO_NAME = {
-    pb.GRAPH_OPTIMIZATION_UNSPECIFIED: "all",
-    pb.GRAPH_OPTIMIZATION_DISABLE: "disable",
-    pb.GRAPH_OPTIMIZATION_BASIC: "basic",
-    pb.GRAPH_OPTIMIZATION_EXTENDED: "extended",
-    pb.GRAPH_OPTIMIZATION_ALL: "all",
+# The runner's domain errors, by kind, as gRPC statuses (the only place they become statuses);
+# anything else the worker reports is INTERNAL.
+ERROR_STATUS = {
+    runner.ModelInputError.__name__: grpc.StatusCode.INVALID_ARGUMENT,
+    runner.ModelLoadError.__name__: grpc.StatusCode.INVALID_ARGUMENT,
+    runner.ModelRunError.__name__: grpc.StatusCode.INVALID_ARGUMENT,
+    runner.MemoryLimitError.__name__: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-_NAME_TO_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
-                "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
-
-
-def throttle_enum(state: bool | None) -> pb.ThrottleState:
-    if state is None:
-        return pb.THROTTLE_STATE_UNKNOWN
-    return pb.THROTTLE_STATE_THROTTLED if state else pb.THROTTLE_STATE_NOT_THROTTLED
 
 
 def default_worker_memory_bytes() -> int:
@@ -263,9 +257,12 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 
     def _params(self, request: pb.BenchmarkRequest) -> BenchParams:
         cfg = self.cfg
-        warmup = request.warmup_runs if request.HasField("warmup_runs") else 5
-        runs = request.runs if request.HasField("runs") else 20
-        for name, value in (("runs", runs), ("warmup_runs", warmup)):
+        try:
+            params = wire.params_of(request, max_duration_s=cfg.max_duration_s)
+            params.validate()
+        except BenchmarkError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        for name, value in (("runs", params.runs), ("warmup_runs", params.warmup_runs)):
             if value > cfg.max_runs:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                              f"{name}={value} exceeds this server's limit of {cfg.max_runs} (--max-runs)")
@@ -273,21 +270,6 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                          f"min_duration_s={request.min_duration_s} exceeds this server's limit of "
                          f"{cfg.max_duration_s} s (--max-duration-s)")
-        params = BenchParams(
-            warmup_runs=warmup,
-            runs=runs,
-            min_duration_s=request.min_duration_s,
-            max_duration_s=cfg.max_duration_s,
-            intra_op_threads=request.intra_op_threads,
-            batch_size=request.batch_size or 1,
-            graph_optimization=_OPT_TO_NAME.get(request.graph_optimization, "all"),
-            input_shapes={s.name: list(s.dims) for s in request.input_shapes},
-            return_samples=request.return_samples,
-        )
-        try:
-            params.validate()
-        except BenchmarkError as exc:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return params
 
     def _benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
@@ -342,7 +324,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                     raise _Abort(grpc.StatusCode.INTERNAL, str(exc)) from None
                 upload_overlap = self._upload_bytes - uploads_before
             if not frame["ok"]:
-                code = getattr(grpc.StatusCode, frame["code"], grpc.StatusCode.INTERNAL)
+                code = ERROR_STATUS.get(frame["error"], grpc.StatusCode.INTERNAL)
                 if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
                     self._restart_worker()  # a worker that failed that way may be in a bad state
                 reason = "memory" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""
@@ -371,9 +353,9 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             elif key == "samples_ms":
                 resp.samples_ms.extend(value)
             elif key == "throttled":
-                resp.throttled = throttle_enum(value)
+                resp.throttled = wire.throttle_enum(value)
             elif key == "graph_optimization":
-                resp.graph_optimization = _NAME_TO_OPT[value]
+                resp.graph_optimization = wire.graph_optimization_enum(value)
             else:
                 setattr(resp, key, value)
         return resp
@@ -401,7 +383,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 worker_memory_bytes=self.worker.memory_limit_bytes,
             ),
             ready=self.serving,
-            throttled=throttle_enum(self._throttled_now),
+            throttled=wire.throttle_enum(self._throttled_now),
             **facts,  # type: ignore[arg-type]
         )
         temp = self.cfg.sensors.temperature_c()
@@ -416,7 +398,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             busy=self.lock.busy,
             queue_depth=self.lock.depth,
             queue_capacity=self.cfg.queue_size,
-            throttled=throttle_enum(self._throttled_now),
+            throttled=wire.throttle_enum(self._throttled_now),
         )
         temp, freq = self.cfg.sensors.temperature_c(), self.cfg.sensors.freq_mhz()
         if temp is not None:

@@ -118,16 +118,16 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         try:
             params = runner.BenchParams(**job["params"])
             reply = {"ok": True, "result": runner.run_benchmark(job["model_path"], params)}
-        except runner.BenchmarkError as exc:
-            reply = {"ok": False, "code": exc.code, "message": str(exc)}
+        except runner.BenchmarkError as exc:  # a domain error, by kind: the server maps it to a status
+            reply = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
         except MemoryError:
-            reply = {"ok": False, "code": "RESOURCE_EXHAUSTED", "message": "out of memory (MemoryError)"}
+            reply = {"ok": False, "error": runner.MemoryLimitError.__name__, "message": "out of memory (MemoryError)"}
         except Exception as exc:  # a bug or an unexpected onnxruntime failure: report, keep going
-            reply = {"ok": False, "code": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}
+            reply = {"ok": False, "error": "", "message": f"{type(exc).__name__}: {exc}"}
         try:
             _write_frame(out, reply)
         except MemoryError:
-            _write_frame(out, {"ok": False, "code": "RESOURCE_EXHAUSTED", "message": "out of memory"})
+            _write_frame(out, {"ok": False, "error": runner.MemoryLimitError.__name__, "message": "out of memory"})
 
 
 # --------------------------------------------------------------------------- server side

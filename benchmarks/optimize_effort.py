@@ -22,7 +22,8 @@ from common import machine
 from mlflow.tracking import MlflowClient
 
 from raysearch.optimize import OptimizeOptions, optimize
-from raysearch.pareto import qualifies
+from raysearch.report import row_from_run
+from raysearch.results import Requirement
 from raysearch.search import SearchOptions, run_search
 from raysearch.stages import stage_space, stage7_space
 
@@ -45,13 +46,11 @@ def epochs_of(client: MlflowClient, run) -> int:
 def measure(client: MlflowClient, t0: float, wall: float, max_latency_ms: float, min_iou: float) -> dict:
     runs = trial_runs(client)
     epochs, first, best = 0, None, None
+    req = Requirement(max_latency_ms, min_iou)
     for n, r in enumerate(runs, 1):
         epochs += epochs_of(client, r)
-        m, t = r.data.metrics, r.data.tags
-        ok = (r.info.status == "FINISHED" and "iou" in m and t.get("pruned_by_latency") != "true"
-              and t.get("stopped_early") != "true" and t.get("duplicate") != "true"
-              and qualifies({"iou": m["iou"], "latency_ms": m.get("latency_ms")}, max_latency_ms, min_iou))
-        if ok:
+        m, row = r.data.metrics, row_from_run(r)
+        if r.info.status == "FINISHED" and row.is_candidate() and req.qualifies(row):
             best = m["iou"] if best is None else max(best, m["iou"])
             if first is None:
                 first = {"first_s": r.info.end_time / 1000 - t0, "first_epochs": epochs, "first_trials": n,

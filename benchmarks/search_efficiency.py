@@ -44,15 +44,15 @@ def main() -> None:
             opts = SearchOptions(mode=mode, num_samples=args.num_samples, data=args.data, limit=args.limit,
                                  storage_path=f"{tmp}/ray", tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20,
                                  bench_warmup=3, hv_ref_latency_ms=args.hv_ref_latency_ms,
-                                 max_latency_ms=args.max_latency_ms if mode == "search" else None, verbose=0,
+                                 max_latency_ms=args.max_latency_ms if mode == "search" else None,
                                  reduction_factor=args.reduction_factor, grace_period=args.grace_period,
                                  concurrency=1 if mode == "search" else None)
             t0 = time.time()
             out = run_search("stage6", space, opts, epochs=args.epochs, name=f"efficiency-{mode}")
             wall = time.time() - t0
-            done = [r for r in out.rows if r.get("time_total_s") and r.get("train_seconds") is not None]
-            trial_s = sum(r["time_total_s"] for r in done)
-            train_s = sum(r["train_seconds"] for r in done)
+            done = [r for r in out.rows if r.value("time_total_s") and r.value("train_seconds") is not None]
+            trial_s = sum(r.value("time_total_s") for r in done)
+            train_s = sum(r.value("train_seconds") for r in done)
             rows[mode] = {"trials": len(out.rows), "epochs": out.epochs_spent, "hypervolume": round(out.hypervolume, 4),
                           "wall_s": round(wall, 1), "front": len(out.front),
                           "non_training_share": round(1 - train_s / trial_s, 3) if trial_s else None,

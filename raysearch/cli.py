@@ -20,6 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from raysearch.presets import QUICK, STUDY  # noqa: E402
+
 log = logging.getLogger("raysearch")
 
 DATA_HELP = ("dataset: a folder with <split>/images + <split>/labels (like ../shared/data/packages), a folder "
@@ -27,24 +29,45 @@ DATA_HELP = ("dataset: a folder with <split>/images + <split>/labels (like ../sh
              "generator, N samples in all, default 400)")
 
 
-def add_spec_args(p: argparse.ArgumentParser, res_default: str = "512") -> None:
+def hw_arg(text: str) -> tuple[int, int]:
+    """An input size on the command line, N or HxW: parsed here, once, into (h, w)."""
+    from raysearch.models import parse_hw
+
+    try:
+        return parse_hw(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_spec_args(p: argparse.ArgumentParser, res_default: str | None = None,
+                  skip: tuple[str, ...] = ("precision", "extra")) -> None:
+    """One flag per `ModelSpec` field (name, type, default and help from the field itself;
+    ``input_hw`` is ``--res``)."""
+    from dataclasses import fields
+
+    from raysearch.models import ModelSpec
+
     g = p.add_argument_group("model (the fields of ModelSpec)")
-    g.add_argument("--arch", default="fastscnn", help="model family: fastscnn, bisenetv2, deeplabv3 (default %(default)s)")
-    g.add_argument("--a", type=float, default=1.0, help="width multiplier; channels are int(c*a) (default %(default)s)")
-    g.add_argument("--t", type=int, default=6, help="expansion rate of the bottleneck blocks (default %(default)s)")
-    g.add_argument("--r", type=int, default=3, help="repetitions of the bottleneck blocks (default %(default)s)")
-    g.add_argument("--pp", type=int, default=1, choices=(0, 1), help="pyramid pooling off/on (default %(default)s)")
-    g.add_argument("--res", default=res_default, help="input size, N or HxW, multiples of 32 (default %(default)s)")
-    g.add_argument("--in-channels", type=int, default=3, choices=(1, 3),
-                   help="3 = RGB (ImageNet-normalized), 1 = Y channel of YCrCb (default %(default)s)")
-    g.add_argument("--num-classes", type=int, default=1, help="output channels; 1 = binary (default %(default)s)")
+    for f in fields(ModelSpec):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        flag = "--" + meta.get("flag", f.name).replace("_", "-")
+        if f.name == "input_hw":
+            default = hw_arg(res_default) if res_default else f.default
+            g.add_argument(flag, dest=f.name, type=hw_arg, default=default,
+                           help=f"{meta['help']} (default {'x'.join(map(str, default))})")
+        else:
+            g.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, choices=meta.get("choices"),
+                           help=meta["help"] + " (default %(default)s)")
 
 
 def spec_from_args(args: argparse.Namespace):
+    from dataclasses import fields
+
     from raysearch.models import ModelSpec
 
-    return ModelSpec(arch=args.arch, a=args.a, t=args.t, r=args.r, pp=args.pp, input_hw=args.res,
-                     in_channels=args.in_channels, num_classes=args.num_classes)
+    return ModelSpec(**{f.name: getattr(args, f.name) for f in fields(ModelSpec) if hasattr(args, f.name)})
 
 
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
@@ -156,24 +179,30 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):
     from mlflow.tracking import MlflowClient
 
-    from raysearch.search import tracking_uri
+    from raysearch.tracking import tracking_uri
 
     return MlflowClient(tracking_uri(args.tracking_uri))
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from raysearch.pareto import front_table
-    from raysearch.report import candidates, searches, write_html
+def _requirement(args: argparse.Namespace):
+    from raysearch.results import Requirement
 
-    client = _client(args)
+    return Requirement(args.max_latency_ms, args.min_iou)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysearch import objectives as obj
+    from raysearch.report import candidates_of, front_table, searches, write_html
+
+    client, req = _client(args), _requirement(args)
     for parent in searches(client, args.experiment, args.run_id, args.optimization):
-        rows = candidates(client, parent, args.device_class)
-        print(f"{parent.info.run_name} ({parent.data.tags.get('stage', '')}): {len(rows)} candidates")
+        rows = candidates_of(client, parent, args.device_class)
+        print(f"{parent.info.run_name} ({parent.data.tags.get(obj.TAG_STAGE, '')}): {len(rows)} candidates")
         if rows:
-            print(front_table(rows, max_latency_ms=args.max_latency_ms, min_iou=args.min_iou))
+            print(front_table(rows, req))
         print()
     out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
-                     max_latency_ms=args.max_latency_ms, min_iou=args.min_iou, device_class=args.device_class)
+                     requirement=req, device_class=args.device_class)
     print(f"wrote {out}")
     return 0
 
@@ -181,8 +210,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from raysearch.report import pick, rows_json
 
-    rows = pick(_client(args), args.experiment, args.max_latency_ms, args.min_iou, args.run_id, args.optimization,
-                args.device_class)
+    rows = pick(_client(args), args.experiment, _requirement(args), args.run_id, args.optimization, args.device_class)
     if args.json:
         print(rows_json(rows))
         return 0 if rows else 1
@@ -190,18 +218,19 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print("no candidate meets the requirements; `raysearch report` shows the closest", file=sys.stderr)
         return 1
     for i, r in enumerate(rows, 1):
-        print(f"{i}. {r['name']}  IoU {r['iou']:.4f}  {r['latency_ms']:.3f} ms on {r['device_class'] or '?'}  "
-              f"({r['stage']}, run {r['run_id']})\n"
-              f"   {r['onnx']}")
+        print(f"{i}. {r.name}  IoU {r.iou:.4f}  {r.latency_ms:.3f} ms on {r.device_class or '?'}  "
+              f"({r.stage}, run {r.run_id})\n"
+              f"   {r.onnx}")
     return 0
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from raysearch.optimize import optimize, options_from_args, result_json
+    from raysearch.optimize import optimize, result_json
 
-    res = optimize(options_from_args(args))
+    opts = optimize_options(args)
+    res = optimize(opts)
     if args.json:
-        print(result_json(res))
+        print(result_json(res, opts.search.requirement))
     return 0 if res.candidates else 1
 
 
@@ -214,6 +243,204 @@ def add_mlflow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     p.add_argument("--max-latency-ms", type=float, help="latency requirement")
     p.add_argument("--min-iou", type=float, help="IoU requirement")
+
+
+# ---- the stage scripts (python raysearch/stageN.py) --------------------------------------------------------------------------------
+def build_stage_parser(stage: int) -> argparse.ArgumentParser:
+    from raysearch import stages
+    from raysearch.search import MODES
+
+    p = argparse.ArgumentParser(
+        prog=f"python raysearch/stage{stage}.py", description=stages.DESCRIPTIONS[stage] + "\n\n" + stages.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--mode", choices=MODES, default="grid",
+                   help="grid: the study's exact grid, every trial to the end; search: multi-objective Optuna "
+                        "search over the same space with ASHA early stopping (default %(default)s)")
+    g.add_argument("--num-samples", type=int, default=10, help="trials of --mode search (default %(default)s)")
+    g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
+    g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
+    g.add_argument("--epochs", type=int, help="training epochs per trial (default 400, or 8 with --quick)")
+    g.add_argument("--seed", type=int, default=0)
+    add_search_args(p)
+    g = p.add_argument_group("this search")
+    g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted search: --name, or the latest "
+                                                         "search of this stage and mode")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks, and Ray Tune's own "
+                                                                 "per-trial tables instead of the concise view")
+    return p
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
+    g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
+    g.add_argument("--max-latency-ms", type=float, help="latency budget on the device; slower trials are pruned "
+                                                        "before any training")
+    g.add_argument("--min-iou", type=float, help="IoU floor")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="dataset folder, COCO export, or synthetic[:N] (default: synthetic, "
+                                  f"{QUICK.data} with --quick)")
+    g.add_argument("--limit", type=int, help="at most N images per split")
+    g.add_argument("--logit-threshold", type=float, default=0.0,
+                   help="foreground when the logit exceeds this (0 = probability 0.5; the study used 0.5)")
+    g = p.add_argument_group("latency (benchd)")
+    g.add_argument("--farm", help="farm inventory (clusters/farm.yaml) or HOST:PORT of one benchd "
+                                  "(default: a local benchd on 127.0.0.1 for the duration)")
+    g.add_argument("--device-class", default="local", help="device class to measure on (default %(default)s)")
+    g.add_argument("--latency-stat", choices=("p50", "mean"), default="p50",
+                   help="which figure is the latency objective: p50, or the study's mean (default %(default)s)")
+    g.add_argument("--bench-runs", type=int, help=f"timed runs per benchmark (default {STUDY.bench_runs}, "
+                                                  f"{QUICK.bench_runs} with --quick)")
+    g.add_argument("--bench-warmup", type=int, help=f"discarded warm-up runs (default {STUDY.bench_warmup}, "
+                                                    f"{QUICK.bench_warmup} with --quick)")
+    g.add_argument("--bench-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    g = p.add_argument_group("tracking and storage")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
+    g.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
+    g.add_argument("--storage-path", default="runs/ray", help="Ray Tune storage: a local or shared folder, or an "
+                                                              "object-store URI (default %(default)s)")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    g.add_argument("--concurrency", type=int, help="trials at once (default: as many as resources allow)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial (default 1 when the "
+                                                        "cluster has GPUs, else 0)")
+    g.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (default %(default)s)")
+    g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    g.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default %(default)s)")
+    g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency (default: "
+                                                           "--max-latency-ms, else 1000 ms)")
+
+
+def search_options(args: argparse.Namespace):
+    from raysearch.presets import preset
+    from raysearch.search import SearchOptions
+
+    keys = SearchOptions.__dataclass_fields__
+    kw = {k: v for k, v in vars(args).items() if k in keys and v is not None}
+    kw["data"] = args.data or preset(args.quick).data
+    return SearchOptions(**kw)
+
+
+def stage_main(stage: int, argv: list[str] | None = None) -> int:
+    from raysearch.presets import preset
+    from raysearch.stages import run_stage
+
+    args = build_stage_parser(stage).parse_args(argv)
+    _logging(args.verbose)
+    try:
+        opts = search_options(args)
+        epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
+        outcome = run_stage(stage, opts, epochs, args.res)
+    except (ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        print(f"stage{stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stage{stage}: interrupted; every open MLflow run was ended as KILLED. Continue with --resume.",
+              file=sys.stderr)
+        return 130
+    quals = outcome.qualifying(opts.requirement)
+    if opts.requirement.constrained:
+        print(f"{len(quals)} Pareto candidate(s) meet the requirements" if quals else
+              "no candidate meets the requirements (see the table above for the closest)")
+    print(f"MLflow parent run {outcome.parent_run_id} ({opts.tracking}, experiment {opts.experiment!r})")
+    return 1 if outcome.errors else 0
+
+
+OPTIMIZE_EPILOG = """\
+continuing:
+  An optimization is named optimize-MODEL-EFFORT-<hash of what decides its outcome: model, data,
+  requirements, effort, epochs, sizes, seed, ...>, printed on the first line; its state is in
+  <--storage-path>/optimize/NAME.json. Running the same command again from the same folder
+  (after Ctrl-C, `kill`, `ray job stop`, a crash or an expired --time-budget) continues it;
+  --fresh starts a new one (named NAME-<timestamp>; continue that one with --name).
+
+output:
+  The table of every candidate, the qualifying Pareto candidates best IoU first with their
+  model.onnx, an HTML report (<--storage-path>/optimize/NAME.html, also on the optimization's
+  MLflow run), and the registered model raysearch-NAME (a version per qualifying candidate;
+  aliases best, fastest, rank-1, rank-2, ...). Exit status 0 when something qualifies, 1 when
+  nothing does (the closest candidates and what each misses are shown), 2 on bad input.
+"""
+
+
+# ---- raysearch optimize -------------------------------------------------------------------------------
+def parse_duration(text: str) -> float:
+    """'90' (seconds), '90s', '45m', '2h', '1h30m' -> seconds."""
+    import re
+
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", t).strip():
+        raise ValueError(f"--time-budget {text!r} is not a duration: expected e.g. 90s, 45m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--time-budget ")) from None
+
+
+def add_optimize_args(p: argparse.ArgumentParser) -> None:
+    from raysearch.planning import EFFORTS, GRID_LIMIT
+
+    g = p.add_argument_group("what to optimize")
+    g.add_argument("--model", default="fastscnn", help="model family: fastscnn, bisenetv2, deeplabv3 or one "
+                                                       "registered by --import (default %(default)s)")
+    g.add_argument("--effort", choices=EFFORTS, default="intermediate",
+                   help="entry: retrain the full model at each input size. intermediate: + the width multiplier a "
+                        "at the best size, then the kept sizes x the best widths. expert: + every knob of the "
+                        f"family (Fast-SCNN a, t, r, pp; searched when over {GRID_LIMIT} points), then int8 "
+                        "(default %(default)s)")
+    g.add_argument("--time-budget", type=_duration_arg, metavar="DURATION",
+                   help="total for the whole optimization over all its runs (90s, 45m, 2h, 1h30m): at the deadline "
+                        "it stops cleanly and reports the best so far; after a 2h budget ran out, --time-budget 3h "
+                        "gives it one more hour (default: no limit)")
+    g.add_argument("--epochs", type=int, help=f"training epochs per candidate (default {STUDY.epochs}, "
+                                              f"{QUICK.epochs} with --quick)")
+    g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes to try, N or HxW (default: the family's, "
+                                                         f"{' '.join(map(str, STUDY.resolutions))} for the built-in "
+                                                         f"ones; {' '.join(map(str, QUICK.resolutions))} with --quick)")
+    g.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="--int8 / --no-int8: also try int8-quantized candidates (default: only at expert)")
+    g.add_argument("--y-channel", action="store_true", help="also try the Y channel of YCrCb as the only input "
+                                                            "(the study found it always dominated)")
+    g.add_argument("--trials-per-stage", type=int, help="trials of a stage too big for a grid (default: a third "
+                                                        f"of its points, at least {GRID_LIMIT})")
+    g.add_argument("--quick", action="store_true", help="inputs 128/96/64, 8 epochs, 120 synthetic images, short "
+                                                        "benchmarks: minutes on 2 CPUs")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it registers your model family with register_family); repeatable")
+    g.add_argument("--name", help="name of the optimization (default: derived from its settings)")
+    g.add_argument("--fresh", action="store_true", help="start over instead of continuing an earlier run")
+    g.add_argument("--seed", type=int, default=0)
+    add_search_args(p)
+
+
+def optimize_options(args: argparse.Namespace):
+    import importlib
+
+    from raysearch.optimize import OptimizeOptions
+
+    if args.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--import my_models` finds ./my_models.py, as `python -m` would
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--import {module}: cannot import it ({e}); is it in the current folder or on "
+                             f"PYTHONPATH?") from None
+    return OptimizeOptions(
+        model=args.model, effort=args.effort, search=search_options(args), time_budget_s=args.time_budget,
+        epochs=args.epochs, res=tuple(args.res) if args.res else None, int8=args.int8, y_channel=args.y_channel,
+        trials_per_stage=args.trials_per_stage, name=args.name, fresh=args.fresh)
 
 
 # ---- parser --------------------------------------------------------------------------------------
@@ -302,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_pick)
 
-    from raysearch.optimize import EFFORTS, EPILOG, add_arguments
+    from raysearch.planning import EFFORTS
 
     s = sub.add_parser("optimize", help="requirements and effort in, qualifying candidate models out",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -312,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"Nothing qualifies: the closest candidates and what each misses.\n\n"
                                    "example:\n  raysearch optimize --model fastscnn --data DIR --max-latency-ms 33 "
                                    "--min-iou 0.95 --farm clusters/farm.yaml --device-class rpi4 --effort intermediate "
-                                   "--time-budget 2h", epilog=EPILOG)
-    add_arguments(s)
+                                   "--time-budget 2h", epilog=OPTIMIZE_EPILOG)
+    add_optimize_args(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     s.set_defaults(func=cmd_optimize)
     for s in sub.choices.values():  # `-v` after the command too (SUPPRESS: the top-level default stands)
@@ -322,10 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _logging(args.verbose)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # one clear line, no traceback (-v for one)

@@ -19,6 +19,7 @@ import torch
 
 from raysearch.evaluate import SPEC_METADATA_KEY
 from raysearch.models import ModelSpec
+from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, exporter: str = "to
     except Exception as e:
         raise ExportError(f"{spec.name}: exported graph fails onnx.checker: {e}") from e
     data = proto.SerializeToString()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data)
 
     diff, shape = _compare(model, path, spec, check_batch)
     if device.type != "cpu":

@@ -3,8 +3,7 @@ latencies keyed by architecture + input size + device class.
 
 Latency does not depend on the weights, so a trial measures its *untrained* model first and a
 second trial with the same architecture reads the cached figure instead of benchmarking again.
-The cache is a folder of small JSON files (one per key, written atomically) so that it works for
-many trial processes at once and, on a shared filesystem, for many nodes.
+The cache is a `raysearch.storage.DocumentStore` keyed by `BenchSettings.cache_key`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import hashlib
 import json
 import logging
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,8 +46,9 @@ class BenchSettings:
 
     def cache_key(self, spec: ModelSpec) -> str:
         # the weights do not matter, everything that shapes the graph and the timing does
+        # (the statistic too: the cached reply's latency_ms is the one it chose)
         ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.threads,
-                 "runs": self.runs, "warmup": self.warmup_runs}
+                 "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -80,50 +79,6 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     reply = r.to_dict()
     reply["latency_ms"] = r.latency_ms_p50 if settings.stat == "p50" else r.latency_ms_mean
     return reply
-
-
-def storage_fs(location: str | Path):
-    """(pyarrow filesystem, path) for a local folder or a storage URI (s3://, gs://, file://)."""
-    import pyarrow.fs as pafs
-
-    text = str(location)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).resolve())
-
-
-def read_bytes(location: str | Path) -> bytes:
-    fs, path = storage_fs(location)
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
-def write_bytes(location: str | Path, data: bytes) -> None:
-    """Write a whole file at once: a temporary name then a move, so readers never see half a file."""
-    fs, path = storage_fs(location)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
-
-
-class LatencyCache:
-    """Small JSON documents by key in a folder that every trial can reach: a local or shared
-    folder, or a storage URI on a multi-node cluster without a shared filesystem."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = str(root).rstrip("/")
-
-    def get(self, key: str) -> dict | None:
-        try:
-            return json.loads(read_bytes(f"{self.root}/{key}.json"))
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
-            return None
-
-    def put(self, key: str, value: dict) -> None:
-        write_bytes(f"{self.root}/{key}.json", json.dumps(value).encode())
 
 
 @contextlib.contextmanager

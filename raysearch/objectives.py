@@ -30,11 +30,49 @@ OBJECTIVES: tuple[Objective, ...] = (IOU, LATENCY_MS)
 VAL_IOU = Objective("val_iou", "max", "validation IoU of the current epoch")
 VAL_LOSS = Objective("val_loss", "min", "validation loss of the current epoch")
 
-# Other names reported by trials.
+# ---- every other metric and tag name, here and nowhere else as a literal ----------------------
+# Metrics a trial reports (and the driver logs).
 FPS = "fps"
 EPOCH = "epoch"
-PRUNED = "pruned_by_latency"
+FINAL = "final"  # 1 on a trial's last report (its final figures), 0 on the per-epoch ones
+EPOCHS_TRAINED = "epochs_trained"
+LATENCY_UNTRAINED = "latency_ms_untrained"  # measured before training (the pruning decision)
+PARAMS_TOTAL = "params_total"
+MACS = "macs"
+# Flags a trial reports (1/0) that are also tags of its MLflow run ("true"/"false").
+PRUNED = "pruned_by_latency"  # over the latency budget: measured, never trained
+STOPPED = "stopped_early"  # stopped by the scheduler before its last epoch
+DUPLICATE = "duplicate"  # a configuration that already ran: its figures, nothing trained
+# Metrics of a search's parent run.
 HYPERVOLUME = "hypervolume"
+FINAL_HYPERVOLUME = "final_hypervolume"
+N_PARETO = "n_pareto"
+EPOCHS_SPENT = "epochs_spent"
+
+# Tags of the MLflow runs.
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: nests a child under its parent in the UI
+TAG_STAGE = "stage"
+TAG_MODE = "mode"
+TAG_SEARCH = "raysearch.search"  # on a search's parent run: the search's name
+TAG_STORAGE = "raysearch.storage"  # on a search's parent run: its Ray Tune experiment path
+TAG_OPTIMIZATION = "raysearch.optimization"  # on an optimization's run and its stage searches
+TAG_KIND = "raysearch.kind"
+TAG_SPEC = "raysearch.spec"  # on a child run: the spec's short name
+TAG_TRIAL_ID = "trial_id"
+TAG_DEVICE_NAME = "device_name"
+TAG_DEVICE_CLASS = "device_class"
+TAG_PARETO = "pareto_optimal"
+TAG_QUALIFIES = "qualifies"
+TAG_STOPPED_AT = "stopped_at_epoch"
+TAG_ERROR = "error"
+TAG_RESUMED = "resumed"
+TAG_RETRIED = "retried"
+TAG_TRIAL_ERRORS = "trial_errors"
+
+
+def flag(value: object) -> str:
+    """A boolean as an MLflow tag value."""
+    return "true" if value else "false"
 
 
 def metric_names() -> list[str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, local_benchd
-from raysearch.pareto import default_reference, front_table, hypervolume, misses, pareto_front, plot_front, \
-    plot_hypervolume, qualifies, write_front_csv
+from raysearch.pareto import default_reference
+from raysearch.results import Requirement, TrialRow
 from raysearch.trial import TrialSettings, run_trial
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,14 @@ class SearchOptions:
     reduction_factor: float = 3.0
     logit_threshold: float = 0.0
     hv_ref_latency_ms: float | None = None
-    verbose: int = 1
+    verbose: bool = False  # Ray Tune's own per-trial tables instead of the concise view
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r} is not one of {MODES}")
         if self.num_samples < 1:
             raise ValueError(f"--num-samples {self.num_samples} must be >= 1")
-        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
-            raise ValueError(f"--max-latency-ms {self.max_latency_ms} must be > 0")
-        if self.min_iou is not None and not 0 <= self.min_iou <= 1:
-            raise ValueError(f"--min-iou {self.min_iou} must be between 0 and 1")
+        self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
 
@@ -91,19 +88,14 @@ class SearchOptions:
                                  f"its classes: {classes}")
 
     @property
+    def requirement(self) -> Requirement:
+        return Requirement(self.max_latency_ms, self.min_iou)
+
+    @property
     def tracking(self) -> str:
+        from raysearch.tracking import tracking_uri
+
         return tracking_uri(self.tracking_uri)
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path("runs/mlflow.db").resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
 
 
 @dataclass
@@ -126,14 +118,14 @@ class Space:
 class SearchOutcome:
     parent_run_id: str
     experiment_path: str
-    rows: list[dict]  # every trial's final figures (name, run_id, iou, latency_ms, ...)
-    front: list[dict]  # the Pareto-optimal rows, best IoU first
+    rows: list[TrialRow]  # every trial's final figures
+    front: list[TrialRow]  # the Pareto-optimal candidates, best IoU first
     hypervolume: float
     errors: int = 0
     epochs_spent: int = 0  # training epochs of every trial together
 
-    def qualifying(self, max_latency_ms: float | None, min_iou: float | None) -> list[dict]:
-        return [r for r in self.front if qualifies(r, max_latency_ms, min_iou)]
+    def qualifying(self, requirement: Requirement) -> list[TrialRow]:
+        return [r for r in self.front if requirement.qualifies(r)]
 
 
 class BudgetExpired(KeyboardInterrupt):
@@ -163,53 +155,6 @@ def init_ray(address: str | None) -> None:
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
         # search like Ctrl-C, so every MLflow run gets a status and --resume can continue
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-
-
-def prepare_data(data: str, storage: Path | None, seed: int) -> str:
-    """Synthetic data is written once to the (local or shared) storage folder so trials read
-    files instead of rendering; with an object store (``storage`` None) every trial renders the
-    same deterministic images itself."""
-    if not (data == "synthetic" or data.startswith("synthetic:")):
-        return str(Path(data).resolve()) if Path(data).exists() else data
-    if storage is None:
-        return data
-    from raysearch.data import DEFAULT_SYNTHETIC_N
-    from raysearch.data.synthetic import write_synthetic
-
-    n = int(data.partition(":")[2] or DEFAULT_SYNTHETIC_N)
-    out = storage / "data" / f"synthetic-{n}-seed{seed}"
-    if not (out / ".complete").is_file():
-        log.info("writing %d synthetic images to %s", n, out)
-        write_synthetic(out, n=n, seed=seed, progress=True)
-        (out / ".complete").write_text("ok")
-    return str(out)
-
-
-def ensure_experiment(client, experiment: str, tracking_uri: str) -> str:
-    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if tracking_uri.startswith("sqlite:///"):
-        artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifacts)
-
-
-def open_parent(client, experiment: str, tracking_uri: str, state_path: Path, run_name: str, tags: dict,
-                params: dict) -> tuple[str, str]:
-    """(experiment id, parent run id): the saved parent on resume, else a new run."""
-    exp_id = ensure_experiment(client, experiment, tracking_uri)
-    if state_path.is_file():
-        parent = json.loads(state_path.read_text())["parent"]
-        client.update_run(parent, status="RUNNING")
-        client.set_tag(parent, "resumed", "true")
-        return exp_id, parent
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return exp_id, run.info.run_id
 
 
 def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
@@ -247,7 +192,7 @@ def search_name(label: str, opts: SearchOptions) -> str:
         states = sorted((local_root(opts) / "state").glob(prefix + "*"), key=lambda p: p.stat().st_mtime)
         if not states:
             raise ValueError(f"--resume: no earlier {label} search in {opts.mode} mode under {opts.storage_path}")
-        return states[-1].name.removesuffix("-train").removesuffix("-eval") if label == "stage1" else states[-1].name
+        return states[-1].name
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
 
@@ -270,7 +215,9 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from raysearch.tracking import SearchTracker
+    from raysearch.data import prepare_data
+    from raysearch.report import finish_search
+    from raysearch.tracking import SearchTracker, open_parent
 
     init_ray(opts.address)
     storage = storage_uri(opts)
@@ -310,7 +257,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         else:
             exp_id, parent_id = open_parent(
                 client, opts.experiment, opts.tracking, state_path, run_name=name,
-                tags={"stage": stage, "mode": opts.mode, "raysearch.search": name, "raysearch.storage": exp_path,
+                tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), "hv_reference": json.dumps(hv_ref)})
@@ -329,15 +276,21 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
             if not tracker.ended_cleanly(state_path):  # Ray Tune caught Ctrl-C / SIGTERM, saved state, returned
                 raise KeyboardInterrupt
         except BaseException:
-            SearchTracker(*tracker._args).close("KILLED")  # the state file knows every run, even after a restore
+            tracker.reload().close("KILLED")  # the state file knows every run, even after a restore
             client.set_terminated(parent_id, "KILLED")
             if alarm.fired:  # the deadline's SIGINT landed before Ray Tune's own handler was in place
                 raise BudgetExpired from None
             raise
-        tracker = SearchTracker(*tracker._args)  # what Ray Tune's copy of the callback recorded
-        outcome = _finish(client, parent_id, tracker, opts, hv_ref, exp_path, errors, close_parent=not keep_parent_open)
-        log.info("%s: %d trials, %d errors, %.0f s", name, len(outcome.rows), errors, time.time() - t0)
-        return outcome
+        tracker = tracker.reload()  # what Ray Tune's copy of the callback recorded
+        tracker.close("KILLED")  # anything the tuner left open
+        rows = list(tracker.finals.values())
+        front, hv = finish_search(client, parent_id, stage, rows, tracker.hv_history, opts.requirement, hv_ref)
+        if errors:
+            client.set_tag(parent_id, obj.TAG_TRIAL_ERRORS, str(errors))
+        if not keep_parent_open:
+            client.set_terminated(parent_id, "FINISHED")
+        log.info("%s: %d trials, %d errors, %.0f s", name, len(rows), errors, time.time() - t0)
+        return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.epochs_spent)
 
 
 class _Deadline:
@@ -409,7 +362,8 @@ def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, ep
         log.info("resuming the search at %s", exp_path)
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, callbacks=[tracker], verbose=opts.verbose,
+        # the tracker prints a concise view (a line per trial); Ray Tune's own tables with -v
+        name=name, storage_path=storage, callbacks=[tracker], verbose=2 if opts.verbose else 0,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if opts.mode == "grid":  # the study's grid: every trial to the end
@@ -430,53 +384,3 @@ def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, ep
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                       max_concurrent_trials=opts.concurrency)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-
-
-def _finish(client, parent_id: str, tracker, opts: SearchOptions, hv_ref: dict, exp_path: str, errors: int,
-            close_parent: bool) -> SearchOutcome:
-    import tempfile
-
-    tracker.close("KILLED")  # anything the tuner left open
-    rows = [dict(r) for r in tracker.finals.values()]
-    candidates = [r for r in rows if not r.get(obj.PRUNED) and not r.get("stopped_early") and not r.get("duplicate")]
-    front = [candidates[i] for i in pareto_front(candidates)]
-    front_ids = {r["run_id"] for r in front}
-    for r in rows:
-        r["pareto"] = int(r["run_id"] in front_ids)
-        r["qualifies"] = int(qualifies(r, opts.max_latency_ms, opts.min_iou)) if r in candidates else 0
-        client.set_tag(r["run_id"], "pareto_optimal", str(bool(r["pareto"])).lower())
-        client.set_tag(r["run_id"], "qualifies", str(bool(r["qualifies"])).lower())
-    hv = hypervolume(candidates, hv_ref)
-    client.log_metric(parent_id, "final_hypervolume", hv)
-    client.log_metric(parent_id, "n_pareto", len(front))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if rows:
-            write_front_csv(rows, tmp / "front.csv")
-            plot_front(candidates or rows, tmp / "front.png", title=f"{tracker.stage}: IoU vs frames per second",
-                       max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou)
-        if tracker.hv_history:
-            plot_hypervolume([(h[0], h[2]) for h in tracker.hv_history], tmp / "hypervolume.png")
-        table = front_table(candidates, max_latency_ms=opts.max_latency_ms, min_iou=opts.min_iou) if candidates \
-            else "(no trial finished training)"
-        pruned = sum(1 for r in rows if r.get(obj.PRUNED))
-        stopped = sum(1 for r in rows if r.get("stopped_early"))
-        dups = sum(1 for r in rows if r.get("duplicate"))
-        table += (f"\n{len(candidates)} trained to the end, {pruned} pruned by latency before training, "
-                  f"{stopped} stopped early by ASHA, {dups} repeated configurations (not retrained)")
-        constrained = opts.max_latency_ms is not None or opts.min_iou is not None
-        if constrained and candidates and not any(r["qualifies"] for r in front):
-            closest = sorted(candidates, key=lambda r: len(misses(r, opts.max_latency_ms, opts.min_iou)))[:3]
-            table += "\nnothing qualifies; the closest:\n" + "\n".join(
-                f"  {r['name']}: {', '.join(misses(r, opts.max_latency_ms, opts.min_iou))}" for r in closest)
-        (tmp / "candidates.txt").write_text(table)
-        client.log_artifacts(parent_id, str(tmp))
-    print(f"\n{tracker.stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {hv:.4g}"
-          f" (reference iou={hv_ref['iou']}, latency_ms={hv_ref['latency_ms']})")
-    print(table)
-    if errors:
-        client.set_tag(parent_id, "trial_errors", str(errors))
-    if close_parent:
-        client.set_terminated(parent_id, "FINISHED")
-    front.sort(key=lambda r: -r.get(obj.IOU.name, 0))
-    return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.epochs_spent)

@@ -10,7 +10,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.path.dirname(here))
 
-from raysearch.stages import main  # noqa: E402
+from raysearch.cli import stage_main as main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(5))

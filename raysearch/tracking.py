@@ -1,13 +1,14 @@
 """MLflow logging of a search, from the driver (one writer to the tracking store).
 
 A search is one *parent* run (tags: stage, mode; params: the search settings); every trial is a
-*child* run (``mlflow.parentRunId``) whose params are the trial's `ModelSpec`, with per-epoch
-metrics, final metrics, artifacts (``model.onnx``, ``benchmark.json``, overlays) and tags
-(stage, device, pruned, Pareto-optimal). Runs always end with a status: FINISHED, FAILED (with
-the reason) or KILLED; none is left RUNNING, even when the search is interrupted.
+*child* run (``mlflow.parentRunId``) whose params are the trial's `ModelSpec` (`to_params`), with
+per-epoch metrics, final metrics, artifacts (``model.onnx``, ``benchmark.json``, overlays) and
+tags (stage, device, pruned, stopped early, Pareto-optimal). Runs always end with a status:
+FINISHED, FAILED (with the reason) or KILLED; none is left RUNNING, even when the search is
+interrupted.
 
-The trial -> run mapping is saved next to the Ray Tune experiment, so ``--resume`` continues the
-same parent and child runs.
+The trial -> run mapping and every trial's `TrialRow` are saved in a state file next to the
+search, so ``--resume`` continues the same parent and child runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +28,76 @@ from ray.tune import Callback
 from raysearch import objectives as obj
 from raysearch.models import ModelSpec
 from raysearch.pareto import hypervolume
+from raysearch.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
+from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
 STATE_FILE = "raysearch_state.json"
-_EPOCH_METRICS = ("val_iou", "val_loss", "train_loss", "lr", "epoch_seconds")
-_FINAL_SKIP = {"final", "device_name", "device_class", "epoch", "should_checkpoint", "done", "training_iteration"}
+_EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
+_FINAL_SKIP = {obj.FINAL, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint", "done",
+               "training_iteration"}
+STATUS_EVERY_S = 30.0  # the compact progress line, at most this often
+
+
+# ---- the tracking store, the experiment, the parent run ------------------------------------------
+def tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path("runs/mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def ensure_experiment(client: MlflowClient, experiment: str, uri: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=artifacts)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Params as MLflow shows them: lists and dicts as JSON, the rest as text; None left out."""
+    client.log_batch(run_id, params=[Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                                     for k, v in params.items() if v is not None])
+
+
+def run_in_store(client: MlflowClient, run_id: str | None) -> bool:
+    """Whether the tracking store holds the run (a saved state may name a run of another store)."""
+    if not run_id:
+        return False
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Path, run_name: str, tags: dict,
+                params: dict) -> tuple[str, str]:
+    """(experiment id, parent run id): the saved parent on resume, else a new run."""
+    exp_id = ensure_experiment(client, experiment, uri)
+    if state_path.is_file():
+        parent = json.loads(state_path.read_text())["parent"]
+        if not run_in_store(client, parent):
+            raise ValueError(f"{state_path} continues parent run {parent}, which the tracking store {uri} does not "
+                             f"have (another --tracking-uri, or its database was removed); pass the store it ran "
+                             f"with, or start a new search with --name")
+        client.update_run(parent, status="RUNNING")
+        client.set_tag(parent, obj.TAG_RESUMED, "true")
+        return exp_id, parent
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    log_params(client, run.info.run_id, params)
+    return exp_id, run.info.run_id
 
 
 def _num(v: Any) -> float | None:
@@ -50,23 +115,41 @@ def checkpoint_uri(checkpoint) -> str:
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
-class SearchTracker(Callback):
-    """Ray Tune callback: child runs per trial, hypervolume on the parent after every trial."""
+def _status_of(result: dict) -> str:
+    if result.get(obj.PRUNED):
+        return PRUNED
+    return DUPLICATE if result.get(obj.DUPLICATE) else TRAINED
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, stage: str,
+
+def progress_line(row: TrialRow, epochs: int | None = None) -> str:
+    """One line of the concise console view for a trial that ended."""
+    lat = f"{row.latency_ms:.3g} ms" if row.latency_ms is not None else "latency ?"
+    iou = f"IoU {row.iou:.4f}" if row.iou is not None else ""
+    what = {TRAINED: f"trained     {iou}  {lat}", PRUNED: f"pruned      {lat} over the latency budget, not trained",
+            STOPPED: f"stopped     {iou} (validation) {lat}" + (f" at epoch {epochs}" if epochs else ""),
+            DUPLICATE: f"repeated    {iou}  {lat} (ran before: not retrained)", FAILED: "FAILED (see its MLflow run)"}
+    return f"  {row.name}: {what[row.status]}"
+
+
+class SearchTracker(Callback):
+    """Ray Tune callback: child runs per trial, hypervolume on the parent after every trial, and the
+    concise console view (one line per trial that starts or ends, a status line now and then)."""
+
+    def __init__(self, tracking: str, experiment_id: str, parent_run_id: str, stage: str,
                  state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_reference: dict) -> None:
-        self._args = (tracking_uri, experiment_id, parent_run_id, stage, state_path, to_spec, hv_reference)
-        self.client = MlflowClient(tracking_uri)
+        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_reference)
+        self.client = MlflowClient(tracking)
         self.experiment_id, self.parent = experiment_id, parent_run_id
         self.stage, self.state_path, self.to_spec, self.hv_reference = stage, state_path, to_spec, hv_reference
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         self.runs: dict[str, str] = state.get("runs", {})
-        self.finals: dict[str, dict] = state.get("finals", {})
+        self.finals: dict[str, TrialRow] = {k: TrialRow.from_dict(v) for k, v in state.get("finals", {}).items()}
         self.names: dict[str, str] = state.get("names", {})
         self.hv_history: list[list[float]] = state.get("hv_history", [])
         self.epochs_spent: int = state.get("epochs_spent", 0)
         self.done: set[str] = set(state.get("done", []))
         self.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
+        self._last_status = time.time()
 
     # ---- state ---------------------------------------------------------------------------
     # Ray Tune pickles callbacks into its experiment state and `Tuner.restore` brings back that
@@ -77,6 +160,10 @@ class SearchTracker(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__init__(*state["args"])
 
+    def reload(self) -> "SearchTracker":
+        """A tracker with what the state file holds now (what Ray Tune's copy of it recorded)."""
+        return SearchTracker(*self._args)
+
     @staticmethod
     def ended_cleanly(state_path: Path) -> bool:
         """Whether the last run of the search saw every trial conclude (not interrupted)."""
@@ -85,64 +172,79 @@ class SearchTracker(Callback):
         except (FileNotFoundError, json.JSONDecodeError):
             return False
 
+    @staticmethod
+    def saved_rows(state_path: Path) -> list[TrialRow]:
+        """The finished trials a search's state file holds (an interrupted search's so far)."""
+        try:
+            return [TrialRow.from_dict(v) for v in json.loads(state_path.read_text()).get("finals", {}).values()]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+
     def _save(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"parent": self.parent, "runs": self.runs, "finals": self.finals, "names": self.names,
-                                   "hv_history": self.hv_history, "epochs_spent": self.epochs_spent,
-                                   "done": sorted(self.done), "ended": self.ended}))
-        tmp.replace(self.state_path)
+        write_atomic(self.state_path, json.dumps({
+            "parent": self.parent, "runs": self.runs, "finals": {k: r.to_dict() for k, r in self.finals.items()},
+            "names": self.names, "hv_history": self.hv_history, "epochs_spent": self.epochs_spent,
+            "done": sorted(self.done), "ended": self.ended}))
+
+    def _spec(self, trial) -> ModelSpec | None:
+        try:
+            return self.to_spec(trial.config)
+        except ValueError:  # the trial itself will fail with the message
+            return None
 
     def _run_for(self, trial) -> str:
         tid = trial.trial_id
         if tid in self.runs:
             return self.runs[tid]
-        try:
-            spec = self.to_spec(trial.config)
-            name, knobs = spec.name, spec.to_dict()
-        except ValueError:  # the trial itself will fail with the message; log what it was given
-            name, knobs = f"invalid-{tid}", dict(trial.config)
+        spec = self._spec(trial)
+        name = spec.name if spec else f"invalid-{tid}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            PARENT_TAG: self.parent, "stage": self.stage, "trial_id": tid, "raysearch.spec": name})
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in knobs.items()]
-        self.client.log_batch(run.info.run_id, params=params)
+            obj.TAG_PARENT: self.parent, obj.TAG_STAGE: self.stage, obj.TAG_TRIAL_ID: tid, obj.TAG_SPEC: name})
+        log_params(self.client, run.info.run_id, spec.to_params() if spec else dict(trial.config))
         self.runs[tid], self.names[tid] = run.info.run_id, name
         self._save()
         return run.info.run_id
+
+    def _row(self, trial, status: str, values: dict, **kw) -> TrialRow:
+        return TrialRow(name=self.names.get(trial.trial_id, trial.trial_id), run_id=self.runs[trial.trial_id],
+                        spec=self._spec(trial), status=status, iou=values.get(obj.IOU.name),
+                        latency_ms=values.get(obj.LATENCY_MS.name), stage=self.stage, **kw)
 
     # ---- Ray Tune hooks ------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
         self.client.update_run(run_id, status="RUNNING")
+        print(f"  {self.names[trial.trial_id]}: started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self._run_for(trial)
         ts = int(time.time() * 1000)
-        if not result.get("final"):
+        if not result.get(obj.FINAL):
             step = int(result.get(obj.EPOCH, 0))
             self.epochs_spent += 1
             metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS if _num(result.get(k)) is not None]
-            metrics.append(Metric(obj.LATENCY_MS.name + "_untrained", float(result[obj.LATENCY_MS.name]), ts, step))
+            metrics.append(Metric(obj.LATENCY_UNTRAINED, float(result[obj.LATENCY_MS.name]), ts, step))
             self.client.log_batch(run_id, metrics=metrics)
             return
         final = {k: v for k, v in result.items() if k not in _FINAL_SKIP and _num(v) is not None
                  and not k.startswith(("time_this", "time_since", "timestamp", "iterations_", "pid", "node_ip"))}
-        self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id, trial.trial_id), "run_id": run_id,
-                                       "spec": self._spec_dict(trial), **final}
-        tags = [RunTag("pruned_by_latency", str(bool(result.get(obj.PRUNED))).lower())]
-        if result.get("duplicate"):
-            tags.append(RunTag("duplicate", "true"))
-        for k in ("device_name", "device_class"):
-            if result.get(k):
-                tags.append(RunTag(k, str(result[k])))
+        row = self._row(trial, _status_of(result), final, device_name=str(result.get(obj.TAG_DEVICE_NAME) or ""),
+                        device_class=str(result.get(obj.TAG_DEVICE_CLASS) or ""),
+                        metrics={k: float(v) for k, v in final.items() if k not in (obj.IOU.name, obj.LATENCY_MS.name)})
+        self.finals[trial.trial_id] = row
+        tags = [RunTag(obj.PRUNED, obj.flag(row.status == PRUNED))]
+        if row.status == DUPLICATE:
+            tags.append(RunTag(obj.DUPLICATE, "true"))
+        tags += [RunTag(k, str(result[k])) for k in (obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS) if result.get(k)]
         step = int(result.get(obj.EPOCH, 0))  # at the last epoch's step, so it is the figure MLflow shows
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in final.items()], tags=tags)
         self._save()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
-        if trial.checkpoint is not None and trial.trial_id in self.finals:
-            self.finals[trial.trial_id]["checkpoint"] = checkpoint_uri(trial.checkpoint)
+        row = self.finals.get(trial.trial_id)
+        if trial.checkpoint is not None and row is not None:
+            row.checkpoint = checkpoint_uri(trial.checkpoint)
             try:
                 with trial.checkpoint.as_directory() as d:
                     for p in sorted(Path(d).iterdir()):
@@ -154,16 +256,18 @@ class SearchTracker(Callback):
                             self.client.log_artifact(run_id, str(p))
             except Exception as e:  # artifacts are a convenience: never lose the run over them
                 log.warning("could not log the artifacts of %s: %s", trial.trial_id, e)
-        stopped = trial.trial_id not in self.finals
-        self.client.set_tag(run_id, "stopped_early", str(stopped).lower())
-        if stopped:  # stopped by the scheduler: its last validation figures are what it has
+        stopped_at = None
+        if row is None:  # stopped by the scheduler: its last validation figures are what it has
             last = trial.last_result or {}
-            self.finals[trial.trial_id] = {"name": self.names.get(trial.trial_id), "run_id": run_id, "stopped_early": 1,
-                                           "spec": self._spec_dict(trial),
-                                           **{k: last[k] for k in (obj.IOU.name, obj.LATENCY_MS.name, obj.VAL_IOU.name)
-                                              if _num(last.get(k)) is not None}}
+            stopped_at = int(last.get(obj.EPOCH, 0))
+            row = self._row(trial, STOPPED, {k: last.get(k) for k in (obj.IOU.name, obj.LATENCY_MS.name)},
+                            metrics={obj.VAL_IOU.name: v} if (v := _num(last.get(obj.VAL_IOU.name))) is not None else {})
+            self.finals[trial.trial_id] = row
+            self.client.set_tag(run_id, obj.TAG_STOPPED_AT, str(stopped_at))
+        self.client.set_tag(run_id, obj.STOPPED, obj.flag(row.status == STOPPED))
         self.client.set_terminated(run_id, "FINISHED")
         self.done.add(trial.trial_id)
+        print(progress_line(row, stopped_at), flush=True)
         self._log_hypervolume()
         self._save()
 
@@ -174,14 +278,29 @@ class SearchTracker(Callback):
             reason = Path(trial.error_file).read_text()[-4000:] if trial.error_file else ""
         except OSError:
             pass
-        self.client.set_tag(run_id, "error", reason or "trial failed (see the Ray Tune logs)")
+        self.client.set_tag(run_id, obj.TAG_ERROR, reason or "trial failed (see the Ray Tune logs)")
         self.client.set_terminated(run_id, "FAILED")
+        self.finals[trial.trial_id] = row = self._row(trial, FAILED, {})
         self.done.add(trial.trial_id)
+        print(progress_line(row), flush=True)
         self._save()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
-        self.client.set_tag(run_id, "retried", "true")
+        self.client.set_tag(run_id, obj.TAG_RETRIED, "true")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.time() - self._last_status < STATUS_EVERY_S:
+            return
+        self._last_status = time.time()
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        cands = candidates(list(self.finals.values()))
+        best = max(cands, key=lambda r: r.iou, default=None)
+        print(f"[{self.stage}] " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+              + f"; {self.epochs_spent} epochs trained"
+              + (f"; best IoU {best.iou:.4f} ({best.name}, {best.latency_ms:.3g} ms)" if best else ""), flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         # Ray Tune also ends the experiment when Ctrl-C (or our deadline's SIGINT) stops it early:
@@ -190,19 +309,13 @@ class SearchTracker(Callback):
         self.close("KILLED")
 
     # ---- helpers -------------------------------------------------------------------------
-    def _spec_dict(self, trial) -> dict | None:
-        try:
-            return self.to_spec(trial.config).to_dict()
-        except ValueError:
-            return None
-
     def _log_hypervolume(self) -> None:
-        points = [f for f in self.finals.values() if not f.get(obj.PRUNED)]
-        hv = hypervolume(points, self.hv_reference)
+        # the candidates only, as the final figure counts them (not stopped, repeated or pruned trials)
+        hv = hypervolume(candidates(list(self.finals.values())), self.hv_reference)
         step = len(self.done)
         self.hv_history.append([step, self.epochs_spent, hv])
         self.client.log_metric(self.parent, obj.HYPERVOLUME, hv, step=step)
-        self.client.log_metric(self.parent, "epochs_spent", self.epochs_spent, step=step)
+        self.client.log_metric(self.parent, obj.EPOCHS_SPENT, self.epochs_spent, step=step)
 
     def close(self, status: str) -> None:
         """End every child run still open with ``status`` (the search ended or was interrupted)."""

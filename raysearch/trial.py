@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, LatencyCache, measure, read_bytes
+from raysearch.latency import BenchSettings, measure
+from raysearch.storage import DocumentStore, read_bytes
 from raysearch.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class TrialSettings:
 def base_metrics(**values) -> dict:
     """Every report carries every objective and scheduler metric (Ray Tune requires it)."""
     m = {obj.IOU.name: 0.0, obj.LATENCY_MS.name: float("nan"), obj.VAL_IOU.name: 0.0, obj.VAL_LOSS.name: float("nan"),
-         obj.EPOCH: 0, obj.PRUNED: 0, "final": 0}
+         obj.EPOCH: 0, obj.PRUNED: 0, obj.FINAL: 0}
     m.update(values)
     return m
 
@@ -118,7 +119,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     spec = settings.spec_for(config)  # bad values raise, naming the value
     init_checkpoint = settings.checkpoint_for(config)
     result_key = settings.result_key(spec, init_checkpoint)
-    results = LatencyCache(settings.results_cache) if settings.results_cache else None
+    results = DocumentStore(settings.results_cache) if settings.results_cache else None
 
     @functools.cache
     def calibration() -> list:  # int8 only; read once for both exports of the trial
@@ -128,19 +129,20 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
     if results is not None and (done := results.get(result_key)) is not None:
         # the searcher proposed a configuration that already ran: report its figures, train nothing
-        tune.report({**done, "duplicate": 1})
+        tune.report({**done, obj.DUPLICATE: 1})
         return
     work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
     try:
-        summ = summarize(spec)
-        shape = {"params_total": summ.params_total, "params_executed": summ.params_executed, "macs": summ.macs}
+        untrained = build_model(spec)  # built once: for the summary, the latency, and as stage 1's evaluated model
+        summ = summarize(untrained)
+        shape = {obj.PARAMS_TOTAL: summ.params_total, "params_executed": summ.params_executed, obj.MACS: summ.macs}
 
         # 1. latency first: the untrained model has the trained model's latency
-        cache = LatencyCache(settings.latency_cache)
+        cache = DocumentStore(settings.latency_cache)
         key = settings.bench.cache_key(spec)
         first = cache.get(key)
         if first is None:
-            path = _export(build_model(spec), work / "untrained.onnx", settings, calibration)
+            path = _export(untrained, work / "untrained.onnx", settings, calibration)
             first = measure(path, settings.bench)
             cache.put(key, first)
         latency = float(first["latency_ms"])
@@ -148,8 +150,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             final = work / FINAL_DIR
             final.mkdir()
             (final / "benchmark.json").write_text(json.dumps(first, indent=2))
-            tune.report(base_metrics(latency_ms=latency, fps=1000 / latency, pruned_by_latency=1, final=1,
-                                     latency_ms_untrained=latency, epochs_trained=0, **shape),
+            tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
+                                        obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0}, **shape),
                         checkpoint=tune.Checkpoint.from_directory(str(final)))
             return
 
@@ -166,7 +168,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             resume = (ckpt_dir / "last.pt").is_file()
 
         if settings.epochs == 0:
-            model = build_model(spec)
+            model = untrained
             if init_checkpoint:
                 state = torch.load(io.BytesIO(read_bytes(init_checkpoint)), map_location="cpu",
                                    weights_only=False)["model"]
@@ -180,8 +182,9 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
             def on_epoch(m) -> None:
                 save = m.epoch % every == 0 or m.epoch == settings.epochs
-                tune.report(base_metrics(iou=m.val_iou, latency_ms=latency, val_iou=m.val_iou, val_loss=m.val_loss,
-                                         train_loss=m.train_loss, lr=m.lr, epoch=m.epoch, epoch_seconds=m.seconds),
+                tune.report(base_metrics(**{obj.IOU.name: m.val_iou, obj.LATENCY_MS.name: latency,
+                                            obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss, obj.EPOCH: m.epoch},
+                                         train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
                             checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if save else None)
 
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
@@ -201,7 +204,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                 write_overlay(final / "overlays" / f"{i:02d}_{test.stems[i]}.png", image, gt, pred)
 
         predictor = OnnxPredictor(onnx_path, threads=1)
-        ev = evaluate(predictor, test, input_hw=predictor.input_hw, in_channels=predictor.in_channels,
+        ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
         bench = measure(onnx_path, settings.bench)
         if (ckpt_dir / "best.pt").is_file():  # the weights travel with the result (stage 1 reuses them)
@@ -210,15 +213,16 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
                                                         "history": [h.to_dict() for h in history]}, indent=2))
         last = history[-1] if history else None
-        final_metrics = base_metrics(
-            iou=ev.iou, latency_ms=bench["latency_ms"], fps=1000 / bench["latency_ms"],
-            val_iou=last.val_iou if last else ev.iou, val_loss=last.val_loss if last else float("nan"),
-            epoch=last.epoch if last else 0, final=1, epochs_trained=len(history),
+        final_metrics = base_metrics(**{
+            obj.IOU.name: ev.iou, obj.LATENCY_MS.name: bench["latency_ms"], obj.FPS: 1000 / bench["latency_ms"],
+            obj.VAL_IOU.name: last.val_iou if last else ev.iou, obj.VAL_LOSS.name: last.val_loss if last else float("nan"),
+            obj.EPOCH: last.epoch if last else 0, obj.FINAL: 1, obj.EPOCHS_TRAINED: len(history),
+            obj.LATENCY_UNTRAINED: latency, obj.TAG_DEVICE_NAME: bench.get("farm_device") or bench["device_name"],
+            obj.TAG_DEVICE_CLASS: bench["device_class"]},
             train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
-            latency_ms_untrained=latency, latency_ms_mean=bench["latency_ms_mean"],
-            latency_ms_p90=bench["latency_ms_p90"], latency_cv=bench["latency_cv"],
-            device_name=bench.get("farm_device") or bench["device_name"], device_class=bench["device_class"], **shape)
+            latency_ms_mean=bench["latency_ms_mean"], latency_ms_p90=bench["latency_ms_p90"],
+            latency_cv=bench["latency_cv"], **shape)
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
         if results is not None:
             results.put(result_key, final_metrics)

@@ -158,3 +158,29 @@ def test_pyproject_pins_match_generated_code() -> None:
     assert f"grpcio>={generated}" in deps
     assert "protobuf>=7.35.1,<8" in deps
     assert not any(d.startswith(("torch", "ray", "onnx>", "onnx=", "mlflow")) for d in deps)
+
+
+def test_wire_round_trips_params_and_refuses_unknown_enums() -> None:
+    from benchd import wire
+    from benchd.v1 import benchd_pb2 as pb
+
+    params = runner.BenchParams(warmup_runs=2, runs=7, min_duration_s=0.5, intra_op_threads=1, batch_size=2,
+                                graph_optimization="basic", input_shapes={"x": [1, 3, 8, 8]}, return_samples=True)
+    req = wire.benchmark_request(params, "ab" * 32)
+    assert wire.params_of(req, max_duration_s=params.max_duration_s) == params
+    # left out on the wire: the one table of defaults
+    bare = wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32))
+    assert (bare.warmup_runs, bare.runs, bare.graph_optimization) == (runner.DEFAULTS.warmup_runs,
+                                                                     runner.DEFAULTS.runs, "all")
+    with pytest.raises(runner.ModelInputError, match="graph_optimization=99"):
+        wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32, graph_optimization=99))
+    with pytest.raises(runner.ModelInputError, match="'fast'"):
+        wire.benchmark_request(runner.BenchParams(graph_optimization="fast"), "ab" * 32)
+    assert [wire.throttle_state(wire.throttle_enum(s)) for s in (None, False, True)] == [None, False, True]
+
+
+def test_the_proto_documents_the_defaults_the_code_uses() -> None:
+    proto = (ROOT / "protos" / "benchd" / "v1" / "benchd.proto").read_text()
+    for name in ("warmup_runs", "runs"):
+        line = next(ln for ln in proto.splitlines() if re.search(rf"optional uint32 {name} =", ln))
+        assert f"default {getattr(runner.DEFAULTS, name)}" in line, line

@@ -1,5 +1,9 @@
-"""The `raysearch` console script, run as a user runs it (a real subprocess)."""
+"""The `raysearch` command line: its real parser and commands, called in-process (the torch
+import is paid once); the installed console script itself is run as a subprocess where the
+process boundary is the point (exit codes, one-line errors, --help)."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,15 +14,28 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from raysearch import cli
 
 EXE = shutil.which("raysearch") or str(Path(sys.executable).parent / "raysearch")
 
 
-def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    p = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``raysearch ARGS`` in this process: the exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as e:  # argparse: --help, a bad flag
+            code = e.code if isinstance(e.code, int) else 2
+    p = subprocess.CompletedProcess(["raysearch", *args], code, out.getvalue(), err.getvalue())
     if check and p.returncode != 0:
         raise AssertionError(f"raysearch {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("flags,params", [
@@ -52,8 +69,27 @@ def test_bad_input_is_one_clear_line(args, needle):
 
 
 def test_help_explains_every_command():
-    for cmd in ("summary", "synth", "train", "evaluate", "export"):
+    for cmd in ("summary", "synth", "train", "evaluate", "export", "report", "pick", "optimize"):
         assert "usage: raysearch " + cmd in run(cmd, "--help").stdout
+
+
+def test_the_console_script_exits_with_one_line_and_code_2():
+    p = run_script("summary", "--a", "0")
+    assert p.returncode == 2 and "a=0.0" in p.stderr and "Traceback" not in p.stderr
+    assert "usage: raysearch" in run_script("--help").stdout
+
+
+def test_model_flags_come_from_the_spec_fields():
+    from dataclasses import fields
+
+    from raysearch.models import ModelSpec
+
+    text = run("summary", "--help").stdout
+    for f in fields(ModelSpec):
+        if f.name not in ("extra", "precision"):
+            assert "--" + f.metadata.get("flag", f.name).replace("_", "-") in text, f.name
+    args = cli.build_parser().parse_args(["summary", "--a", "0.25", "--res", "96x128", "--in-channels", "1"])
+    assert cli.spec_from_args(args) == ModelSpec(a=0.25, input_hw=(96, 128), in_channels=1)
 
 
 def test_synth_writes_the_folder_layout(tmp_path):

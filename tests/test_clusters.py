@@ -139,7 +139,9 @@ def test_job_submit_example_uses_real_stage_options(path):
     assert cmd.startswith("RAY_AUTH_MODE=token ray job submit") and "-- python raysearch/stage" in cmd
     m = re.search(r"raysearch/(stage\d)\.py", cmd)
     assert (REPO / "raysearch" / f"{m.group(1)}.py").is_file()
-    stage_opts = set(re.findall(r'add_argument\("(--[a-z-]+)"', (REPO / "raysearch" / "stages.py").read_text()))
+    from raysearch.cli import build_stage_parser
+
+    stage_opts = {o for a in build_stage_parser(int(m.group(1)[5:]))._actions for o in a.option_strings}
     used = set(re.findall(r"\s(--[a-z-]+)", cmd.split(" -- python ", 1)[1]))
     assert "--gpus-per-trial" in used and used <= stage_opts, used - stage_opts
 

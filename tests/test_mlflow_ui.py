@@ -35,7 +35,7 @@ pytestmark = [
 ]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 SCREENSHOT = REPO / "docs" / "mlflow-compare.png"
-SPEC_PARAMS = ("a", "t", "r", "pp", "input_hw")
+SPEC_PARAMS = ("a", "t", "r", "pp", "input_size")  # numbers: the UI can plot every one
 METRICS = ("iou", "latency_ms")
 
 

@@ -9,19 +9,18 @@ import random
 import pytest
 
 from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
-from raysearch.pareto import (
-    DEFAULT_REF_LATENCY_MS,
-    default_reference,
-    dominates,
-    front_table,
-    hypervolume,
-    misses,
-    pareto_front,
-    plot_front,
-    plot_hypervolume,
-    qualifies,
-    write_front_csv,
-)
+from raysearch.pareto import DEFAULT_REF_LATENCY_MS, default_reference, dominates, hypervolume, pareto_front
+from raysearch.plots import plot_front, plot_hypervolume
+from raysearch.report import front_table, write_front_csv
+from raysearch.results import Requirement
+
+
+def misses(point, max_latency_ms=None, min_iou=None):
+    return Requirement(max_latency_ms, min_iou).misses(point)
+
+
+def qualifies(point, max_latency_ms=None, min_iou=None):
+    return Requirement(max_latency_ms, min_iou).qualifies(point)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -229,7 +228,7 @@ ROWS = [
 
 
 def test_front_table_order_columns_and_flags():
-    text = front_table(ROWS, max_latency_ms=25, min_iou=0.85)
+    text = front_table(ROWS, Requirement(25, 0.85))
     lines = text.splitlines()
     header = lines[0].split()
     assert header[:3] == ["name", "iou", "latency_ms"] and "qualifies" in header and header[-1] == "pareto"
@@ -272,13 +271,13 @@ def _is_png(path) -> bool:
 def test_plot_front_writes_png(tmp_path):
     out = plot_front(ROWS, tmp_path / "front.png", title="test search")
     assert out == tmp_path / "front.png" and _is_png(out)
-    out = plot_front(ROWS, tmp_path / "c" / "front_constrained.png", max_latency_ms=25, min_iou=0.85)
+    out = plot_front(ROWS, tmp_path / "c" / "front_constrained.png", requirement=Requirement(25, 0.85))
     assert _is_png(out)
-    assert _is_png(plot_front(ROWS, tmp_path / "iou_only.png", min_iou=0.85))
-    assert _is_png(plot_front(ROWS[:1], tmp_path / "single.png", max_latency_ms=33, min_iou=0.9))
+    assert _is_png(plot_front(ROWS, tmp_path / "iou_only.png", requirement=Requirement(min_iou=0.85)))
+    assert _is_png(plot_front(ROWS[:1], tmp_path / "single.png", requirement=Requirement(33, 0.9)))
     assert _is_png(plot_front([ROWS[4]], tmp_path / "none_valid.png"))  # only a skipped row
     dup = [ROWS[0], dict(ROWS[0], name="mid-copy")]
-    assert _is_png(plot_front(dup, tmp_path / "dup.png", label_key="name"))
+    assert _is_png(plot_front(dup, tmp_path / "dup.png"))
 
 
 def test_plot_hypervolume_writes_png(tmp_path):

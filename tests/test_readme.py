@@ -24,7 +24,7 @@ What happens to a command:
   | program                                    | check                                                   |
   |--------------------------------------------|---------------------------------------------------------|
   | ``raysearch SUB ...``                      | ``raysearch.cli.build_parser().parse_args``              |
-  | ``python raysearch/stageN.py ...``         | ``raysearch.stages.build_parser(N).parse_args``          |
+  | ``python raysearch/stageN.py ...``         | ``raysearch.cli.build_stage_parser(N).parse_args``       |
   | ``benchd ...``                             | ``benchd.cli._parser().parse_args``                      |
   | ``ray ...``, ``mlflow ...``                | the click command resolved and its arguments parsed     |
   |                                            | (``make_context``), every ``--flag`` in its ``--help``  |
@@ -239,6 +239,8 @@ def _seed_mlflow(runs: Path) -> None:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
+    from raysearch.models import ModelSpec
+
     runs.mkdir(parents=True)
     client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
     exp = client.create_experiment("raysearch", artifact_location=(runs / "mlartifacts").as_uri())
@@ -254,7 +256,7 @@ def _seed_mlflow(runs: Path) -> None:
                                 tags={"mlflow.parentRunId": pid, "stage": "stage2", "device_name": "local-benchd",
                                       "pruned_by_latency": "false", "stopped_early": "false"})
         kid_id = kid.info.run_id
-        params = dict(arch="fastscnn", a=0.125, t=2, r=1, pp=0, input_hw=f"[{res}, {res}]", in_channels=3)
+        params = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=res).to_params()
         client.log_batch(kid_id, metrics=[Metric(k, v, 0, 0) for k, v in
                                           dict(iou=iou, latency_ms=lat, fps=1000 / lat, params_total=4519,
                                                macs=1e6).items()],
@@ -313,7 +315,7 @@ def check_raysearch(args) -> None:
 
 
 def check_stage(args) -> None:
-    from raysearch.stages import build_parser
+    from raysearch.cli import build_stage_parser as build_parser
 
     script, *rest = args
     m = re.fullmatch(r"raysearch/stage([1-7])\.py", script)
@@ -368,7 +370,7 @@ def check_bash(args) -> None:
     script, *rest = args
     assert (REPO / script).is_file(), f"bash {script}: no such file"
     if script == "scripts/quickstart.sh":  # its arguments go to stage 7
-        from raysearch.stages import build_parser
+        from raysearch.cli import build_stage_parser as build_parser
 
         parse_argparse(build_parser(7), ["--quick", *rest], "scripts/quickstart.sh (stage 7)")
     elif script == "scripts/test.sh":

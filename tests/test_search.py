@@ -60,7 +60,7 @@ class Store:
 
 
 def hw(run) -> int:
-    return json.loads(run.data.params["input_hw"])[0]
+    return int(run.data.params["input_h"])
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,22 @@ def test_round_trip_and_from_dict():
     assert s.replace(a=0.5).a == 0.5 and s.replace(a=0.5).t == 4
 
 
+def test_mlflow_params_are_plain_numbers_and_read_back():
+    s = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw="96x128", in_channels=1, extra=(("k", 3),))
+    p = s.to_params()
+    assert p["input_h"] == "96" and p["input_w"] == "128" and "input_size" not in p and "input_hw" not in p
+    assert all(isinstance(v, str) and not v.startswith(("[", "{")) for v in p.values())  # plottable, no JSON
+    assert float(p["a"]) == 0.125 and p["extra.k"] == "3"
+    assert ModelSpec.from_params({**p, "lr": "0.01"}) == s  # other params are ignored
+    square = ModelSpec(input_hw=160).to_params()
+    assert square["input_size"] == "160" and ModelSpec.from_params(square) == ModelSpec(input_hw=160)
+    # a run logged before input_h/input_w still reads back
+    legacy = {k: v for k, v in square.items() if not k.startswith("input_")} | {"input_hw": "[160, 160]"}
+    assert ModelSpec.from_params(legacy) == ModelSpec(input_hw=160)
+    with pytest.raises(ValueError, match="input_h"):
+        ModelSpec.from_params({"arch": "fastscnn", "a": "1"})
+
+
 def test_spec_is_frozen_and_hashable():
     s = ModelSpec()
     with pytest.raises(Exception):

@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from raysearch.data.sources import DataError, SegSource, check_pair
 
-__all__ = ["DataError", "SegSource", "Subset", "check_pair", "open_split", "SPLITS"]
+__all__ = ["DataError", "SegSource", "Subset", "check_pair", "open_split", "prepare_data", "SPLITS"]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _SPLIT_EDGES = {"train": (0.0, 0.75), "val": (0.75, 0.85), "test": (0.85, 1.0)}
@@ -101,3 +104,23 @@ def _open(data: str, split: str, seed: int) -> SegSource:
         f"{path}: not a dataset: expected {path}/{split}/images + labels, {path}/images + labels, "
         f"or a label-studio COCO export ({path}/result.json)"
     )
+
+
+def prepare_data(data: str, storage: Path | None, seed: int) -> str:
+    """What trials should open: synthetic data is written once to the (local or shared) storage
+    folder so trials read files instead of rendering; with an object store (``storage`` None)
+    every trial renders the same deterministic images itself. A folder becomes absolute (trials
+    run in folders of their own)."""
+    if not (data == "synthetic" or data.startswith("synthetic:")):
+        return str(Path(data).resolve()) if Path(data).exists() else data
+    if storage is None:
+        return data
+    from raysearch.data.synthetic import write_synthetic
+
+    n = int(data.partition(":")[2] or DEFAULT_SYNTHETIC_N)
+    out = storage / "data" / f"synthetic-{n}-seed{seed}"
+    if not (out / ".complete").is_file():
+        log.info("writing %d synthetic images to %s", n, out)
+        write_synthetic(out, n=n, seed=seed, progress=True)
+        (out / ".complete").write_text("ok")
+    return str(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from raysearch.models import builtin  # noqa: F401  (registers the built-in families)
 from raysearch.models.registry import ModelFamily, families, get_family, register_family
 from raysearch.models.spec import ModelSpec, parse_hw
 

@@ -3,7 +3,7 @@ spec (e.g. in a Ray driver or benchd-side tool) does not import torch."""
 
 from __future__ import annotations
 
-from raysearch.models.registry import ModelFamily, register_family, _FAMILIES
+from raysearch.models.registry import ModelFamily, families, register_family
 
 
 def _fastscnn(spec):
@@ -66,8 +66,6 @@ _BUILTIN = (
     ),
 )
 
-BUILTIN_NAMES = frozenset(f.name for f in _BUILTIN)
-
 for _family in _BUILTIN:
-    if _family.name not in _FAMILIES:
-        register_family(_family)
+    if _family.name not in families():
+        register_family(_family, builtin=True)

@@ -1,7 +1,9 @@
 """A small registry of model families: a name, the knobs it reads from the spec, a builder.
 
 Fast-SCNN, BiSeNetV2 and DeepLabV3 register themselves here exactly like a user's own family
-would (``register_family``), so the search code never names an architecture.
+would (``register_family``), so the search code never names an architecture. The imports go one
+way: registry <- spec, registry <- builtin, and the package imports all three (so the built-in
+families are registered whenever any part of ``raysearch.models`` is imported).
 """
 
 from __future__ import annotations
@@ -49,18 +51,20 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
+_BUILTIN: set[str] = set()  # names registered by raysearch.models.builtin
 
 
-def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
+def register_family(family: ModelFamily, *, replace: bool = False, builtin: bool = False) -> ModelFamily:
     key = family.name.lower()
     if key in _FAMILIES and not replace:
         raise ValueError(f"model family {family.name!r} is already registered")
     _FAMILIES[key] = family
+    if builtin:
+        _BUILTIN.add(key)
     return family
 
 
 def get_family(name: str) -> ModelFamily:
-    _load_builtin()
     try:
         return _FAMILIES[name.lower()]
     except KeyError:
@@ -68,19 +72,9 @@ def get_family(name: str) -> ModelFamily:
 
 
 def families() -> dict[str, ModelFamily]:
-    _load_builtin()
     return dict(_FAMILIES)
 
 
 def user_families() -> tuple[ModelFamily, ...]:
     """The families registered beyond the built-in ones (they must travel to trial processes)."""
-    from raysearch.models.builtin import BUILTIN_NAMES
-
-    _load_builtin()
-    return tuple(f for k, f in _FAMILIES.items() if k not in BUILTIN_NAMES)
-
-
-def _load_builtin() -> None:
-    # The built-in families register on import of their module; importing here (not at module
-    # top) keeps `ModelSpec` importable without importing torch twice in a cycle.
-    import raysearch.models.builtin  # noqa: F401
+    return tuple(f for k, f in _FAMILIES.items() if k not in _BUILTIN)

@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from raysearch.models.registry import get_family
+
 #: The input stride every supported architecture needs (Fast-SCNN downsamples by 32).
 INPUT_STRIDE = 32
 #: fp32: the exported graph as is; int8: statically quantized (QDQ) with onnxruntime's tools.
@@ -45,29 +47,26 @@ def parse_hw(value: Any) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model variant. Field names are the search-space knob names.
+    """A model variant. Field names are the search-space knob names; each field's ``help``
+    (its metadata) says what it means, and the command line's model flags are made from the
+    fields, their defaults and that help."""
 
-    arch         registered model family (``fastscnn``, ``bisenetv2``, ``deeplabv3``, or your own)
-    a            width multiplier (channels scale as ``int(c * a)``)
-    t            expansion rate of the inverted-bottleneck / gather-and-expansion blocks
-    r            repetitions of those blocks per stage
-    pp           pyramid pooling on (1) or off (0) (Fast-SCNN)
-    input_hw     input (height, width) in pixels, each a multiple of 32
-    in_channels  3 (RGB, ImageNet-normalized) or 1 (the Y channel of YCrCb, 0..255)
-    num_classes  output channels; 1 = binary segmentation with one logit per pixel
-    precision    numbers of the deployed ONNX model: fp32, or int8 (static quantization of the
-                 exported fp32 graph, calibrated on validation images); training is always fp32
-    """
-
-    arch: str = "fastscnn"
-    a: float = 1.0
-    t: int = 6
-    r: int = 3
-    pp: int = 1
-    input_hw: tuple[int, int] = (512, 512)
-    in_channels: int = 3
-    num_classes: int = 1
-    precision: str = "fp32"
+    arch: str = field(default="fastscnn", metadata=dict(
+        help="model family: fastscnn, bisenetv2, deeplabv3, or one you registered"))
+    a: float = field(default=1.0, metadata=dict(help="width multiplier; channels are int(c*a)"))
+    t: int = field(default=6, metadata=dict(
+        help="expansion rate of the inverted-bottleneck / gather-and-expansion blocks"))
+    r: int = field(default=3, metadata=dict(help="repetitions of those blocks per stage"))
+    pp: int = field(default=1, metadata=dict(help="pyramid pooling off (0) / on (1) (Fast-SCNN)", choices=(0, 1)))
+    input_hw: tuple[int, int] = field(default=(512, 512), metadata=dict(
+        help="input size, N or HxW, multiples of 32", flag="res"))
+    in_channels: int = field(default=3, metadata=dict(
+        help="3 = RGB (ImageNet-normalized), 1 = the Y channel of YCrCb (0..255)", choices=(1, 3)))
+    num_classes: int = field(default=1, metadata=dict(
+        help="output channels; 1 = binary segmentation with one logit per pixel"))
+    precision: str = field(default="fp32", metadata=dict(
+        help="numbers of the deployed ONNX model: fp32, or int8 (static quantization of the exported fp32 "
+             "graph, calibrated on validation images); training is always fp32", choices=PRECISIONS))
     extra: tuple[tuple[str, Any], ...] = field(default=(), compare=True)
 
     def __post_init__(self) -> None:
@@ -86,8 +85,6 @@ class ModelSpec:
         self._validate()
 
     def _validate(self) -> None:
-        from raysearch.models.registry import get_family  # late import: registry imports models
-
         family = get_family(self.arch)  # raises naming the unknown arch and the known ones
         if self.a <= 0:
             raise ValueError(f"a={self.a} must be > 0 (a width multiplier such as 1, 0.5, 0.125)")
@@ -141,6 +138,35 @@ class ModelSpec:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def to_params(self) -> dict[str, str]:
+        """Flat MLflow params, every one a plain number or word so that MLflow's compare view,
+        scatter and parallel-coordinates plots can use it as an axis: the input size as
+        ``input_h`` / ``input_w`` (and ``input_size`` when square), extras as ``extra.KEY``."""
+        d = self.to_dict()
+        del d["input_hw"], d["extra"]
+        d.update(input_h=self.height, input_w=self.width)
+        if self.height == self.width:
+            d["input_size"] = self.height
+        d.update({f"extra.{k}": v for k, v in self.extra})
+        return {k: str(v) for k, v in d.items()}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> "ModelSpec":
+        """The spec back from `to_params` (params of other names are ignored)."""
+        names = {f.name for f in fields(cls)} - {"input_hw", "extra"}
+        kw: dict[str, Any] = {k: v for k, v in params.items() if k in names}
+        try:
+            if "input_h" not in params and "input_hw" in params:  # a run logged before input_h/input_w
+                kw["input_hw"] = parse_hw(json.loads(params["input_hw"]))
+            else:
+                kw["input_hw"] = (int(params["input_h"]), int(params["input_w"]))
+            kw["a"] = float(kw["a"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"MLflow params {dict(params)} are not a ModelSpec's (input_h, input_w, a): {e}") from None
+        kw["extra"] = tuple((k.removeprefix("extra."), _param_value(v)) for k, v in params.items()
+                            if k.startswith("extra."))
+        return cls(**kw)
+
     def replace(self, **changes: Any) -> "ModelSpec":
         d = self.to_dict()
         d.update(changes)
@@ -190,3 +216,13 @@ def _as_int(name: str, value: Any) -> int:
         except ValueError:
             pass
     raise ValueError(f"{name}={value!r} is not an integer")
+
+
+def _param_value(text: str) -> Any:
+    """An extra knob's value back from its MLflow param text (a number when it reads as one)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,77 @@
+"""Every conversion between the wire (benchd/v1 protobuf messages) and benchd's Python values, in
+one place: the server, the client and the farm call these and never read enum numbers
+themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchd.runner import DEFAULTS, GRAPH_OPTIMIZATIONS, BenchParams, ModelInputError
+from benchd.v1 import benchd_pb2 as pb
+
+_GRAPH_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
+              "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
+_GRAPH_OPT_NAME = {v: k for k, v in _GRAPH_OPT.items()} | {pb.GRAPH_OPTIMIZATION_UNSPECIFIED: "all"}
+_THROTTLE = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
+             pb.THROTTLE_STATE_THROTTLED: True}
+assert set(_GRAPH_OPT) == set(GRAPH_OPTIMIZATIONS)
+
+
+def graph_optimization_enum(name: str) -> int:
+    try:
+        return _GRAPH_OPT[name]
+    except KeyError:
+        raise ModelInputError(f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {name!r}") from None
+
+
+def graph_optimization_name(value: int) -> str:
+    """The level a request asks for (UNSPECIFIED: onnxruntime's default, all); a number outside
+    the enum is refused, never silently read as ALL."""
+    try:
+        return _GRAPH_OPT_NAME[value]
+    except KeyError:
+        raise ModelInputError(f"graph_optimization={value} is not a GraphOptimization value "
+                              f"({sorted(_GRAPH_OPT_NAME)})") from None
+
+
+def throttle_enum(state: bool | None) -> int:
+    return next(k for k, v in _THROTTLE.items() if v is state)
+
+
+def throttle_state(value: int) -> bool | None:
+    """True / False, or None when the device cannot tell."""
+    return _THROTTLE.get(value)
+
+
+def benchmark_request(params: BenchParams, sha: str, reject_if_busy: bool = False) -> pb.BenchmarkRequest:
+    return pb.BenchmarkRequest(
+        model_sha256=sha, warmup_runs=params.warmup_runs, runs=params.runs, min_duration_s=params.min_duration_s,
+        intra_op_threads=params.intra_op_threads, batch_size=params.batch_size,
+        graph_optimization=graph_optimization_enum(params.graph_optimization),
+        input_shapes=[pb.InputShape(name=k, dims=list(v)) for k, v in params.input_shapes.items()],
+        return_samples=params.return_samples, reject_if_busy=reject_if_busy)
+
+
+def params_of(request: pb.BenchmarkRequest, **server: Any) -> BenchParams:
+    """The request's knobs (the defaults where it leaves them out); ``server`` adds the knobs the
+    server decides (its duration cap). Not validated: `BenchParams.validate` does that."""
+    return BenchParams(
+        warmup_runs=request.warmup_runs if request.HasField("warmup_runs") else DEFAULTS.warmup_runs,
+        runs=request.runs if request.HasField("runs") else DEFAULTS.runs,
+        min_duration_s=request.min_duration_s,
+        intra_op_threads=request.intra_op_threads,
+        batch_size=request.batch_size or 1,
+        graph_optimization=graph_optimization_name(request.graph_optimization),
+        input_shapes={s.name: list(s.dims) for s in request.input_shapes},
+        return_samples=request.return_samples,
+        **server)
+
+
+def inputs_of(resp: pb.BenchmarkResponse) -> tuple[dict[str, Any], ...]:
+    return tuple({"name": i.name, "element_type": i.element_type, "graph_dims": list(i.graph_dims),
+                  "dims": list(i.dims)} for i in resp.inputs)
+
+
+def optional(msg: Any, name: str) -> Any:
+    """An ``optional`` field's value, or None when the sender left it out."""
+    return getattr(msg, name) if msg.HasField(name) else None

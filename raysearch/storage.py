@@ -1,0 +1,84 @@
+"""Files the search shares between the driver and its trials: a local or shared folder, or an
+object-store URI (s3://, gs://, file://) on a cluster without a shared filesystem.
+
+Every whole-file write goes through here and is atomic (a temporary name in the same folder,
+then a move), so a reader never sees half a file, whatever crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write a local file at once: readers see the old content or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def storage_fs(location: str | Path):
+    """(pyarrow filesystem, path) for a local folder or a storage URI."""
+    import pyarrow.fs as pafs  # comes with ray; only the search side needs it
+
+    text = str(location)
+    if is_uri(text):
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).resolve())
+
+
+def read_bytes(location: str | Path) -> bytes:
+    if not is_uri(location):
+        return Path(location).read_bytes()
+    fs, path = storage_fs(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write a whole file at once, locally or on an object store (temporary name, then a move)."""
+    if not is_uri(location):
+        write_atomic(location, data)
+        return
+    fs, path = storage_fs(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+class DocumentStore:
+    """Small JSON documents by key in a folder every trial can reach (local, shared, or a URI).
+
+    Serves as the latency cache (measured replies by architecture, input size, device and
+    benchmark settings) and as the results cache (finished trials by everything that decides
+    their outcome): one file per key, written atomically, so many processes on many nodes can
+    share it without a lock."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root).rstrip("/")
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads(read_bytes(f"{self.root}/{key}.json"))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        write_bytes(f"{self.root}/{key}.json", json.dumps(value).encode())
