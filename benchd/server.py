@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -332,7 +332,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         finally:
             self.lock.release()
 
-        resp = self._response(frame["result"])
+        resp = wire.benchmark_response(frame["result"], self.device, __version__)
         resp.model_sha256 = sha
         resp.queue_wait_ms = waited * 1e3
         resp.upload_bytes_during_window = upload_overlap
@@ -341,23 +341,6 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             self.metrics.throttle_events.labels(dev).inc()
         if resp.HasField("cpu_temperature_c_after"):
             self.metrics.temperature.labels(dev).set(resp.cpu_temperature_c_after)
-        return resp
-
-    def _response(self, result: dict[str, Any]) -> pb.BenchmarkResponse:
-        resp = pb.BenchmarkResponse(device=self.device, benchd_version=__version__)
-        for key, value in result.items():
-            if value is None:
-                continue  # optional sensor fields stay unset ("unknown")
-            if key == "inputs":
-                resp.inputs.extend(pb.TensorInfo(**i) for i in value)
-            elif key == "samples_ms":
-                resp.samples_ms.extend(value)
-            elif key == "throttled":
-                resp.throttled = wire.throttle_enum(value)
-            elif key == "graph_optimization":
-                resp.graph_optimization = wire.graph_optimization_enum(value)
-            else:
-                setattr(resp, key, value)
         return resp
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:

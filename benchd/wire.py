@@ -67,6 +67,26 @@ def params_of(request: pb.BenchmarkRequest, **server: Any) -> BenchParams:
         **server)
 
 
+def benchmark_response(result: dict[str, Any], device: pb.Device, version: str) -> pb.BenchmarkResponse:
+    """A runner's result (`run_benchmark`'s dict) as the reply; None (an unknown sensor reading)
+    leaves the optional field unset."""
+    resp = pb.BenchmarkResponse(device=device, benchd_version=version)
+    for key, value in result.items():
+        if value is None:
+            continue
+        if key == "inputs":
+            resp.inputs.extend(pb.TensorInfo(**i) for i in value)
+        elif key == "samples_ms":
+            resp.samples_ms.extend(value)
+        elif key == "throttled":
+            resp.throttled = throttle_enum(value)
+        elif key == "graph_optimization":
+            resp.graph_optimization = graph_optimization_enum(value)
+        else:
+            setattr(resp, key, value)
+    return resp
+
+
 def inputs_of(resp: pb.BenchmarkResponse) -> tuple[dict[str, Any], ...]:
     return tuple({"name": i.name, "element_type": i.element_type, "graph_dims": list(i.graph_dims),
                   "dims": list(i.dims)} for i in resp.inputs)

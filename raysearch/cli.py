@@ -552,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # the local benchd's per-upload lines are noise in a search's console (-v shows them)
+        logging.getLogger("benchd").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from raysearch.models import ModelSpec
+from raysearch.objectives import LATENCY_MS
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
         if own:
             farm.close()
     reply = r.to_dict()
-    reply["latency_ms"] = r.latency_ms_p50 if settings.stat == "p50" else r.latency_ms_mean
+    reply[LATENCY_MS.name] = r.latency_ms_p50 if settings.stat == "p50" else r.latency_ms_mean
     return reply
 
 

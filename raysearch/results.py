@@ -13,9 +13,10 @@ from raysearch.models import ModelSpec
 
 # What became of a trial.
 TRAINED = "trained"  # trained to the end, exported, evaluated and measured: a candidate
-PRUNED = "pruned_by_latency"  # over the latency budget before training: measured, never trained
-STOPPED = "stopped_early"  # stopped by the scheduler: partly trained
-DUPLICATE = "duplicate"  # a configuration that already ran: the figures of that run, nothing trained
+# the three below are also the names of the flag a trial reports and of its run's tag
+PRUNED = obj.PRUNED  # over the latency budget before training: measured, never trained
+STOPPED = obj.STOPPED  # stopped by the scheduler: partly trained
+DUPLICATE = obj.DUPLICATE  # a configuration that already ran: the figures of that run, nothing trained
 FAILED = "failed"
 STATUSES = (TRAINED, PRUNED, STOPPED, DUPLICATE, FAILED)
 

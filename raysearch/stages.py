@@ -1,4 +1,4 @@
-"""The study's seven stages as searches, and the command line every `raysearch/stageN.py` shares.
+"""The study's seven stages as searches (their command line is `raysearch.cli.stage_main`).
 
 | stage | what varies                                         | study grid                          |
 |-------|-----------------------------------------------------|-------------------------------------|
@@ -11,7 +11,7 @@
 | 7     | resolution x the Pareto models of stage 6           | 6 res x 6 models                    |
 
 ``--quick`` shrinks every stage to run in minutes on 2 CPU cores (`raysearch.presets.QUICK`).
-The command line of the stage scripts is in :mod:`raysearch.cli`.
+Input sizes are (h, w) tuples here as everywhere (`sizes`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from raysearch import objectives as obj
-from raysearch.models import ModelSpec, get_family
+from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.presets import preset
 from raysearch.search import SearchOptions, Space, run_search, search_name
 from raysearch.storage import read_bytes, storage_fs, write_bytes
@@ -48,9 +48,14 @@ def model_key(k: dict) -> str:
     return f"a{k['a']:g}-t{k['t']}-r{k['r']}-pp{k['pp']}"
 
 
+def sizes(res) -> list[tuple[int, int]]:
+    """Input sizes as (h, w), largest first (a stage's grid, from N or (h, w) values)."""
+    return sorted({parse_hw(r) for r in res}, reverse=True)
+
+
 def stage_space(stage: int, opts: SearchOptions, res: list | None = None) -> Space:
     quick = opts.quick
-    res = list(res or preset(quick).resolutions)
+    res = sizes(res or preset(quick).resolutions)
     top = [max(res)]
     if stage == 2:
         return Space({"input_hw": res}, {**BASELINE, "pp": 0})
@@ -101,12 +106,12 @@ def stage7_space(opts: SearchOptions, res: list | None) -> Space:
     if res is None and front2:
         res = sorted({m.input_hw for m in front2}, reverse=True)[:6]
         log.info("stage 7: resolutions %s from the stage-2 front in MLflow", res)
-    res = res or (preset(True).resolutions if opts.quick else STUDY_STAGE7_RES)
+    res = sizes(res or (preset(True).resolutions if opts.quick else STUDY_STAGE7_RES))
     named = {model_key(m): m for m in models}
-    return Space({"input_hw": list(res), "model": sorted(named)}, {"arch": "fastscnn"}, models=named)
+    return Space({"input_hw": res, "model": sorted(named)}, {"arch": "fastscnn"}, models=named)
 
 
-def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list[int] | None = None):
+def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list | None = None):
     label = f"stage{stage}"
     if stage == 1:
         return run_stage1(opts, epochs, res)
@@ -120,7 +125,7 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list | None):
     (epochs=0: export, test IoU, latency) - both phases under one MLflow parent run."""
     from mlflow.tracking import MlflowClient
 
-    res = list(res or preset(opts.quick).resolutions)
+    res = sizes(res or preset(opts.quick).resolutions)
     # the two phases are searches NAME-train and NAME-eval; --resume finds NAME from either
     name = search_name("stage1", opts).removesuffix("-train").removesuffix("-eval")
     fixed = dict(BASELINE)  # the study's baseline (pp=1: our pyramid pooling adapts to every input size)

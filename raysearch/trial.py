@@ -114,6 +114,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     from raysearch.train import TrainConfig, train
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    for name in ("ray.train", "ray.tune"):  # "checkpoint created" on every report would flood the driver's console
+        logging.getLogger(name).setLevel(logging.WARNING)
     for family in settings.families:  # a user's own model family, shipped with the settings
         register_family(family, replace=True)
     spec = settings.spec_for(config)  # bad values raise, naming the value
@@ -145,7 +147,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             path = _export(untrained, work / "untrained.onnx", settings, calibration)
             first = measure(path, settings.bench)
             cache.put(key, first)
-        latency = float(first["latency_ms"])
+        latency = float(first[obj.LATENCY_MS.name])
         if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
             final = work / FINAL_DIR
             final.mkdir()
@@ -214,7 +216,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                                                         "history": [h.to_dict() for h in history]}, indent=2))
         last = history[-1] if history else None
         final_metrics = base_metrics(**{
-            obj.IOU.name: ev.iou, obj.LATENCY_MS.name: bench["latency_ms"], obj.FPS: 1000 / bench["latency_ms"],
+            obj.IOU.name: ev.iou, obj.LATENCY_MS.name: bench[obj.LATENCY_MS.name],
+            obj.FPS: 1000 / bench[obj.LATENCY_MS.name],
             obj.VAL_IOU.name: last.val_iou if last else ev.iou, obj.VAL_LOSS.name: last.val_loss if last else float("nan"),
             obj.EPOCH: last.epoch if last else 0, obj.FINAL: 1, obj.EPOCHS_TRAINED: len(history),
             obj.LATENCY_UNTRAINED: latency, obj.TAG_DEVICE_NAME: bench.get("farm_device") or bench["device_name"],

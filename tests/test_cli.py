@@ -127,6 +127,10 @@ def test_readme_main_command(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "on the Pareto front" in p.stdout and "MLflow parent run" in p.stdout
+    # the concise view: a line per trial that starts and ends, not Ray Tune's per-trial boxes
+    lines = p.stdout.splitlines()
+    assert sum(": started" in ln for ln in lines) == sum(": trained " in ln for ln in lines) == 3  # 3 models at 64
+    assert not any("Trial status" in ln or "Trial run_trial" in ln for ln in lines), p.stdout[-3000:]
 
 
 @pytest.mark.realdata

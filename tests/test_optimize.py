@@ -327,3 +327,27 @@ def test_entry_and_intermediate_on_the_real_data(packages_dir, tmp_path, effort)
         topo = next(k for k in kids if k.data.tags["optimize_stage"] == "topology")
         widths = {float(k.data.params["a"]) for k in _runs(client, f"tags.`mlflow.parentRunId` = '{topo.info.run_id}'")}
         assert widths == set(get_family("fastscnn").choices["a"])
+
+
+@pytest.mark.slow
+def test_a_new_tracking_store_starts_afresh_in_one_line(tmp_path, capsys):
+    """Its saved state names runs of the first store: the second run says so and starts afresh."""
+    import ray
+
+    from raysearch.optimize import optimize
+
+    def once(db: str):
+        search = SearchOptions(data="synthetic:30", quick=True, max_latency_ms=1000, bench_runs=3,
+                               storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / db}")
+        return optimize(OptimizeOptions(effort="entry", epochs=1, res=(64,), search=search)), search
+
+    try:
+        first, _ = once("first.db")
+        capsys.readouterr()
+        second, search = once("second.db")  # same command, another --tracking-uri (or first.db deleted)
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert f"names run {first.run_id}, which the tracking store" in out and "starting afresh as" in out
+    assert second.name.startswith(first.name + "-") and second.complete
+    assert MlflowClient(search.tracking).get_run(second.run_id).info.status == "FINISHED"
