@@ -192,13 +192,15 @@ def _requirement(args: argparse.Namespace):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from raysearch import objectives as obj
-    from raysearch.report import candidates_of, front_table, searches, write_html
+    from raysearch.report import candidates_of, front_table, search_hypervolume, searches, write_html
 
     client, req = _client(args), _requirement(args)
     for parent in searches(client, args.experiment, args.run_id, args.optimization):
         rows = candidates_of(client, parent, args.device_class)
         print(f"{parent.info.run_name} ({parent.data.tags.get(obj.TAG_STAGE, '')}): {len(rows)} candidates")
         if rows:
+            share, ref_ms = search_hypervolume(parent, rows)
+            print(f"hypervolume {share:.3f} of the box IoU 0..1 x latency 0..{ref_ms:.3g} ms")
             print(front_table(rows, req))
         print()
     out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
@@ -256,7 +258,7 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
     g = p.add_argument_group("what to run")
     g.add_argument("--mode", choices=MODES, default="grid",
                    help="grid: the study's exact grid, every trial to the end; search: multi-objective Optuna "
-                        "search over the same space with ASHA early stopping (default %(default)s)")
+                        "search over the same space with Pareto-aware early stopping (default %(default)s)")
     g.add_argument("--num-samples", type=int, default=10, help="trials of --mode search (default %(default)s)")
     g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
     g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
@@ -274,6 +276,8 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
+    from raysearch.search import SAMPLERS, SCHEDULERS
+
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
     g.add_argument("--max-latency-ms", type=float, help="latency budget on the device; slower trials are pruned "
                                                         "before any training")
@@ -307,10 +311,24 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial (default 1 when the "
                                                         "cluster has GPUs, else 0)")
     g.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (default %(default)s)")
-    g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    g.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default %(default)s)")
-    g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency (default: "
-                                                           "--max-latency-ms, else 1000 ms)")
+    g = p.add_argument_group("search (--mode search)")
+    g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe: Optuna's multi-objective TPE, best for tens of expensive trials (it models the "
+                        "objectives from the first results); nsga2: a genetic algorithm, worth it from about a "
+                        "hundred trials; random: the baseline, fine for tiny spaces (default %(default)s; seeded "
+                        "by --seed)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="pareto-asha",
+                   help="early stopping. pareto-asha: successive halving that ranks the trials at each rung by "
+                        "validation IoU and measured latency together, so fast, less accurate models are not "
+                        "stopped for their IoU alone; asha: Ray Tune's ASHA on validation IoU only (for "
+                        "comparison); none: every trial to the end (default %(default)s)")
+    g.add_argument("--grace-period", type=int, default=1, help="epochs before a trial can be stopped (default "
+                                                               "%(default)s); rungs at grace x factor^k epochs")
+    g.add_argument("--reduction-factor", type=float, default=3.0,
+                   help="of the trials reaching a rung, the best 1/factor go on (default %(default)s)")
+    g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency, fixed to compare "
+                                                           "searches (default: --max-latency-ms, else the "
+                                                           "largest latency the search measured)")
 
 
 def search_options(args: argparse.Namespace):

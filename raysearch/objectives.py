@@ -44,8 +44,11 @@ PRUNED = "pruned_by_latency"  # over the latency budget: measured, never trained
 STOPPED = "stopped_early"  # stopped by the scheduler before its last epoch
 DUPLICATE = "duplicate"  # a configuration that already ran: its figures, nothing trained
 # Metrics of a search's parent run.
-HYPERVOLUME = "hypervolume"
+HYPERVOLUME = "hypervolume"  # IoU x ms
+HYPERVOLUME_NORMALIZED = "hypervolume_normalized"  # the share (0..1) of its box: IoU 0..1 x latency 0..ref
 FINAL_HYPERVOLUME = "final_hypervolume"
+FINAL_HYPERVOLUME_NORMALIZED = "final_hypervolume_normalized"
+HV_REFERENCE_LATENCY = "hv_reference_latency_ms"
 N_PARETO = "n_pareto"
 EPOCHS_SPENT = "epochs_spent"
 

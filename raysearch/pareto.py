@@ -17,22 +17,21 @@ Dominance and duplicates
     dominate each other, so exact duplicates on the front are *all* kept (two trials that reach
     the same trade-off are both worth showing).
 
-Hypervolume and its fixed reference point
+Hypervolume, its reference point and its box
     The hypervolume is the area of objective space dominated by the points and bounded by a
     reference point: for IoU (max) and latency (min) the area of the union of the rectangles
     ``[ref_iou, iou] x [latency, ref_latency]``, in IoU x ms. It grows whenever a new point
     improves the front and never shrinks, which makes it the one-number progress measure of a
     multi-objective search.
 
-    The reference point is FIXED rather than derived from the data (e.g. the worst point seen
-    so far): a data-dependent reference moves as trials complete, so the hypervolume of one
-    search at two moments, or of two searches, would be measured against different boxes and
-    could not be compared. :func:`default_reference` gives IoU 0.0 (the worst possible IoU,
-    so every model with some overlap counts) and latency = the search's latency budget
-    ``max_latency_ms`` when there is one (only models that meet the budget add area), else
-    ``DEFAULT_REF_LATENCY_MS`` = 1000 ms (1 frame/s, slower than any useful candidate).
-    Hypervolumes are comparable between searches that use the same reference, i.e. the same
-    latency budget.
+    :func:`default_reference` gives IoU 0.0 (the worst possible IoU) and, for latency, the
+    search's latency budget when there is one (only models that meet it add area), else the
+    largest latency measured in the search, so that the box spans what the search saw and both
+    objectives weigh in: a reference far above every latency (say 1000 ms for models of 0.1 ms)
+    makes the hypervolume almost only the best IoU. Divided by its box (IoU 0..1 x latency
+    0..ref), it is a share between 0 and 1 (:func:`normalized_hypervolume`). A reference taken
+    from the data moves while the search runs; pass a fixed one (``--hv-ref-latency-ms``) to
+    compare searches with each other.
 
 Points are mappings of metric names to values, or `raysearch.results.TrialRow` records.
 """
@@ -46,13 +45,13 @@ from typing import Any
 from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
 from raysearch.results import finite, point_value
 
-#: Latency of the reference point when the search has no latency budget (1 frame/s).
+#: Latency of the reference point with neither a budget nor a measured latency (1 frame/s).
 DEFAULT_REF_LATENCY_MS = 1000.0
 #: IoU of the reference point: the worst possible IoU.
 DEFAULT_REF_IOU = 0.0
 
 __all__ = ["DEFAULT_REF_IOU", "DEFAULT_REF_LATENCY_MS", "default_reference", "dominates", "hypervolume",
-           "pareto_front"]
+           "normalized_hypervolume", "pareto_front"]
 
 
 # --------------------------------------------------------------------------- values
@@ -131,10 +130,12 @@ def pareto_front(
 # --------------------------------------------------------------------------- hypervolume
 
 
-def default_reference(max_latency_ms: float | None = None) -> dict[str, float]:
-    """The fixed reference point: IoU 0.0 and the latency budget (``DEFAULT_REF_LATENCY_MS`` if none)."""
+def default_reference(max_latency_ms: float | None = None, latencies: Sequence[Any] = ()) -> dict[str, float]:
+    """The reference point: IoU 0.0 and the latency budget; without one, the largest of
+    ``latencies`` (the search's measured latencies), else ``DEFAULT_REF_LATENCY_MS``."""
     if max_latency_ms is None:
-        latency = DEFAULT_REF_LATENCY_MS
+        seen = [x for x in map(finite, latencies) if x is not None and x > 0]
+        latency = max(seen) if seen else DEFAULT_REF_LATENCY_MS
     else:
         latency = finite(max_latency_ms)
         if latency is None or latency <= 0:
@@ -172,3 +173,10 @@ def hypervolume(
             area += (ref[0] - c0) * (upper - c1)
             upper = c1
     return area
+
+
+def normalized_hypervolume(points: Sequence[Any], reference: Mapping[str, float]) -> float:
+    """The hypervolume as a share (0..1) of its box: IoU from the reference's to 1, latency from 0
+    to the reference's."""
+    box = (1.0 - reference[IOU.name]) * reference[LATENCY_MS.name]
+    return hypervolume(points, reference) / box if box > 0 else 0.0

@@ -15,6 +15,16 @@ from raysearch.objectives import IOU, LATENCY_MS
 from raysearch.pareto import pareto_front
 from raysearch.results import Requirement, finite, point_value
 
+def _fps_iou(rows: Sequence[Any]) -> list[tuple[float, float, Any]]:
+    """(fps, IoU, row) of the rows with a usable IoU and latency."""
+    out = []
+    for row in rows:
+        iou, lat = point_value(row, IOU.name), point_value(row, LATENCY_MS.name)
+        if iou is not None and lat is not None and lat > 0:
+            out.append((1000.0 / lat, iou, row))
+    return out
+
+
 def _name(row: Any) -> str | None:
     return row.get("name") if isinstance(row, dict) else getattr(row, "name", None)
 
@@ -115,21 +125,20 @@ def plot_front(
     *,
     title: str = "",
     requirement: Requirement = Requirement(),
+    stopped: Sequence[Any] = (),
+    hypervolume: tuple[float, float] | None = None,
 ) -> Path:
     """PNG of the candidates in fps / IoU space with the Pareto front; returns ``path``.
 
     x = frames per second (1000 / latency_ms), y = IoU; every candidate is a dot, the front
     (more fps and more IoU are better) a step line through its points, each labeled with
     its name. With a requirement, the qualifying region (fps >= 1000 / max_latency_ms,
-    IoU >= min_iou) is shaded. Rows without a usable IoU or latency are skipped.
+    IoU >= min_iou) is shaded. ``stopped``: trials stopped early, drawn as their own marker at
+    their IoU when stopped (not part of the front). ``hypervolume``: (normalized share, reference
+    latency ms), written in a corner. Rows without a usable IoU or latency are skipped.
     """
     max_latency_ms, min_iou = requirement.max_latency_ms, requirement.min_iou
-    pts = []  # (fps, iou, row)
-    for row in rows:
-        iou, lat = point_value(row, IOU.name), point_value(row, LATENCY_MS.name)
-        if iou is None or lat is None or lat <= 0:
-            continue
-        pts.append((1000.0 / lat, iou, row))
+    pts, stop_pts = _fps_iou(rows), _fps_iou(stopped)
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
@@ -140,8 +149,8 @@ def plot_front(
     ax.set_title(title or "IoU vs. throughput: candidates and Pareto front")
 
     fps_limit = 1000.0 / max_latency_ms if max_latency_ms else None
-    xs = [p[0] for p in pts] + ([fps_limit] if fps_limit else [])
-    ys = [p[1] for p in pts] + ([min_iou] if min_iou is not None else [])
+    xs = [p[0] for p in pts + stop_pts] + ([fps_limit] if fps_limit else [])
+    ys = [p[1] for p in pts + stop_pts] + ([min_iou] if min_iou is not None else [])
     if xs:
         x0, x1 = _padded(min(xs), max(xs), min_span=1.0)
         ax.set_xlim(max(0.0, x0), x1)
@@ -194,6 +203,13 @@ def plot_front(
         ax.text(0.5, 0.5, "no candidate with both IoU and latency", transform=ax.transAxes,
                 ha="center", va="center", color="0.4")
 
+    if stop_pts:
+        ax.scatter([p[0] for p in stop_pts], [p[1] for p in stop_pts], s=26, marker="x", color="0.45",
+                   linewidths=1.0, label=f"stopped early ({len(stop_pts)}; IoU when stopped)", zorder=2)
+    if hypervolume is not None:
+        share, ref_ms = hypervolume
+        ax.text(0.99, 0.02, f"hypervolume {share:.3f} of IoU 0..1 \u00d7 latency 0..{ref_ms:.3g} ms",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
     handles, _ = ax.get_legend_handles_labels()
     if handles:  # below the axes: the plot area stays free for points and labels
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=3, fontsize=8, frameon=False)
@@ -204,7 +220,8 @@ def plot_front(
 
 
 def plot_hypervolume(
-    history: Sequence[tuple[float, float]], path: str | Path, xlabel: str = "completed trials"
+    history: Sequence[tuple[float, float]], path: str | Path, xlabel: str = "completed trials",
+    ylabel: str = "hypervolume (share of its box)",
 ) -> Path:
     """PNG of the hypervolume over time/trials from ``(x, hypervolume)`` pairs; returns ``path``.
 
@@ -218,7 +235,7 @@ def plot_hypervolume(
     ax.grid(True, color="0.88", linewidth=0.8)
     ax.set_axisbelow(True)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("hypervolume (IoU \u00d7 ms)")
+    ax.set_ylabel(ylabel)
     ax.set_title("Hypervolume of the Pareto front")
     if data:
         xs, ys = [d[0] for d in data], [d[1] for d in data]

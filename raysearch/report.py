@@ -12,6 +12,7 @@ import html
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from raysearch import objectives as obj
 from raysearch.objectives import FPS, IOU, LATENCY_MS, MACS, OBJECTIVES, PARAMS_TOTAL, Objective
 from raysearch.models import ModelSpec
-from raysearch.pareto import hypervolume, pareto_front
+from raysearch.pareto import default_reference, dominates, hypervolume, normalized_hypervolume, pareto_front
 from raysearch.plots import plot_front, plot_hypervolume
-from raysearch.results import STATUSES, TRAINED, Requirement, TrialRow, candidates, point_value
+from raysearch.results import STATUSES, STOPPED, TRAINED, Requirement, TrialRow, candidates, point_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -155,22 +156,43 @@ def status_counts(rows: Sequence[TrialRow]) -> str:
             f"configurations (not retrained)" + (f", {n['failed']} failed" if n["failed"] else ""))
 
 
+def stopped_near_front(rows: Sequence[TrialRow], front: Sequence[TrialRow]) -> str:
+    """How many stopped trials sit beside the final front (within its latency range), and how many
+    of those the front did not dominate when they were stopped: what early stopping may have cut."""
+    stopped = [r for r in rows if r.status == STOPPED and r.iou is not None and r.latency_ms is not None]
+    if not stopped or not front:
+        return ""
+    lo, hi = min(r.latency_ms for r in front), max(r.latency_ms for r in front)
+    near = [r for r in stopped if lo <= r.latency_ms <= hi]
+    free = [r for r in near if not any(dominates(f, r) for f in front)]
+    return (f"{len(near)} of the {len(stopped)} stopped trials lie within the front's latency range "
+            f"({lo:.3g}-{hi:.3g} ms); {len(free)} of them were not dominated by the front when stopped")
+
+
 def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list[TrialRow], hv_history: list,
-                  requirement: Requirement, hv_ref: dict) -> tuple[list[TrialRow], float]:
+                  requirement: Requirement, hv_latency: float | None) -> tuple[list[TrialRow], float]:
     """Tag every child (Pareto-optimal, qualifies), log the front's figures and files on the
     parent (front.csv, front.png, hypervolume.png, candidates.txt), print the table; returns
-    (the front, best IoU first; the final hypervolume)."""
+    (the front, best IoU first; the final hypervolume). ``hv_latency``: the reference latency
+    (None: the largest measured)."""
+    from mlflow.entities import Metric
+
     cands = candidates(rows)
     front = [cands[i] for i in pareto_front(cands)]
     front_ids = {r.run_id for r in front}
     for r in rows:
         client.set_tag(r.run_id, obj.TAG_PARETO, obj.flag(r.run_id in front_ids))
         client.set_tag(r.run_id, obj.TAG_QUALIFIES, obj.flag(r.is_candidate() and requirement.qualifies(r)))
-    hv = hypervolume(cands, hv_ref)
-    client.log_metric(parent_id, obj.FINAL_HYPERVOLUME, hv)
-    client.log_metric(parent_id, obj.N_PARETO, len(front))
+    ref = default_reference(hv_latency, [r.latency_ms for r in rows])
+    hv, share = hypervolume(cands, ref), normalized_hypervolume(cands, ref)
+    now = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in (
+        (obj.FINAL_HYPERVOLUME, hv), (obj.FINAL_HYPERVOLUME_NORMALIZED, share),
+        (obj.HV_REFERENCE_LATENCY, ref[LATENCY_MS.name]), (obj.N_PARETO, len(front)))])
     table = front_table(cands, requirement) if cands else "(no trial finished training)"
     table += "\n" + status_counts(rows)
+    if near := stopped_near_front(rows, front):
+        table += "\n" + near
     if requirement.constrained and cands and not any(requirement.qualifies(r) for r in front):
         closest = sorted(cands, key=lambda r: len(requirement.misses(r)))[:3]
         table += "\nnothing qualifies; the closest:\n" + "\n".join(
@@ -180,13 +202,14 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
         if rows:
             write_front_csv(rows, tmp / "front.csv")
             plot_front(cands or rows, tmp / "front.png", title=f"{stage}: IoU vs frames per second",
-                       requirement=requirement)
+                       requirement=requirement, stopped=[r for r in rows if r.status == STOPPED],
+                       hypervolume=(share, ref[LATENCY_MS.name]))
         if hv_history:
-            plot_hypervolume([(h[0], h[2]) for h in hv_history], tmp / "hypervolume.png")
+            plot_hypervolume([(h[0], h[3] if len(h) > 3 else h[2]) for h in hv_history], tmp / "hypervolume.png")
         (tmp / "candidates.txt").write_text(table)
         client.log_artifacts(parent_id, str(tmp))
-    print(f"\n{stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {hv:.4g}"
-          f" (reference iou={hv_ref[IOU.name]}, latency_ms={hv_ref[LATENCY_MS.name]})")
+    print(f"\n{stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {share:.3f} of the box "
+          f"IoU 0..1 x latency 0..{ref[LATENCY_MS.name]:.3g} ms ({hv:.4g} IoU x ms)")
     print(table)
     front.sort(key=lambda r: -r.iou)
     return front, hv
@@ -236,6 +259,16 @@ def candidates_of(client: "MlflowClient", parent, device_class: str | None = Non
                                                            "and attributes.status = 'FINISHED'")
     rows = [row_from_run(k, parent.info.run_name) for k in kids]
     return [r for r in rows if r.is_candidate() and (device_class is None or r.device_class == device_class)]
+
+
+def search_hypervolume(parent, rows: Sequence[TrialRow]) -> tuple[float, float]:
+    """(normalized hypervolume, reference latency ms) of a search: as its parent run logged them,
+    else (a search logged before they were) from its candidates, in the box of their latencies."""
+    m = parent.data.metrics
+    if obj.FINAL_HYPERVOLUME_NORMALIZED in m and obj.HV_REFERENCE_LATENCY in m:
+        return m[obj.FINAL_HYPERVOLUME_NORMALIZED], m[obj.HV_REFERENCE_LATENCY]
+    ref = default_reference(None, [r.latency_ms for r in rows])
+    return normalized_hypervolume(rows, ref), ref[LATENCY_MS.name]
 
 
 def onnx_path(client: "MlflowClient", row: TrialRow) -> str:
@@ -291,8 +324,10 @@ def write_html(client: "MlflowClient", experiment: str, out: str | Path, *, run_
             if not rows:
                 parts.append("<p>No trial of this search trained to the end.</p>")
                 continue
+            hv = search_hypervolume(parent, rows)
+            parts.append(f"<p>Hypervolume {hv[0]:.3f} of the box IoU 0..1 &times; latency 0..{hv[1]:.3g} ms.</p>")
             png = plot_front(rows, tmp / f"front{n}.png", title=f"{parent.info.run_name}: IoU vs frames per second",
-                             requirement=requirement)
+                             requirement=requirement, hypervolume=hv)
             parts.append(_img(png))
             parts.append(f"<pre>{html.escape(front_table(rows, requirement))}</pre>")
             for i in pareto_front(rows):

@@ -1,9 +1,12 @@
-"""The search driver: Ray Tune (grid, or a multi-objective Optuna search with ASHA early
-stopping), a benchd farm for latency, MLflow for everything, the Pareto front at the end.
+"""The search driver: Ray Tune (grid, or a multi-objective Optuna search with Pareto-aware
+early stopping), a benchd farm for latency, MLflow for everything, the Pareto front at the end.
 
-Searcher: Optuna's TPESampler in its multi-objective form (MOTPE). Our searches are small (tens of
-trials, each expensive), and TPE models the objectives from the first few trials on, while
-NSGA-II needs several generations of a population before it beats random sampling.
+Searchers (``--sampler``): Optuna's TPESampler in its multi-objective form (MOTPE, the default):
+our searches are small (tens of trials, each expensive) and TPE models the objectives from the
+first few trials on; NSGA-II needs several generations of a population before it beats random
+sampling, so it pays off from about a hundred trials; random sampling is the baseline, and the
+safe choice when the space is tiny. Schedulers (``--scheduler``): `raysearch.scheduler.ParetoASHA`
+(the default), Ray Tune's ASHA on validation IoU alone (for comparison), or none.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, local_benchd
-from raysearch.pareto import default_reference
 from raysearch.results import Requirement, TrialRow
 from raysearch.trial import TrialSettings, run_trial
 
 log = logging.getLogger(__name__)
 
 MODES = ("grid", "search")
+SCHEDULERS = ("pareto-asha", "asha", "none")  # pareto-asha: on (val IoU, latency); asha: Ray's, on val IoU
+SAMPLERS = ("tpe", "nsga2", "random")
 
 
 @dataclass
@@ -55,6 +59,8 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     max_failures: int = 1
+    scheduler: str = "pareto-asha"
+    sampler: str = "tpe"
     grace_period: int = 1
     reduction_factor: float = 3.0
     logit_threshold: float = 0.0
@@ -66,6 +72,10 @@ class SearchOptions:
             raise ValueError(f"--mode {self.mode!r} is not one of {MODES}")
         if self.num_samples < 1:
             raise ValueError(f"--num-samples {self.num_samples} must be >= 1")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r} is not one of {SAMPLERS}")
         self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
@@ -213,7 +223,6 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     """
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from raysearch.data import prepare_data
     from raysearch.report import finish_search
@@ -235,7 +244,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
 
     remote = "://" in opts.storage_path
     data = prepare_data(opts.data, None if remote else root, opts.seed)
-    hv_ref = default_reference(opts.hv_ref_latency_ms or opts.max_latency_ms)
+    hv_latency = opts.hv_ref_latency_ms or opts.max_latency_ms  # None: the largest latency measured
     client = parent[0] if parent else MlflowClient(opts.tracking)
 
     import ray
@@ -260,14 +269,15 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
                 tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
-                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), "hv_reference": json.dumps(hv_ref)})
-        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_ref)
+                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency})
+        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_latency)
         trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
                                         {"cpu": opts.cpus_per_trial, "gpu": gpus})
         t0 = time.time()
         alarm = _Deadline(deadline)
         try:
-            tuner = _tuner(tune, ASHAScheduler, trainable, space, opts, epochs, name, storage, exp_path, tracker)
+            tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
+                           state_path.with_name("scheduler.json"))
             with alarm:
                 results = tuner.fit()
             errors = sum(1 for r in results if r.error is not None)
@@ -284,7 +294,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         tracker = tracker.reload()  # what Ray Tune's copy of the callback recorded
         tracker.close("KILLED")  # anything the tuner left open
         rows = list(tracker.finals.values())
-        front, hv = finish_search(client, parent_id, stage, rows, tracker.hv_history, opts.requirement, hv_ref)
+        front, hv = finish_search(client, parent_id, stage, rows, tracker.hv_history, opts.requirement, hv_latency)
         if errors:
             client.set_tag(parent_id, obj.TAG_TRIAL_ERRORS, str(errors))
         if not keep_parent_open:
@@ -356,8 +366,34 @@ class _farm:
             self._ctx.__exit__(*exc)
 
 
-def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, epochs: int, name: str,
-           storage: str, exp_path: str, tracker):
+def _sampler(opts: SearchOptions):
+    """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
+    import optuna
+
+    if opts.sampler == "nsga2":  # generations of a small population: tens of trials make a few
+        return optuna.samplers.NSGAIISampler(seed=opts.seed, population_size=max(4, min(50, opts.num_samples // 3)))
+    if opts.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=opts.seed)
+    return optuna.samplers.TPESampler(seed=opts.seed, multivariate=True)  # multi-objective (MOTPE) with 2 metrics
+
+
+def _scheduler(opts: SearchOptions, epochs: int, state_path: Path):
+    if opts.scheduler == "pareto-asha":
+        from raysearch.scheduler import ParetoASHA
+
+        return ParetoASHA(epochs=max(1, epochs), grace_period=opts.grace_period,
+                          reduction_factor=opts.reduction_factor, state_path=state_path)
+    if opts.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        # +1: reaching max_t stops a trial, and its last epoch must still export/evaluate
+        return ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode, max_t=epochs + 1,
+                             grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+    return None
+
+
+def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str, exp_path: str,
+           tracker, scheduler_state: Path):
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -370,17 +406,12 @@ def _tuner(tune, ASHAScheduler, trainable, space: Space, opts: SearchOptions, ep
         param_space = {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
     else:
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         param_space = {k: tune.choice(list(v)) for k, v in space.grid.items()}
-        searcher = OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(),
-                                sampler=optuna.samplers.TPESampler(seed=opts.seed, multivariate=True))
-        scheduler = ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode,
-                                  # +1: reaching max_t stops a trial, and its last epoch must still export/evaluate
-                                  max_t=max(1, epochs) + 1, grace_period=opts.grace_period,
-                                  reduction_factor=opts.reduction_factor)
-        # metric/mode only on the searcher: TuneConfig(metric=...) would make the study single-objective
-        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
-                                      max_concurrent_trials=opts.concurrency)
+        # metric/mode only on the searcher: TuneConfig(metric=...) would make the study single-objective.
+        # A trial the scheduler stops is told to it with its last report (IoU at the stop, latency).
+        searcher = OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts))
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(opts, epochs, scheduler_state),
+                                      num_samples=opts.num_samples, max_concurrent_trials=opts.concurrency)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

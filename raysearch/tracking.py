@@ -27,7 +27,7 @@ from ray.tune import Callback
 
 from raysearch import objectives as obj
 from raysearch.models import ModelSpec
-from raysearch.pareto import hypervolume
+from raysearch.pareto import default_reference, hypervolume, normalized_hypervolume
 from raysearch.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
 from raysearch.storage import write_atomic
 
@@ -136,11 +136,11 @@ class SearchTracker(Callback):
     concise console view (one line per trial that starts or ends, a status line now and then)."""
 
     def __init__(self, tracking: str, experiment_id: str, parent_run_id: str, stage: str,
-                 state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_reference: dict) -> None:
-        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_reference)
+                 state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_latency: float | None) -> None:
+        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency)
         self.client = MlflowClient(tracking)
         self.experiment_id, self.parent = experiment_id, parent_run_id
-        self.stage, self.state_path, self.to_spec, self.hv_reference = stage, state_path, to_spec, hv_reference
+        self.stage, self.state_path, self.to_spec, self.hv_latency = stage, state_path, to_spec, hv_latency
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         self.runs: dict[str, str] = state.get("runs", {})
         self.finals: dict[str, TrialRow] = {k: TrialRow.from_dict(v) for k, v in state.get("finals", {}).items()}
@@ -310,12 +310,17 @@ class SearchTracker(Callback):
 
     # ---- helpers -------------------------------------------------------------------------
     def _log_hypervolume(self) -> None:
-        # the candidates only, as the final figure counts them (not stopped, repeated or pruned trials)
-        hv = hypervolume(candidates(list(self.finals.values())), self.hv_reference)
+        # the candidates only, as the final figure counts them (not stopped, repeated or pruned
+        # trials), in the box of the budget or of every latency measured so far
+        rows = list(self.finals.values())
+        ref = default_reference(self.hv_latency, [r.latency_ms for r in rows])
+        cands = candidates(rows)
+        hv, share = hypervolume(cands, ref), normalized_hypervolume(cands, ref)
         step = len(self.done)
-        self.hv_history.append([step, self.epochs_spent, hv])
-        self.client.log_metric(self.parent, obj.HYPERVOLUME, hv, step=step)
-        self.client.log_metric(self.parent, obj.EPOCHS_SPENT, self.epochs_spent, step=step)
+        self.hv_history.append([step, self.epochs_spent, hv, share])
+        self.client.log_batch(self.parent, metrics=[
+            Metric(k, float(v), int(time.time() * 1000), step) for k, v in
+            ((obj.HYPERVOLUME, hv), (obj.HYPERVOLUME_NORMALIZED, share), (obj.EPOCHS_SPENT, self.epochs_spent))])
 
     def close(self, status: str) -> None:
         """End every child run still open with ``status`` (the search ended or was interrupted)."""

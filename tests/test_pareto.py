@@ -9,7 +9,8 @@ import random
 import pytest
 
 from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
-from raysearch.pareto import DEFAULT_REF_LATENCY_MS, default_reference, dominates, hypervolume, pareto_front
+from raysearch.pareto import (DEFAULT_REF_LATENCY_MS, default_reference, dominates, hypervolume,
+                              normalized_hypervolume, pareto_front)
 from raysearch.plots import plot_front, plot_hypervolume
 from raysearch.report import front_table, write_front_csv
 from raysearch.results import Requirement
@@ -291,3 +292,27 @@ def test_plot_hypervolume_writes_png(tmp_path):
 def test_objectives_constant_is_what_the_defaults_use():
     # The defaults follow raysearch.objectives: iou max, latency_ms min.
     assert [(o.name, o.mode) for o in OBJECTIVES] == [("iou", "max"), ("latency_ms", "min")]
+
+
+def test_the_default_reference_spans_what_the_search_measured():
+    assert default_reference(None, [0.2, None, "x", 0.09, math.nan]) == {"iou": 0.0, "latency_ms": 0.2}
+    assert default_reference(33, [0.2, 50]) == {"iou": 0.0, "latency_ms": 33.0}  # a budget wins
+    assert default_reference(None, []) == {"iou": 0.0, "latency_ms": DEFAULT_REF_LATENCY_MS}
+
+
+def test_normalized_hypervolume_by_hand():
+    ref = {"iou": 0.0, "latency_ms": 10.0}
+    # one point (0.5, 4 ms): (0.5 - 0) x (10 - 4) = 3 of a 1 x 10 box
+    assert normalized_hypervolume([P(0.5, 4.0)], ref) == pytest.approx(0.3)
+    # two steps: (0.9, 8) and (0.6, 2): 0.9 x 2 + 0.6 x 6 = 5.4 -> 0.54; a duplicate adds nothing
+    pts = [P(0.9, 8.0), P(0.6, 2.0), P(0.6, 2.0)]
+    assert hypervolume(pts, ref) == pytest.approx(5.4) and normalized_hypervolume(pts, ref) == pytest.approx(0.54)
+    # outside the box (slower than the reference, or exactly at it) counts nothing
+    assert normalized_hypervolume([P(0.99, 12.0), P(0.99, 10.0)], ref) == 0.0
+    # the reference from the data: the slowest point sits on the box's edge
+    data = [P(0.9, 0.21), P(0.8, 0.09)]
+    auto = default_reference(None, [p["latency_ms"] for p in data])
+    assert normalized_hypervolume(data, auto) == pytest.approx(0.8 * (0.21 - 0.09) / 0.21)
+    # and the old 1000 ms box could not see latency: both points nearly the same area
+    far = {"iou": 0.0, "latency_ms": 1000.0}
+    assert normalized_hypervolume(data, far) == pytest.approx((0.9 * (1000 - 0.21) + 0.8 * 0.12) / 1000)

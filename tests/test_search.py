@@ -137,19 +137,54 @@ def test_latency_budget_prunes_before_training(tmp_path):
     assert "1 pruned by latency before training" in out.stdout
 
 
-def test_search_mode_asha_stops_some_trials(tmp_path):
+@pytest.mark.parametrize("scheduler", ["pareto-asha", "asha"])
+def test_search_mode_stops_some_trials(tmp_path, scheduler):
     store = Store(tmp_path)
     out = store.stage(4, "--quick", "--mode", "search", "--num-samples", "6", "--res", "64", "--epochs", "3",
-                      "--bench-runs", "5", "--concurrency", "1")
+                      "--bench-runs", "5", "--concurrency", "1", "--scheduler", scheduler)
     (parent,) = store.parents("stage4")
     kids = store.children(parent.info.run_id)
     assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
     stopped = [k for k in kids if k.data.tags.get("stopped_early") == "true"]
     assert stopped, out.stdout[-3000:]
-    for k in stopped:  # stopped by ASHA on val_iou before its last epoch: never exported
+    for k in stopped:  # stopped on its validation figures before its last epoch: never exported
         assert k.data.metrics.get("epochs_trained") is None
+        # Ray's ASHA may stop at the last epoch (a rung at max_t - 1); Pareto-ASHA has no rung there
+        assert int(k.data.tags["stopped_at_epoch"]) < (3 if scheduler == "pareto-asha" else 4)
         assert "model.onnx" not in {a.path for a in store.client.list_artifacts(k.info.run_id)}
-    assert parent.data.params["mode"] == "search"
+    assert parent.data.params["mode"] == "search" and parent.data.params["scheduler"] == scheduler
+    # the hypervolume in a box that both objectives span, raw and as a share, after every trial
+    share = store.client.get_metric_history(parent.info.run_id, "hypervolume_normalized")
+    assert len(share) == 6 and all(0.0 <= m.value <= 1.0 for m in share)
+    assert 0.0 < parent.data.metrics["final_hypervolume_normalized"] <= 1.0
+    # the box's latency: the slowest measured (a stopped trial has only its untrained latency)
+    measured = [k.data.metrics.get("latency_ms", k.data.metrics["latency_ms_untrained"]) for k in kids]
+    assert parent.data.metrics["hv_reference_latency_ms"] == pytest.approx(max(measured))
+    assert ": stopped " in out.stdout and "stopped trials lie within the front's latency range" in out.stdout
+
+
+def test_pareto_asha_search_resumes_after_sigterm(tmp_path):
+    store = Store(tmp_path)
+    args = ("--quick", "--mode", "search", "--num-samples", "3", "--res", "96", "64", "--epochs", "6",
+            "--concurrency", "1", "--bench-runs", "5", "--sampler", "random")
+    proc = store.popen(6, *args)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until the scheduler has recorded a trial at a rung
+        states = list((tmp_path / "ray" / "state").glob("stage6-search-*/scheduler.json"))
+        if states and any(json.loads(states[0].read_text())["rungs"].values()):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    recorded = json.loads(states[0].read_text())["rungs"]
+    assert not [r for r in store.all_runs() if r.info.status == "RUNNING"]
+    store.stage(6, *args, "--resume")
+    (parent,) = store.parents("stage6")
+    assert parent.info.status == "FINISHED"
+    kids = store.children(parent.info.run_id)
+    assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids)
+    after = json.loads(states[0].read_text())["rungs"]
+    assert all(set(trials) <= set(after[m]) for m, trials in recorded.items())  # the records survived
 
 
 def test_resume_after_the_driver_is_interrupted(tmp_path):
@@ -323,3 +358,53 @@ def test_stages_2_4_7_on_the_real_data(packages_dir, tmp_path):
     kids7 = store.children(parent7.info.run_id)
     assert {hw(k) for k in kids7} == front2 and len(kids7) == 3 * len(front2)
     assert all(0.0 <= k.data.metrics["iou"] <= 1.0 for k in kids7)
+
+
+class _Flaky:
+    """A user family whose a=0.5 variant breaks in its second epoch (after the scheduler has
+    recorded it at the first rung); a=1 trains normally."""
+
+    @staticmethod
+    def build(spec):
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.body = nn.Conv2d(spec.in_channels, spec.num_classes, 3, stride=2, padding=1)
+                self.calls = 0
+
+            def forward(self, x):
+                if self.training and spec.a == 0.5:
+                    self.calls += 1
+                    if self.calls > 3:  # 30 synthetic images: 3 training batches per epoch
+                        raise RuntimeError("flaky model broke in its second epoch")
+                return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+        return Net()
+
+
+def test_a_failing_trial_under_pareto_asha(tmp_path):
+    import ray
+
+    from raysearch.models import ModelFamily, register_family
+    from raysearch.search import SearchOptions, Space, run_search
+
+    register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
+                                resolutions=(64,)), replace=True)
+    store = Store(tmp_path)
+    opts = SearchOptions(mode="search", num_samples=4, data="synthetic:40", quick=True, bench_runs=3,
+                         concurrency=1, max_failures=1, storage_path=store.storage, tracking_uri=store.uri)
+    try:
+        out = run_search("flaky", Space({"a": [1.0, 0.5]}, {"arch": "flaky", "input_hw": 64}), opts, epochs=3)
+    finally:
+        ray.shutdown()
+    assert out.errors >= 1
+    (parent,) = store.parents("flaky")
+    kids = store.children(parent.info.run_id)
+    failed = [k for k in kids if k.info.status == "FAILED"]
+    assert failed and all("flaky model broke" in k.data.tags["error"] for k in failed)
+    assert all(k.data.params["a"] == "0.5" and k.data.tags.get("retried") == "true" for k in failed)
+    assert any(k.info.status == "FINISHED" and k.data.params["a"] == "1.0" for k in kids)
+    assert parent.info.status == "FINISHED" and not [r for r in store.all_runs() if r.info.status == "RUNNING"]

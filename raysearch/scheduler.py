@@ -1,0 +1,203 @@
+"""Pareto-aware early stopping: asynchronous successive halving that ranks the trials at a rung
+by both objectives (validation IoU, maximized; measured latency, minimized).
+
+ASHA on IoU alone stops the narrow, fast models first, since they are less accurate at every
+rung: exactly the models an edge user came for. Here a trial's latency is known before its
+first epoch (it is measured on the untrained model), so every rung can rank by both.
+
+The rule (asynchronous, like ASHA): rungs sit at ``grace_period * eta**k`` epochs, below the
+last epoch (a trial that trained every epoch is worth its export and evaluation). When a trial
+first reaches a rung, its (IoU, latency) is recorded there and the rung's records are ranked by
+non-dominated sorting (front 0 first, then front 1, ...); inside a front, by crowding distance,
+largest first; a tie goes to the arriving trial. The trial goes on when its place in that
+order is within the top ``ceil(n / eta)`` of the ``n`` records, else it stops. Its records stay (they are real
+observations of a partly trained model), so later arrivals are measured against them.
+
+Why crowding distance for the ties inside a front: it needs no reference point (a
+hypervolume contribution would need one, and the search's latency range is only known as it
+goes), and it gives the two ends of every front an infinite distance, so the fastest and the
+most accurate trial of a front always rank first: the fast end of the front is never cut for
+its IoU. Background: Schmucker et al. 2021 and Salinas et al. 2021 (multi-objective ASHA).
+
+The state (every rung's records, each trial's latency) is written to a small JSON file after
+every decision and read back when the scheduler is restored with the experiment
+(`Tuner.restore`, ``--resume``): Ray Tune pickles the scheduler only as it was when the search
+started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from raysearch import objectives as obj
+from raysearch.results import finite
+from raysearch.storage import write_atomic
+
+log = logging.getLogger(__name__)
+
+Point = tuple[float, float]  # (iou, latency_ms)
+
+
+# ---- the maths (pure) --------------------------------------------------------------------------
+def _dominates(a: Point, b: Point) -> bool:
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+
+def nondominated_fronts(points: Mapping[str, Point]) -> list[list[str]]:
+    """The keys of ``points`` sorted into fronts: front 0 is dominated by nothing, front 1 only by
+    front 0, and so on (IoU maximized, latency minimized; equal points share a front)."""
+    left = dict(points)
+    fronts = []
+    while left:
+        front = sorted(k for k, p in left.items() if not any(_dominates(q, p) for q in left.values()))
+        fronts.append(front)
+        for k in front:
+            del left[k]
+    return fronts
+
+
+def crowding_distance(points: Mapping[str, Point], front: Sequence[str]) -> dict[str, float]:
+    """NSGA-II's crowding distance of each point of one front: the sum over the objectives of the
+    gap between its two neighbours, divided by the front's range; the ends are infinite."""
+    dist = {k: 0.0 for k in front}
+    if len(front) <= 2:
+        return {k: math.inf for k in front}
+    for m in range(2):
+        ranked = sorted(front, key=lambda k: (points[k][m], k))
+        lo, hi = points[ranked[0]][m], points[ranked[-1]][m]
+        dist[ranked[0]] = dist[ranked[-1]] = math.inf
+        if hi == lo:
+            continue
+        for prev, k, nxt in zip(ranked, ranked[1:], ranked[2:]):
+            dist[k] += (points[nxt][m] - points[prev][m]) / (hi - lo)
+    return dist
+
+
+def pareto_order(points: Mapping[str, Point], favour: str | None = None) -> list[str]:
+    """Every key, best first: by front, then by crowding distance (largest first); a tie goes to
+    ``favour`` (the trial being decided, as ASHA lets a trial equal to its cutoff go on), then
+    to the smaller key."""
+    order = []
+    for front in nondominated_fronts(points):
+        dist = crowding_distance(points, front)
+        order += sorted(front, key=lambda k: (-dist[k], k != favour, k))
+    return order
+
+
+def keeps(points: Mapping[str, Point], key: str, eta: float) -> bool:
+    """Whether ``key``, just recorded, is within the top ``ceil(n / eta)`` of the rung's ``n``
+    records."""
+    return pareto_order(points, favour=key).index(key) < math.ceil(len(points) / eta)
+
+
+def rung_milestones(grace_period: int, eta: float, epochs: int) -> list[int]:
+    """Epochs at which trials are compared: grace_period * eta**k below the last epoch."""
+    out, k = [], 0
+    while (m := int(round(grace_period * eta ** k))) < epochs:
+        if not out or m > out[-1]:
+            out.append(m)
+        k += 1
+    return out
+
+
+# ---- the Ray Tune scheduler ------------------------------------------------------------------
+class ParetoASHA(FIFOScheduler):
+    """Asynchronous successive halving on (validation IoU, latency); see the module doc.
+
+    ``epochs``: the trials' training epochs (no rung at or past the last one; the trial ends by
+    itself after it). ``state_path``: where the rung records live (None: in memory only)."""
+
+    def __init__(self, *, epochs: int, grace_period: int = 1, reduction_factor: float = 3.0,
+                 time_attr: str = obj.EPOCH, iou_metric: str = obj.VAL_IOU.name,
+                 latency_metric: str = obj.LATENCY_MS.name, state_path: str | Path | None = None) -> None:
+        if grace_period < 1 or reduction_factor <= 1 or epochs < 1:
+            raise ValueError(f"pareto-asha: need grace_period >= 1 (got {grace_period}), reduction factor > 1 "
+                             f"(got {reduction_factor}) and epochs >= 1 (got {epochs})")
+        super().__init__()
+        self._args = dict(epochs=epochs, grace_period=grace_period, reduction_factor=reduction_factor,
+                          time_attr=time_attr, iou_metric=iou_metric, latency_metric=latency_metric,
+                          state_path=None if state_path is None else str(state_path))
+        self.eta, self.time_attr = reduction_factor, time_attr
+        self.iou_metric, self.latency_metric = iou_metric, latency_metric
+        self.milestones = rung_milestones(grace_period, reduction_factor, epochs)
+        self.state_path = None if state_path is None else Path(state_path)
+        self.rungs: dict[int, dict[str, Point]] = {m: {} for m in self.milestones}
+        self.latency: dict[str, float] = {}
+        self.stopped: dict[str, int] = {}  # trial id -> the epoch it was stopped at
+        if self.state_path is not None and self.state_path.is_file():
+            self._load(json.loads(self.state_path.read_text()))
+
+    # Ray Tune pickles the scheduler into the experiment when the search starts and brings back
+    # that copy on restore: rebuild it from its arguments and its state file instead.
+    def __getstate__(self) -> dict:
+        return {"args": self._args, "state": self._state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["args"])
+        if self.state_path is None:
+            self._load(state["state"])
+
+    def _state(self) -> dict:
+        return {"rungs": {str(m): {k: list(p) for k, p in r.items()} for m, r in self.rungs.items()},
+                "latency": self.latency, "stopped": self.stopped}
+
+    def _load(self, state: dict) -> None:
+        for m, recorded in state.get("rungs", {}).items():
+            self.rungs.setdefault(int(m), {}).update({k: (p[0], p[1]) for k, p in recorded.items()})
+        self.latency.update(state.get("latency", {}))
+        self.stopped.update(state.get("stopped", {}))
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            write_atomic(self.state_path, json.dumps(self._state()))
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # it ranks by its own two metrics, whatever single metric Tune passes
+
+    # ---- decisions -------------------------------------------------------------------------
+    def decide(self, trial_id: str, epoch: float, iou: float | None, latency: float | None) -> str:
+        """CONTINUE or STOP for a trial that reports ``iou`` at ``epoch`` (pure bookkeeping; the
+        Ray Tune hooks call this)."""
+        if latency is not None and trial_id not in self.latency:
+            self.latency[trial_id] = latency  # the first report's: measured before training
+        latency = self.latency.get(trial_id)
+        if iou is None or latency is None:
+            return TrialScheduler.CONTINUE
+        action = TrialScheduler.CONTINUE
+        for m in self.milestones:  # the lowest rung reached that does not hold the trial yet
+            if epoch < m:
+                break
+            if trial_id in self.rungs[m]:
+                continue
+            self.rungs[m][trial_id] = (iou, latency)
+            if not keeps(self.rungs[m], trial_id, self.eta):
+                action = TrialScheduler.STOP
+                self.stopped[trial_id] = int(epoch)
+            self._save()
+            break
+        return action
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(obj.FINAL) or self.time_attr not in result:  # a final report: the trial is done
+            return TrialScheduler.CONTINUE
+        return self.decide(trial.trial_id, result[self.time_attr], finite(result.get(self.iou_metric)),
+                           finite(result.get(self.latency_metric)))
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._save()
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        # an errored trial keeps its records (they were real observations); if it is retried it
+        # resumes from its checkpoint and rungs it already passed are not decided again
+        self._save()
+
+    def debug_string(self) -> str:
+        return "Pareto-ASHA: " + ", ".join(f"epoch {m}: {len(r)} recorded" for m, r in self.rungs.items()) + \
+            f"; {len(self.stopped)} stopped"

@@ -1,0 +1,125 @@
+"""Pareto-ASHA's rung decisions on hand-made records (the Ray Tune side is in test_search.py)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from raysearch.scheduler import (ParetoASHA, crowding_distance, keeps, nondominated_fronts, pareto_order,
+                                 rung_milestones)
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def test_fronts_by_hand():
+    pts = {"a": (0.9, 10.0), "b": (0.8, 5.0), "c": (0.7, 8.0), "d": (0.6, 20.0), "e": (0.8, 5.0)}
+    # c is dominated by b (and e, equal to b); d by everything; equal points share a front
+    assert nondominated_fronts(pts) == [["a", "b", "e"], ["c"], ["d"]]
+    assert nondominated_fronts({}) == []
+
+
+def test_crowding_distance_by_hand():
+    pts = {"w": (0.9, 10.0), "x": (0.8, 6.0), "y": (0.7, 4.0), "z": (0.5, 1.0)}
+    d = crowding_distance(pts, list(pts))
+    assert d["w"] == d["z"] == math.inf  # the most accurate and the fastest
+    assert d["x"] == pytest.approx((0.9 - 0.7) / 0.4 + (10 - 4) / 9)  # neighbours w and y
+    assert d["y"] == pytest.approx((0.8 - 0.5) / 0.4 + (6 - 1) / 9)  # neighbours x and z
+    assert pareto_order(pts) == ["w", "z", "y", "x"]  # ends first, then the least crowded
+
+
+def test_a_fast_inaccurate_trial_goes_on_where_asha_on_iou_would_stop_it():
+    rung = {"slow1": (0.90, 10.0), "slow2": (0.85, 12.0), "fast": (0.50, 1.0)}
+    # on IoU alone "fast" is the worst of three (eta 3 keeps one); by both objectives it is on
+    # the front, at its fast end, so it ranks with the most accurate one
+    assert keeps(rung, "fast", 3) and not keeps(rung, "slow2", 3)
+    assert pareto_order(rung)[:2] == ["fast", "slow1"]  # both ends of front 0, then front 1
+    # two ends of a front and one place: the tie goes to the trial being decided
+    assert pareto_order(rung, favour="slow1")[0] == "slow1" and keeps(rung, "slow1", 3)
+    assert keeps({"only": (0.1, 99.0)}, "only", 3)  # the first at a rung always goes on
+
+
+def test_milestones():
+    assert rung_milestones(1, 3, 10) == [1, 3, 9]
+    assert rung_milestones(1, 3, 9) == [1, 3]  # never at the last epoch: that trial is fully trained
+    assert rung_milestones(2, 2, 9) == [2, 4, 8]
+    assert rung_milestones(1, 3, 1) == []
+
+
+def test_decisions_are_asynchronous_and_stopped_trials_stay_recorded(tmp_path):
+    s = ParetoASHA(epochs=8, grace_period=1, reduction_factor=3, state_path=tmp_path / "sched.json")
+    assert s.milestones == [1, 3]
+    # each trial's latency comes from its first report, before training
+    assert s.decide("a", 1, 0.80, 10.0) == CONTINUE  # first at rung 1
+    assert s.decide("b", 1, 0.70, 12.0) == STOP  # dominated by a, ceil(2/3) = 1 place
+    assert s.decide("c", 1, 0.40, 2.0) == CONTINUE  # fast: on the front with a, at its end
+    assert s.decide("a", 2, 0.85, None) == CONTINUE  # between rungs: nothing to decide
+    assert s.decide("a", 3, 0.88, None) == CONTINUE  # first at rung 3
+    assert s.decide("c", 3, 0.45, 99.0) == CONTINUE  # the latency stays the first one measured: 2 ms
+    assert s.rungs[3]["c"] == (0.45, 2.0) and s.stopped == {"b": 1}
+    assert set(s.rungs[1]) == {"a", "b", "c"}  # b's record stays: later arrivals meet it
+    assert s.decide("a", 8, 0.9, None) == CONTINUE  # its last epoch: no rung there
+    # restored with the experiment (Ray Tune unpickles the object it saved at the start)
+    again = pickle.loads(pickle.dumps(ParetoASHA(epochs=8, grace_period=1, reduction_factor=3,
+                                                 state_path=tmp_path / "sched.json")))
+    assert again.rungs == s.rungs and again.latency == s.latency and again.stopped == s.stopped
+    assert again.decide("d", 1, 0.1, 50.0) == STOP  # dominated by what was recorded before the restart
+
+
+def test_final_and_pruned_reports_are_never_decided():
+    s = ParetoASHA(epochs=8)
+    trial = type("T", (), {"trial_id": "t"})()
+    assert s.on_trial_result(None, trial, {"epoch": 0, "final": 1, "val_iou": 0.0, "latency_ms": 9.0}) == CONTINUE
+    assert s.on_trial_result(None, trial, {"epoch": 3, "final": 1, "val_iou": 0.1, "latency_ms": 9.0}) == CONTINUE
+    assert all(not r for r in s.rungs.values())
+
+
+def test_bad_settings_name_the_value():
+    with pytest.raises(ValueError, match="reduction factor > 1 \\(got 1\\)"):
+        ParetoASHA(epochs=8, reduction_factor=1)
+
+
+# ---- under a real Ray Tune -------------------------------------------------------------------
+EPOCHS = 9
+# (IoU at the end, latency ms): three slow, accurate models and one fast, less accurate one
+MODELS = {"a": (0.90, 10.0), "b": (0.88, 12.0), "c": (0.86, 11.0), "fast": (0.60, 1.0)}
+
+
+def _curve(config):
+    from ray import tune
+
+    iou, lat = MODELS[config["model"]]
+    for e in range(1, EPOCHS + 1):  # every report carries the latency, measured before training
+        tune.report({"epoch": e, "val_iou": iou * e / EPOCHS, "latency_ms": lat})
+
+
+@pytest.mark.slow
+def test_asha_on_iou_stops_the_fast_model_and_pareto_asha_keeps_it(tmp_path):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    def run(scheduler, name):
+        tuner = tune.Tuner(_curve, param_space={"model": tune.grid_search(list(MODELS))},
+                           tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+                           run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0))
+        return {r.config["model"]: r.metrics["epoch"] for r in tuner.fit()}
+
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        asha = run(ASHAScheduler(time_attr="epoch", metric="val_iou", mode="max", max_t=EPOCHS + 1,
+                                 grace_period=1, reduction_factor=3), "asha")
+        pareto = run(ParetoASHA(epochs=EPOCHS, grace_period=1, reduction_factor=3,
+                                state_path=tmp_path / "pareto.json"), "pareto")
+    finally:
+        ray.shutdown()
+    assert asha["fast"] == 1  # the lowest IoU at the first rung: stopped there
+    assert pareto["fast"] == EPOCHS  # on the front at every rung (the fast end): trained to the end
+    assert pareto["a"] == EPOCHS and pareto["b"] < EPOCHS  # b is dominated by a at every rung
