@@ -138,8 +138,9 @@ def main() -> None:
                 summary.append(line)
                 print(json.dumps(line), flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(summary, indent=1))
-        plot(results, args.seeds[0], Path(args.plot))
+            Path(args.out).write_text(json.dumps(summary, indent=1))  # after every seed: a long run keeps what it did
+            if seed == args.seeds[0]:
+                plot(results, seed, Path(args.plot))
 
     print(f"\nMachine: {machine()}; data {args.data}; {len(args.res)} inputs x 12 models = {space.size()} points, "
           f"{args.epochs} epochs per full trial, {args.trials} trials per searched method, seeds {args.seeds}\n")
