@@ -21,7 +21,7 @@ import html
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -378,8 +378,7 @@ def summary_text(name: str, quals: list[TrialRow], closest: list[TrialRow], opt:
 
 
 def result_json(res: OptimizeResult, requirement: Requirement) -> str:
-    d = asdict(res)
+    d = {f.name: getattr(res, f.name) for f in fields(res) if f.name not in ("candidates", "closest", "pool")}
     d["candidates"] = [r.summary() for r in res.candidates]
     d["closest"] = [{**r.summary(), "misses": why_not(r, requirement)} for r in res.closest]
-    d.pop("pool")
     return json.dumps(d, indent=2)

@@ -22,7 +22,8 @@ its IoU. Background: Schmucker et al. 2021 and Salinas et al. 2021 (multi-object
 The state (every rung's records, each trial's latency) is written to a small JSON file after
 every decision and read back when the scheduler is restored with the experiment
 (`Tuner.restore`, ``--resume``): Ray Tune pickles the scheduler only as it was when the search
-started.
+started. An errored or retried trial keeps its records (they were real observations); rungs it
+already passed are not decided again when it resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -189,14 +190,6 @@ class ParetoASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         return self.decide(trial.trial_id, result[self.time_attr], finite(result.get(self.iou_metric)),
                            finite(result.get(self.latency_metric)))
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._save()
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        # an errored trial keeps its records (they were real observations); if it is retried it
-        # resumes from its checkpoint and rungs it already passed are not decided again
-        self._save()
 
     def debug_string(self) -> str:
         return "Pareto-ASHA: " + ", ".join(f"epoch {m}: {len(r)} recorded" for m, r in self.rungs.items()) + \
