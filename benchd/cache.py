@@ -3,6 +3,12 @@
 The last-use time is the file's mtime, so the LRU order survives a restart. A model pinned by
 a running benchmark is never evicted. Uploads stream into `<dir>/tmp/` while hashing and are
 renamed into place only once the size, sha256 and ONNX framing check out.
+
+A cached file is trusted only while it still hashes to its name: every file is hashed at start-up,
+and again whenever its stat signature (size, mtime, inode, ctime) differs from the one seen at
+its last check, so a file corrupted, replaced or planted on disk is removed and reported absent
+(the client then uploads it again) instead of being benchmarked as the model asked for. The worker
+hashes the bytes it loads as well, which closes the gap between that check and the load.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -21,7 +28,7 @@ from typing import BinaryIO
 
 log = logging.getLogger("benchd.cache")
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class CacheError(Exception):
@@ -40,8 +47,9 @@ class CachedModel:
 
 
 def check_sha(sha: str) -> str:
-    if not SHA256_RE.match(sha):
-        raise CacheError("INVALID_ARGUMENT", f"model_sha256 must be 64 lowercase hex digits, got {sha[:80]!r}")
+    if not SHA256_RE.fullmatch(sha):
+        raise CacheError("INVALID_ARGUMENT", f"model_sha256 must be 64 lowercase hex digits, got {sha[:80]!r}"
+                         + (f" ({len(sha)} characters)" if len(sha) > 80 else ""))
     return sha
 
 
@@ -101,6 +109,11 @@ def check_onnx_framing(path: Path) -> None:
         raise CacheError("INVALID_ARGUMENT", f"not an ONNX model (no {' or '.join(missing)} field)")
 
 
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    # ctime changes on any write, rename or utime, and cannot be set back by a user
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
 class ModelCache:
     def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
         self.root = Path(root).expanduser()
@@ -111,48 +124,101 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
+        self._verified: dict[str, tuple[int, int, int, int]] = {}  # sha -> stat signature when it last hashed right
         for stale in self.tmp_dir.iterdir():  # uploads cut short by a previous crash
             stale.unlink(missing_ok=True)
         with self._lock:
+            for p in self.models_dir.iterdir():  # anything planted or corrupted while we were down
+                if not (p.suffix == ".onnx" and SHA256_RE.fullmatch(p.stem) and p.is_file()):
+                    log.warning("removed %s from the model cache: not a <sha256>.onnx file", p.name[:80])
+                    _remove(p)
+                else:
+                    self._check_locked(p.stem)
             self._evict_locked()
 
     def path(self, sha: str) -> Path:
         return self.models_dir / f"{check_sha(sha)}.onnx"
 
+    def _check_locked(self, sha: str) -> int | None:
+        """Size of the cached file if it still hashes to ``sha``; a file that does not is removed."""
+        p = self.path(sha)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            self._verified.pop(sha, None)
+            return None
+        if self._verified.get(sha) == _signature(st):
+            return st.st_size
+        try:
+            digest = sha256_file(p)
+        except OSError:
+            digest = ""
+        if digest != sha:
+            log.warning("removed cached model %s: its file hashes to %s (corrupted or replaced on disk)",
+                        sha[:12], digest[:12] or "nothing readable")
+            self._forget_locked(sha)
+            return None
+        self._verified[sha] = _signature(st)
+        return st.st_size
+
+    def _forget_locked(self, sha: str) -> None:
+        self._verified.pop(sha, None)
+        _remove(self.path(sha))
+
+    def _touch_locked(self, sha: str) -> None:
+        p = self.path(sha)
+        os.utime(p)
+        self._verified[sha] = _signature(p.stat())  # our own touch keeps the file verified
+
+    def discard(self, sha: str) -> None:
+        """Remove a cached file found bad elsewhere (the worker hashed what it loaded)."""
+        with self._lock:
+            log.warning("removed cached model %s: the worker found its content does not match", sha[:12])
+            self._forget_locked(sha)
+
     def entries(self) -> list[CachedModel]:
+        """Valid cached models only, least recently used first."""
         out = []
-        for p in self.models_dir.glob("*.onnx"):
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            out.append(CachedModel(p.stem, st.st_size, st.st_mtime_ns))
+        with self._lock:
+            for p in self.models_dir.glob("*.onnx"):
+                if not SHA256_RE.fullmatch(p.stem) or self._check_locked(p.stem) is None:
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                out.append(CachedModel(p.stem, st.st_size, st.st_mtime_ns))
         return sorted(out, key=lambda m: m.last_used_unix_ns)
 
     def total_bytes(self) -> int:
-        return sum(m.size_bytes for m in self.entries())
+        total = 0
+        for p in self.models_dir.glob("*.onnx"):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     def lookup(self, sha: str, *, touch: bool = True) -> int | None:
-        """Size of a cached model (marking it recently used), or None if absent."""
-        p = self.path(sha)
+        """Size of a valid cached model (marking it recently used), or None if absent or bad."""
         with self._lock:
-            try:
-                size = p.stat().st_size
-                if touch:
-                    os.utime(p)
-                return size
-            except FileNotFoundError:
-                return None
+            size = self._check_locked(check_sha(sha))
+            if size is not None and touch:
+                try:
+                    self._touch_locked(sha)
+                except FileNotFoundError:
+                    return None
+            return size
 
     @contextmanager
     def pinned(self, sha: str) -> Iterator[Path | None]:
         """Path of a cached model that cannot be evicted inside the block (None if absent)."""
         with self._lock:
             p = self.path(sha)
-            if not p.exists():
+            if self._check_locked(sha) is None:
                 yield_path = None
             else:
-                os.utime(p)
+                self._touch_locked(sha)
                 self._pins[sha] = self._pins.get(sha, 0) + 1
                 yield_path = p
         try:
@@ -185,12 +251,19 @@ class ModelCache:
             check_onnx_framing(tmp)
             with self._lock:
                 os.replace(tmp, self.path(sha))
+                self._verified[sha] = _signature(self.path(sha).stat())
                 self._evict_locked(keep=sha)
         finally:
             tmp.unlink(missing_ok=True)
 
     def _evict_locked(self, keep: str | None = None) -> None:
-        entries = self.entries()
+        entries = []
+        for p in self.models_dir.glob("*.onnx"):
+            try:
+                entries.append(CachedModel(p.stem, p.stat().st_size, p.stat().st_mtime_ns))
+            except FileNotFoundError:
+                continue
+        entries.sort(key=lambda m: m.last_used_unix_ns)
         total = sum(m.size_bytes for m in entries)
         for m in entries:  # oldest first
             if total <= self.max_bytes:
@@ -198,10 +271,21 @@ class ModelCache:
             if m.sha256 == keep or m.sha256 in self._pins:
                 continue
             (self.models_dir / f"{m.sha256}.onnx").unlink(missing_ok=True)
+            self._verified.pop(m.sha256, None)
             total -= m.size_bytes
             log.info("evicted %s (%d bytes) from the model cache", m.sha256[:12], m.size_bytes)
         if total > self.max_bytes:
             log.warning("model cache holds %d bytes over its cap (models in use)", total - self.max_bytes)
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("cannot remove %s from the model cache: %s", p, exc)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

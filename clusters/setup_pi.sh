@@ -6,6 +6,7 @@
 #
 #   sudo bash clusters/setup_pi.sh [--device-class rpi4] [--port 50051] ...
 #   bash clusters/setup_pi.sh --dry-run ...    # print every command; change nothing; no root needed
+#   bash clusters/setup_pi.sh --no-systemd ... # in a chroot (clusters/pi_root.sh): no systemd, no governor
 #
 # See --help. What it does: user `benchd` (group video, for vcgencmd), /opt/benchd/venv with
 # `pip install` of this repository (benchd only: no torch, no ray), CPU governor `performance`,
@@ -24,6 +25,7 @@ DEVICE_CLASS=rpi4
 PYTHON=python3
 DRY_RUN=0
 START=1
+SYSTEMD=1
 
 # Fixed by clusters/benchd.service (User=, ExecStart=, --token-file).
 SVC_USER=benchd
@@ -51,6 +53,9 @@ Options:
   --device-class CLASS  the device class searches ask for (default: $DEVICE_CLASS)
   --python PY           the Python that creates the venv, >= 3.10 (default: $PYTHON)
   --no-start            install and enable the service, but do not (re)start it now
+  --no-systemd          for a root without systemd (a chroot, e.g. clusters/pi_root.sh's
+                        emulated Pi): skip the CPU governor and systemctl (the unit file is
+                        still written, but neither enabled nor started); the rest is the same
   --dry-run             print every command instead of running it; changes nothing
   -h, --help            show this help
 
@@ -71,6 +76,7 @@ while (($#)); do
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --no-start) START=0; shift ;;
+    --no-systemd) SYSTEMD=0; shift ;;
     --repo|--port|--metrics-port|--device-name|--device-class|--python)
       (($# >= 2)) || die "$opt needs a value"
       case $opt in
@@ -116,7 +122,9 @@ case $ARCH in
 esac
 if ((!DRY_RUN)); then
   ((EUID == 0)) || die "run as root: sudo bash $0 ... (or --dry-run to see the plan)"
-  command -v systemctl > /dev/null || die "systemd is needed (systemctl not found)"
+  if ((SYSTEMD)); then
+    command -v systemctl > /dev/null || die "systemd is needed (systemctl not found; in a chroot: --no-systemd)"
+  fi
 fi
 
 # --- how commands run ----------------------------------------------------------------------
@@ -179,7 +187,9 @@ note "CPU governor performance"
 shopt -s nullglob
 governors=(/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor)
 shopt -u nullglob
-if ((${#governors[@]} == 0)); then
+if ((!SYSTEMD)); then
+  note "skipped: --no-systemd (a chroot shares the host's CPUs: their governor is not ours to set)"
+elif ((${#governors[@]} == 0)); then
   note "skipped: no cpufreq governor on this machine (not a Pi?)"
 else
   for g in "${governors[@]}"; do
@@ -217,15 +227,20 @@ for e in "${edits[@]}"; do
 done
 sed_args=""
 for e in "${edits[@]}"; do sed_args+=" -e '$e'"; done
+((SYSTEMD)) || [[ -d ${UNIT_DST%/*} ]] || run install -d -m 0755 "${UNIT_DST%/*}"
 run_sh "sed$sed_args $(quote "$UNIT_SRC") > $(quote "$UNIT_DST")"
 run chmod 0644 "$UNIT_DST"
-run systemctl daemon-reload
-run systemctl enable benchd
-if ((START)); then
-  run systemctl restart benchd
-  run systemctl --no-pager --lines=5 status benchd
+if ((!SYSTEMD)); then
+  note "--no-systemd: $UNIT_DST written, not enabled or started (start its ExecStart by hand)"
 else
-  note "--no-start: not started now (it starts at boot)"
+  run systemctl daemon-reload
+  run systemctl enable benchd
+  if ((START)); then
+    run systemctl restart benchd
+    run systemctl --no-pager --lines=5 status benchd
+  else
+    note "--no-start: not started now (it starts at boot)"
+  fi
 fi
 
 name=$DEVICE_NAME

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from raysearch.pareto import normalized_hypervolume
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -156,10 +157,15 @@ def test_search_mode_stops_some_trials(tmp_path, scheduler):
     # the hypervolume in a box that both objectives span, raw and as a share, after every trial
     share = store.client.get_metric_history(parent.info.run_id, "hypervolume_normalized")
     assert len(share) == 6 and all(0.0 <= m.value <= 1.0 for m in share)
-    assert 0.0 < parent.data.metrics["final_hypervolume_normalized"] <= 1.0
     # the box's latency: the slowest measured (a stopped trial has only its untrained latency)
     measured = [k.data.metrics.get("latency_ms", k.data.metrics["latency_ms_untrained"]) for k in kids]
-    assert parent.data.metrics["hv_reference_latency_ms"] == pytest.approx(max(measured))
+    ref = max(measured)
+    assert parent.data.metrics["hv_reference_latency_ms"] == pytest.approx(ref)
+    # the final share is the candidates' area in that box (zero when the slowest trial is the only one trained)
+    trained = [k.data.metrics for k in kids if k.data.tags.get("stopped_early") != "true"]
+    assert trained and all("iou" in m and "latency_ms" in m for m in trained)
+    area = normalized_hypervolume(trained, {"iou": 0.0, "latency_ms": ref})
+    assert parent.data.metrics["final_hypervolume_normalized"] == pytest.approx(area) and 0.0 <= area <= 1.0
     assert ": stopped " in out.stdout and "stopped trials lie within the front's latency range" in out.stdout
 
 
