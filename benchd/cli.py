@@ -63,7 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--queue-size", type=int, default=8,
                    help="benchmarks that may wait while one runs; more are refused (RESOURCE_EXHAUSTED)")
     s.add_argument("--max-runs", type=int, default=10_000, help="largest runs / warmup_runs accepted")
-    s.add_argument("--max-duration-s", type=float, default=300, help="longest timing loop / min_duration_s")
+    s.add_argument("--max-duration-s", type=float, default=300,
+                   help="longest benchmark (and largest min_duration_s): past it a watchdog kills the worker")
+    s.add_argument("--max-load-s", type=float, default=120,
+                   help="longest onnxruntime session creation before the watchdog kills the worker")
+    s.add_argument("--max-uploads", type=int, default=4,
+                   help="uploads received at once (more are refused as busy; health never starves)")
+    s.add_argument("--upload-idle-s", type=float, default=30, help="cancel an upload stream silent this long")
     s.add_argument("--worker-memory-mb", type=float, default=None,
                    help="address-space limit of the benchmark worker (default: 80%% of RAM; 0: none)")
     s.add_argument("--worker-prefix", default="",
@@ -92,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=DEFAULTS.warmup_runs,
                    help="discarded runs after the cold first run (default %(default)s)")
     b.add_argument("--min-duration-s", type=float, default=0.0, help="keep timing at least this long")
+    b.add_argument("--precision", type=float, default=DEFAULTS.target_rel_ci,
+                   help="then keep timing until the 95%% CI of the p50 is within +-this share of it "
+                        "(0: exactly --runs)")
+    b.add_argument("--max-runs", type=int, default=DEFAULTS.max_runs,
+                   help="stop chasing --precision after this many timed runs")
     b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores of the device)")
     b.add_argument("--batch-size", type=int, default=1, help="for a dynamic batch dimension")
     b.add_argument("--shape", action="append", default=[], metavar="NAME=1x3xHxW",
@@ -136,6 +147,9 @@ def _serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_runs=args.max_runs,
         max_duration_s=args.max_duration_s,
+        max_load_s=args.max_load_s,
+        max_uploads=args.max_uploads,
+        upload_idle_s=args.upload_idle_s,
         worker_memory_bytes=None if args.worker_memory_mb is None else _mb(args.worker_memory_mb),
         worker_prefix=tuple(shlex.split(args.worker_prefix)),
         token=read_token_file(args.token_file) if args.token_file else None,
@@ -187,6 +201,7 @@ def _shapes(specs: Sequence[str]) -> dict[str, list[int]]:
 
 _TABLE_KEYS = ("latency_ms_mean", "latency_ms_std", "latency_ms_min", "latency_ms_p50", "latency_ms_p90",
                "latency_ms_p95", "latency_ms_p99", "latency_ms_max", "latency_cv", "session_create_ms",
+               "latency_ms_p50_first_tenth", "latency_ms_p50_last_tenth",
                "first_run_ms", "peak_rss_bytes", "throttled", "cpu_temperature_c_before",
                "cpu_temperature_c_after", "cpu_freq_mhz_before", "cpu_freq_mhz_after")
 
@@ -197,6 +212,13 @@ def _print_result(result: dict[str, Any]) -> None:
           f"onnxruntime {result['onnxruntime_version']}, {result['intra_op_threads']} threads, "
           f"batch {result['batch_size']}")
     print(f"runs     {result['runs']} timed after {result['warmup_runs']} warm-up")
+    target = result.get("target_rel_ci") or 0
+    if target > 0:
+        rel = result.get("p50_rel_ci", -1)
+        got = f"+-{100 * rel:.1f}%" if rel >= 0 else "unbounded (too few runs)"
+        verdict = "met" if result.get("precision_met") else "NOT met (a cap stopped the timing)"
+        print(f"p50 95% CI [{result['latency_ms_p50_ci_low']:.4f}, {result['latency_ms_p50_ci_high']:.4f}] ms: "
+              f"{got}, target +-{100 * target:.1f}% {verdict}")
     for key in _TABLE_KEYS:
         value = result.get(key)
         if value is None:
@@ -217,7 +239,8 @@ def _bench(args: argparse.Namespace) -> int:
         params = BenchParams(
             warmup_runs=args.warmup, runs=args.runs, min_duration_s=args.min_duration_s,
             intra_op_threads=args.threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
-            input_shapes=shapes, return_samples=args.samples,
+            input_shapes=shapes, return_samples=args.samples, target_rel_ci=args.precision,
+            max_runs=args.max_runs,
         )
         try:
             result = run_benchmark(args.model, params)
@@ -231,7 +254,8 @@ def _bench(args: argparse.Namespace) -> int:
         opts = BenchParams(
             runs=args.runs, warmup_runs=args.warmup, min_duration_s=args.min_duration_s,
             intra_op_threads=args.threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
-            input_shapes=shapes, return_samples=args.samples,
+            input_shapes=shapes, return_samples=args.samples, target_rel_ci=args.precision,
+            max_runs=args.max_runs,
         )
         try:
             if args.farm:

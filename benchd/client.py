@@ -111,6 +111,15 @@ class BenchResult:
     benchd_version: str
     upload_bytes_during_window: int
     governor: str
+    latency_ms_p50_ci_low: float
+    latency_ms_p50_ci_high: float
+    latency_ms_p90_ci_low: float
+    latency_ms_p90_ci_high: float
+    p50_rel_ci: float  # achieved p50 CI half-width / p50; -1: too few runs to bound it
+    target_rel_ci: float
+    precision_met: bool
+    latency_ms_p50_first_tenth: float
+    latency_ms_p50_last_tenth: float
     call_wall_s: float = 0.0  # client-side duration of the Benchmark call
     uploaded: bool = False  # this call had to upload the model first
     farm_device: str | None = None  # inventory name when measured through a BenchFarm

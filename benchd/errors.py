@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 REASON_KEY = "benchd-reason"  # trailing metadata: why RESOURCE_EXHAUSTED (busy, queue-full, memory, disk)
+BUSY_REASONS = ("busy", "queue-full")  # the device is taken: another device may serve the request
 
 
 class BenchError(Exception):
@@ -39,7 +40,8 @@ class BenchBusy(BenchError):
 
 
 class BenchResourceExhausted(BenchError):
-    """RESOURCE_EXHAUSTED for the model itself (worker memory limit) or the device's disk."""
+    """RESOURCE_EXHAUSTED for the model itself (worker memory limit), the device's disk, or
+    without a benchd reason (a transport limit such as the metadata size)."""
 
 
 class BenchDeadlineExceeded(BenchError):
@@ -85,7 +87,9 @@ def from_rpc_error(err: grpc.RpcError, target: str = "") -> BenchError:
         if key == REASON_KEY:
             reason = value if isinstance(value, str) else value.decode()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        cls: type[BenchError] = BenchResourceExhausted if reason in ("memory", "disk") else BenchBusy
+        # busy only when benchd says so: a bare RESOURCE_EXHAUSTED (a transport limit, e.g. metadata
+        # too large) is the request's own problem and would fail on every device alike
+        cls: type[BenchError] = BenchBusy if reason in BUSY_REASONS else BenchResourceExhausted
     else:
         cls = _BY_CODE.get(code, BenchError)
     return cls(details, code=code, target=target, reason=reason)

@@ -4,10 +4,17 @@ Method: an explicit `SessionOptions` (graph optimization level, fixed intra-op t
 one inter-op thread, sequential execution), the cold first run timed separately, warm-up runs
 discarded, then `perf_counter_ns` around `session.run` only. The server runs this inside a
 worker process; `benchd bench --local` and the fidelity benchmark call it directly.
+
+Runs until precise: after the warm-up, at least `runs` timed runs and `min_duration_s`, then on
+until the 95% confidence interval of the median is within `target_rel_ci` of it (relative
+half-width), or `max_runs` / `max_duration_s` is reached. The interval is distribution-free: the
+order statistics whose ranks bound the quantile with 95% probability, from the normal
+approximation to the binomial (`quantile_ci`); no assumption about the latency's distribution.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -63,6 +70,28 @@ class MemoryLimitError(BenchmarkError):
     """The model needed more memory than the worker may use."""
 
 
+class ModelIntegrityError(BenchmarkError):
+    """The model file does not hash to the sha256 it was asked for (corrupted or replaced)."""
+
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+MAX_INPUT_BYTES = 1 << 30  # one fed input tensor; more is a request no device here could serve
+_NAME_CHARS = 64  # how much of a client-chosen name an error message quotes
+
+
+def clip(text: str, limit: int = _NAME_CHARS) -> str:
+    """``text`` quoted, cut to ``limit`` characters: error messages never echo unbounded input."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity: a pinned worker sees its own core only)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class BenchParams:
     """How to time one model: what a client asks for (on the wire) and what the server decides
@@ -78,17 +107,27 @@ class BenchParams:
     graph_optimization: str = "all"
     input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     return_samples: bool = False
+    target_rel_ci: float = 0.02  # stop once the p50's 95% CI half-width is within this share; 0: fixed count
+    max_runs: int = 2000  # cap on timed runs while chasing the precision target
     seed: int = 0
 
     def validate(self) -> None:
         if self.warmup_runs < 0 or self.runs < 0:
             raise ModelInputError("warmup_runs and runs must be >= 0")
+        if not (math.isfinite(self.target_rel_ci) and 0 <= self.target_rel_ci < 1):
+            raise ModelInputError(f"target_rel_ci must be in [0, 1) (0.02 is +-2%), got {self.target_rel_ci}")
+        if self.max_runs < max(self.runs, 1):
+            raise ModelInputError(f"max_runs={self.max_runs} must be >= runs={self.runs} and >= 1")
+        if not (math.isfinite(self.max_duration_s) and self.max_duration_s > 0):
+            raise ModelInputError(f"max_duration_s must be a positive number, got {self.max_duration_s}")
         if self.runs == 0 and self.min_duration_s <= 0:
             raise ModelInputError("need runs > 0 or min_duration_s > 0")
         if self.min_duration_s < 0 or not math.isfinite(self.min_duration_s):
             raise ModelInputError(f"min_duration_s must be a finite number >= 0, got {self.min_duration_s}")
         if self.intra_op_threads < 0 or self.intra_op_threads > 256:
             raise ModelInputError(f"intra_op_threads must be in 0..256, got {self.intra_op_threads}")
+        if self.batch_size > 1 << 16:
+            raise ModelInputError(f"batch_size must be <= 65536, got {self.batch_size}")
         if self.batch_size < 1:
             raise ModelInputError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
@@ -101,7 +140,14 @@ DEFAULTS = BenchParams()  # the one table of defaults (warm-up 5, runs 20, ...)
 
 
 def resolved_threads(requested: int) -> int:
-    return requested if requested > 0 else (os.cpu_count() or 1)
+    """The intra-op thread count to use: 0 means one per usable core. More threads than cores
+    are refused: they only time the scheduler, and under a worker memory limit onnxruntime's
+    session constructor can block forever creating them."""
+    cores = usable_cores()
+    if requested > cores:
+        raise ModelInputError(f"intra_op_threads={requested} exceeds the {cores} core(s) this device "
+                              f"benchmarks on; ask for 1..{cores} (0: all of them)")
+    return requested if requested > 0 else cores
 
 
 def session_options(threads: int, graph_optimization: str = "all") -> Any:
@@ -136,12 +182,13 @@ def input_plan(
     """
     unknown = set(overrides) - {i.name for i in inputs}
     if unknown:
-        raise ModelInputError(f"input_shapes names unknown input(s): {sorted(unknown)}")
+        names = ", ".join(clip(n) for n in sorted(unknown)[:5])
+        raise ModelInputError(f"input_shapes names {len(unknown)} unknown input(s): {names}")
     plan = []
     for inp in inputs:
         if inp.type not in _DTYPES:
             raise ModelInputError(
-                f"input {inp.name!r} has unsupported type {inp.type}; benchd feeds numeric "
+                f"input {clip(inp.name)} has unsupported type {inp.type[:80]}; benchd feeds numeric "
                 f"and bool tensors only"
             )
         graph_dims = [str(d) if d is not None else "?" for d in inp.shape]
@@ -149,12 +196,12 @@ def input_plan(
             dims = [int(d) for d in overrides[inp.name]]
             if len(dims) != len(inp.shape):
                 raise ModelInputError(
-                    f"input {inp.name!r} has rank {len(inp.shape)}, input_shapes gives {dims}"
+                    f"input {clip(inp.name)} has rank {len(inp.shape)}, input_shapes gives {len(dims)} dimensions"
                 )
             for axis, (want, got) in enumerate(zip(inp.shape, dims)):
                 if got < 1 or (isinstance(want, int) and want > 0 and want != got):
                     raise ModelInputError(
-                        f"input {inp.name!r} axis {axis} is {want} in the graph, input_shapes gives {got}"
+                        f"input {clip(inp.name)} axis {axis} is {want} in the graph, input_shapes gives {got}"
                     )
         else:
             dims = []
@@ -170,9 +217,14 @@ def input_plan(
                     dims.append(batch_size)
                 else:
                     raise ModelInputError(
-                        f"input {inp.name!r} has dynamic dimension {d!r} at axis {axis}; "
-                        f"give its full shape in input_shapes (CLI: --shape {inp.name}=1x3x512x512)"
+                        f"input {clip(inp.name)} has dynamic dimension {clip(str(d))} at axis {axis}; "
+                        f"give its full shape in input_shapes (CLI: --shape NAME=1x3x512x512)"
                     )
+        nbytes = math.prod(dims) * np.dtype(_DTYPES[inp.type]).itemsize
+        if nbytes > MAX_INPUT_BYTES:
+            shape = "x".join(map(str, dims))
+            raise ModelInputError(f"input {clip(inp.name)} of shape {clip(shape, 80)} would need {nbytes:.3g} "
+                                  f"bytes; benchd feeds at most {MAX_INPUT_BYTES >> 20} MiB per input")
         plan.append((inp.name, inp.type, graph_dims, dims))
     return plan
 
@@ -210,12 +262,74 @@ def summarize(samples_ns: Sequence[int]) -> dict[str, float]:
     }
 
 
-def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> dict[str, Any]:
-    """Time one model; returns a dict keyed like benchd.v1.BenchmarkResponse fields."""
+def quantile_ci(sorted_ms: Sequence[float], q: float, z: float = Z95) -> tuple[float, float, bool]:
+    """(low, high, bounded) of a distribution-free confidence interval for the ``q`` quantile.
+
+    The interval is [x(l), x(u)] between order statistics (1-based ranks) l = floor(nq - z*s) and
+    u = ceil(nq + z*s) + 1, s = sqrt(n q (1 - q)): the binomial count of samples below the quantile
+    lies between them with ~95% probability (normal approximation; for n = 100 and the median,
+    ranks 40 and 61, as in the exact tables). Where a rank falls outside 1..n the interval is
+    unbounded on that side: the sample's extreme is returned and ``bounded`` is False.
+    """
+    n = len(sorted_ms)
+    if n == 0:
+        return math.nan, math.nan, False
+    s = math.sqrt(n * q * (1 - q))
+    lo, hi = math.floor(n * q - z * s), math.ceil(n * q + z * s) + 1
+    bounded = lo >= 1 and hi <= n
+    return float(sorted_ms[max(lo, 1) - 1]), float(sorted_ms[min(hi, n) - 1]), bounded
+
+
+def rel_half_width(sorted_ms: Sequence[float]) -> float:
+    """Half the p50's 95% CI width over the p50 (inf while the interval is unbounded)."""
+    lo, hi, bounded = quantile_ci(sorted_ms, 0.5)
+    mid = float(np.median(sorted_ms))
+    return (hi - lo) / 2 / mid if bounded and mid > 0 else math.inf
+
+
+def precision(samples_ns: Sequence[int], target_rel_ci: float) -> dict[str, Any]:
+    """The CI bounds of p50 and p90, the achieved precision, and the drift (the medians of the
+    first and of the last tenth of the runs, in run order)."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    srt = np.sort(ms)
+    p50_lo, p50_hi, _ = quantile_ci(srt, 0.5)
+    p90_lo, p90_hi, _ = quantile_ci(srt, 0.9)
+    rel = rel_half_width(srt)
+    tenth = max(1, ms.size // 10)
+    return {
+        "latency_ms_p50_ci_low": p50_lo, "latency_ms_p50_ci_high": p50_hi,
+        "latency_ms_p90_ci_low": p90_lo, "latency_ms_p90_ci_high": p90_hi,
+        "p50_rel_ci": rel if math.isfinite(rel) else -1.0,  # -1: not enough runs to bound it
+        "target_rel_ci": target_rel_ci,
+        "precision_met": bool(target_rel_ci > 0 and rel <= target_rel_ci),
+        "latency_ms_p50_first_tenth": float(np.median(ms[:tenth])),
+        "latency_ms_p50_last_tenth": float(np.median(ms[-tenth:])),
+    }
+
+
+def read_verified(model_path: str | os.PathLike[str], sha256: str | None) -> bytes:
+    """The model's bytes, checked against ``sha256`` when given: what is hashed is what is loaded."""
+    data = Path(model_path).read_bytes()
+    if sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise ModelIntegrityError(f"the cached file of model {sha256} hashes to {digest}; it was removed")
+    return data
+
+
+def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams, sha256: str | None = None,
+                  on_loaded: Any = None) -> dict[str, Any]:
+    """Time one model; returns a dict keyed like benchd.v1.BenchmarkResponse fields.
+
+    ``sha256``: refuse a file that does not hash to it. ``on_loaded()`` is called once the session
+    exists (the worker tells the server, whose watchdog then gives the timing its own limit).
+    Warm-up and timing end by ``max_duration_s`` after the call started."""
     import onnxruntime as ort
 
     params.validate()
     threads = resolved_threads(params.intra_op_threads)
+    job_start = time.perf_counter_ns()
+    data = read_verified(model_path, sha256)
     throttle_before = sysinfo.read_throttle()
     temp_before, freq_before = sysinfo.cpu_temperature_c(), sysinfo.cpu_freq_mhz()
     sysinfo.reset_peak_rss()
@@ -224,8 +338,9 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> di
 
     t0 = time.perf_counter_ns()
     try:
+        # from bytes: a model cannot point onnxruntime at files beside it (external data)
         session = ort.InferenceSession(
-            str(Path(model_path)),
+            data,
             sess_options=session_options(threads, params.graph_optimization),
             providers=["CPUExecutionProvider"],
         )
@@ -234,6 +349,9 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> di
             raise MemoryLimitError(f"out of memory while loading the model: {exc}") from exc
         raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from exc
     session_create_ns = time.perf_counter_ns() - t0
+    del data
+    if on_loaded is not None:
+        on_loaded()
 
     plan = input_plan(session.get_inputs(), params.batch_size, params.input_shapes)
     feeds = make_feeds(plan, params.seed)
@@ -247,20 +365,28 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> di
 
     samples: list[int] = []
     hit_max = False
+    end_ns = job_start + int(params.max_duration_s * 1e9)
+    min_ns = int(params.min_duration_s * 1e9)
     try:
         first_run_ns = timed()
         for _ in range(params.warmup_runs):
+            if time.perf_counter_ns() >= end_ns:
+                break
             run(outputs, feeds)
-        max_ns = int(params.max_duration_s * 1e9)
-        min_ns = int(params.min_duration_s * 1e9)
         loop_start = time.perf_counter_ns()
+        check_at = 0  # precision is re-checked when the count has grown by ~1/8 (sorting is not free)
         while True:
             samples.append(timed())
-            elapsed = time.perf_counter_ns() - loop_start
-            if len(samples) >= params.runs and elapsed >= min_ns:
-                break
-            if elapsed >= max_ns:
-                hit_max = True
+            now = time.perf_counter_ns()
+            if len(samples) >= params.runs and now - loop_start >= min_ns:
+                if params.target_rel_ci <= 0 or len(samples) >= params.max_runs:
+                    break
+                if len(samples) >= check_at:
+                    if rel_half_width(sorted(samples)) <= params.target_rel_ci:
+                        break
+                    check_at = len(samples) + max(8, len(samples) // 8)
+            if now >= end_ns:
+                hit_max = len(samples) < params.runs or now - loop_start < min_ns
                 break
     except Exception as exc:
         if _is_memory_error(exc):
@@ -275,6 +401,7 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams) -> di
     del session
 
     result: dict[str, Any] = summarize(samples)
+    result.update(precision(samples, params.target_rel_ci))
     result.update(
         runs=len(samples),
         warmup_runs=params.warmup_runs,

@@ -47,7 +47,9 @@ ERROR_STATUS = {
     runner.ModelLoadError.__name__: grpc.StatusCode.INVALID_ARGUMENT,
     runner.ModelRunError.__name__: grpc.StatusCode.INVALID_ARGUMENT,
     runner.MemoryLimitError.__name__: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    runner.ModelIntegrityError.__name__: grpc.StatusCode.NOT_FOUND,  # the client uploads it again
 }
+MAX_DETAILS = 1024  # characters of an error's details: never echo unbounded client input
 
 
 def default_worker_memory_bytes() -> int:
@@ -65,7 +67,10 @@ class ServerConfig:
     max_model_bytes: int = 256 << 20
     queue_size: int = 8  # requests that may wait while one runs; more get RESOURCE_EXHAUSTED
     max_runs: int = 10_000
-    max_duration_s: float = 300.0  # cap on min_duration_s and on any one timing loop
+    max_duration_s: float = 300.0  # cap on min_duration_s and on a benchmark, enforced by a watchdog
+    max_load_s: float = 120.0  # cap on creating the onnxruntime session (a hang there is killed)
+    max_uploads: int = 4  # uploads received at once; more are refused as busy
+    upload_idle_s: float = 30.0  # an upload stream silent this long is cancelled and cleaned up
     worker_memory_bytes: int | None = None  # None: 80% of RAM; 0: unlimited
     worker_prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "3") or ("nice", "-n", "-5")
     token: str | None = None
@@ -87,7 +92,8 @@ class _Abort(Exception):
 def _abort(context: grpc.ServicerContext, err: _Abort) -> NoReturn:
     if err.reason:
         context.set_trailing_metadata(((REASON_KEY, err.reason),))
-    context.abort(err.code, err.message)
+    message = err.message if len(err.message) <= MAX_DETAILS else err.message[:MAX_DETAILS] + "... (cut)"
+    context.abort(err.code, message)
     raise AssertionError("unreachable")  # context.abort always raises
 
 
@@ -104,6 +110,8 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         self._ready = False
         self._throttled_now: bool | None = None
         self._upload_bytes = 0  # total received, to flag uploads that overlap a timing window
+        self._uploads: dict[int, tuple[float, grpc.ServicerContext]] = {}  # id -> (last activity, call)
+        self._upload_slots = threading.BoundedSemaphore(config.max_uploads)
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
         dev = config.device_name
@@ -116,6 +124,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 
     def start_background(self) -> None:
         threading.Thread(target=self._warm_worker, name="benchd-warmup", daemon=True).start()
+        threading.Thread(target=self._reap_idle_uploads, name="benchd-upload-reaper", daemon=True).start()
         if self.cfg.monitor_interval_s > 0:
             threading.Thread(target=self._monitor, name="benchd-monitor", daemon=True).start()
 
@@ -148,8 +157,21 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 
     def _restart_worker(self) -> None:
         self.metrics.worker_restarts.labels(self.cfg.device_name).inc()
+        with self._state_lock:  # not serving until the new worker is up
+            self._ready = False
+            self._set_health()
         self.worker.kill()
         threading.Thread(target=self._warm_worker, name="benchd-rewarm", daemon=True).start()
+
+    def _reap_idle_uploads(self) -> None:
+        """Cancel upload streams that went silent: each holds an RPC thread and a .part file."""
+        while not self._stop.wait(min(1.0, self.cfg.upload_idle_s / 4)):
+            now = time.monotonic()
+            with self._state_lock:
+                idle = [ctx for last, ctx in self._uploads.values() if now - last > self.cfg.upload_idle_s]
+            for ctx in idle:
+                log.warning("upload from %s idle for %.0f s: cancelled", ctx.peer(), self.cfg.upload_idle_s)
+                ctx.cancel()
 
     def _monitor(self) -> None:
         dev = self.cfg.device_name
@@ -210,8 +232,14 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 invalid, f"model is {size / 2**20:.1f} MiB; this server accepts at most {limit / 2**20:.1f} MiB "
                 f"(benchd serve --max-model-mb)"
             )
-        if self.cache.lookup(sha) is not None:
+        if self.cache.lookup(sha) is not None:  # verified: a bad cached file is removed and uploaded anew
             return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, already_cached=True)
+        if not self._upload_slots.acquire(blocking=False):
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"{self.cfg.max_uploads} uploads are in progress; try again shortly", "busy")
+        key = id(context)
+        with self._state_lock:
+            self._uploads[key] = (time.monotonic(), context)
         f, tmp = self.cache.new_upload()
         digest = hashlib.sha256()
         received = 0
@@ -226,10 +254,12 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                         raise _Abort(invalid, f"received more than the {size} bytes the header announced")
                     digest.update(chunk)
                     f.write(chunk)
-                    self._upload_bytes += len(chunk)
+                    with self._state_lock:
+                        self._upload_bytes += len(chunk)
+                        self._uploads[key] = (time.monotonic(), context)
                     self.metrics.upload_bytes.labels(self.cfg.device_name).inc(len(chunk))
             if not context.is_active():
-                raise _Abort(grpc.StatusCode.CANCELLED, "upload cancelled by the client")
+                raise _Abort(grpc.StatusCode.CANCELLED, "upload cancelled (by the client, or idle too long)")
             if received < size:
                 raise _Abort(invalid, f"upload stream ended after {received} of {size} bytes (truncated)")
             self.cache.commit_upload(tmp, sha, size, digest.hexdigest())
@@ -237,8 +267,13 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         except OSError as exc:
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store the model: {exc}", "disk") from None
+        except grpc.RpcError:  # the stream broke off (cancelled as idle, or by the client)
+            raise _Abort(grpc.StatusCode.CANCELLED, "upload cancelled (by the client, or idle too long)") from None
         finally:
             tmp.unlink(missing_ok=True)
+            with self._state_lock:
+                self._uploads.pop(key, None)
+            self._upload_slots.release()
         log.info("cached model %s (%d bytes)", sha[:12], size)
         return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, received_bytes=received)
 
@@ -257,12 +292,8 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 
     def _params(self, request: pb.BenchmarkRequest) -> BenchParams:
         cfg = self.cfg
-        try:
-            params = wire.params_of(request, max_duration_s=cfg.max_duration_s)
-            params.validate()
-        except BenchmarkError as exc:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        for name, value in (("runs", params.runs), ("warmup_runs", params.warmup_runs)):
+        for name in ("runs", "warmup_runs"):
+            value = getattr(request, name)
             if value > cfg.max_runs:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                              f"{name}={value} exceeds this server's limit of {cfg.max_runs} (--max-runs)")
@@ -270,6 +301,11 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                          f"min_duration_s={request.min_duration_s} exceeds this server's limit of "
                          f"{cfg.max_duration_s} s (--max-duration-s)")
+        try:
+            params = wire.params_of(request, max_runs=cfg.max_runs, max_duration_s=cfg.max_duration_s)
+            params.validate()
+        except BenchmarkError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return params
 
     def _benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
@@ -299,24 +335,32 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         except QueueAbandoned as exc:
             raise _Abort(grpc.StatusCode.CANCELLED, str(exc)) from None
 
-        # Hard cap so that a pathological model cannot hold the device forever.
-        hard_deadline = time.monotonic() + 3 * self.cfg.max_duration_s + 120
-        deadline = hard_deadline if client_deadline is None else min(client_deadline, hard_deadline)
+        # The watchdog: session creation gets --max-load-s, the benchmark its duration cap (and a
+        # grace for the run in flight at the cap); past either, the worker is killed.
+        def cap(seconds: float) -> float:
+            own = time.monotonic() + seconds
+            return own if client_deadline is None else min(client_deadline, own)
+
         try:
             with self.cache.pinned(sha) as path:
                 if path is None:
                     raise not_found
                 uploads_before = self._upload_bytes
-                job = {"model_path": str(path), "params": dataclasses.asdict(params)}
+                job = {"model_path": str(path), "sha256": sha, "params": dataclasses.asdict(params)}
                 try:
-                    frame = self.worker.run(job, deadline=deadline, cancelled=gone)
-                except WorkerCancelled:
+                    frame = self.worker.run(job, deadline=cap(self.cfg.max_load_s), cancelled=gone,
+                                            loaded_deadline=lambda: cap(params.max_duration_s * 1.1 + 2))
+                except WorkerCancelled as exc:
                     self._restart_worker()
                     if gone():
                         raise _Abort(grpc.StatusCode.CANCELLED, "client went away; benchmark aborted") from None
-                    raise _Abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED, "benchmark ran past its deadline; aborted"
-                    ) from None
+                    if client_deadline is not None and time.monotonic() >= client_deadline:
+                        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     "the call's deadline passed; benchmark aborted") from None
+                    what = (f"benchmark ran past this server's {params.max_duration_s:g} s limit (--max-duration-s)"
+                            if exc.loaded else
+                            f"creating the onnxruntime session took over {self.cfg.max_load_s:g} s (--max-load-s)")
+                    raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}; aborted, the worker was restarted") from None
                 except WorkerError as exc:
                     self._restart_worker()
                     if exc.memory:
@@ -325,6 +369,8 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 upload_overlap = self._upload_bytes - uploads_before
             if not frame["ok"]:
                 code = ERROR_STATUS.get(frame["error"], grpc.StatusCode.INTERNAL)
+                if frame["error"] == runner.ModelIntegrityError.__name__:
+                    self.cache.discard(sha)
                 if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
                     self._restart_worker()  # a worker that failed that way may be in a bad state
                 reason = "memory" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""

@@ -44,27 +44,38 @@ def throttle_state(value: int) -> bool | None:
 
 
 def benchmark_request(params: BenchParams, sha: str, reject_if_busy: bool = False) -> pb.BenchmarkRequest:
-    return pb.BenchmarkRequest(
+    req = pb.BenchmarkRequest(
         model_sha256=sha, warmup_runs=params.warmup_runs, runs=params.runs, min_duration_s=params.min_duration_s,
         intra_op_threads=params.intra_op_threads, batch_size=params.batch_size,
         graph_optimization=graph_optimization_enum(params.graph_optimization),
         input_shapes=[pb.InputShape(name=k, dims=list(v)) for k, v in params.input_shapes.items()],
-        return_samples=params.return_samples, reject_if_busy=reject_if_busy)
+        return_samples=params.return_samples, reject_if_busy=reject_if_busy,
+        target_rel_ci=params.target_rel_ci, max_runs=params.max_runs)
+    if params.max_duration_s != DEFAULTS.max_duration_s:  # else the server's own cap
+        req.max_duration_s = params.max_duration_s
+    return req
 
 
-def params_of(request: pb.BenchmarkRequest, **server: Any) -> BenchParams:
-    """The request's knobs (the defaults where it leaves them out); ``server`` adds the knobs the
-    server decides (its duration cap). Not validated: `BenchParams.validate` does that."""
+def params_of(request: pb.BenchmarkRequest, *, max_runs: int, max_duration_s: float) -> BenchParams:
+    """The request's knobs (the defaults where it leaves them out); the caps (``max_runs``,
+    ``max_duration_s``) are the smaller of the request's and the server's. Not validated:
+    `BenchParams.validate` does that."""
+    def given(name: str, default: Any) -> Any:
+        return getattr(request, name) if request.HasField(name) else default
+
     return BenchParams(
-        warmup_runs=request.warmup_runs if request.HasField("warmup_runs") else DEFAULTS.warmup_runs,
-        runs=request.runs if request.HasField("runs") else DEFAULTS.runs,
+        warmup_runs=given("warmup_runs", DEFAULTS.warmup_runs),
+        runs=given("runs", DEFAULTS.runs),
         min_duration_s=request.min_duration_s,
+        max_duration_s=min(given("max_duration_s", max_duration_s), max_duration_s),
         intra_op_threads=request.intra_op_threads,
         batch_size=request.batch_size or 1,
         graph_optimization=graph_optimization_name(request.graph_optimization),
         input_shapes={s.name: list(s.dims) for s in request.input_shapes},
         return_samples=request.return_samples,
-        **server)
+        target_rel_ci=given("target_rel_ci", DEFAULTS.target_rel_ci),
+        max_runs=min(given("max_runs", DEFAULTS.max_runs), max_runs),
+    )
 
 
 def benchmark_response(result: dict[str, Any], device: pb.Device, version: str) -> pb.BenchmarkResponse:

@@ -44,7 +44,12 @@ class WorkerError(Exception):
 
 
 class WorkerCancelled(Exception):
-    """The job was abandoned (client gone or deadline passed); the worker was killed."""
+    """The job was abandoned (client gone or deadline passed); the worker was killed. `loaded`:
+    the session had been created (the timing ran long), else creating it hung."""
+
+    def __init__(self, message: str, *, loaded: bool = False) -> None:
+        super().__init__(message)
+        self.loaded = loaded
 
 
 # --------------------------------------------------------------------------- worker side
@@ -117,7 +122,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         job = json.loads(body)
         try:
             params = runner.BenchParams(**job["params"])
-            reply = {"ok": True, "result": runner.run_benchmark(job["model_path"], params)}
+            result = runner.run_benchmark(job["model_path"], params, job.get("sha256"),
+                                          on_loaded=lambda: _write_frame(out, {"op": "loaded"}))
+            reply = {"ok": True, "result": result}
         except runner.BenchmarkError as exc:  # a domain error, by kind: the server maps it to a status
             reply = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
         except MemoryError:
@@ -186,11 +193,13 @@ class WorkerHandle:
         *,
         deadline: float | None,
         cancelled: Callable[[], bool],
+        loaded_deadline: Callable[[], float | None] | None = None,
     ) -> dict[str, Any]:
         """Send one job and wait for its reply frame.
 
         Raises WorkerError if the worker dies (it is restarted on the next call) and
-        WorkerCancelled if `cancelled()` turns true or the monotonic `deadline` passes.
+        WorkerCancelled if `cancelled()` turns true or the monotonic `deadline` passes; once the
+        worker reports its session created, `loaded_deadline()` replaces `deadline`.
         """
         self.start()
         self._stderr_tail.clear()  # the error message should quote this job's output only
@@ -202,7 +211,17 @@ class WorkerHandle:
             proc.stdin.flush()
         except OSError as exc:
             raise self._death(proc, f"could not send the job ({exc})") from exc
-        return self._read_frame(proc, deadline, cancelled)
+        loaded = False
+        while True:
+            try:
+                frame = self._read_frame(proc, deadline, cancelled)
+            except WorkerCancelled as exc:
+                raise WorkerCancelled(str(exc), loaded=loaded) from None
+            if frame.get("op") != "loaded":
+                return frame
+            loaded = True
+            if loaded_deadline is not None:
+                deadline = loaded_deadline()
 
     def kill(self) -> None:
         proc = self._proc

@@ -61,7 +61,7 @@ def test_input_plan_rules() -> None:
 def test_run_benchmark_locally(tmp_path: Path) -> None:
     model = fx.conv_model(tmp_path / "m.onnx")
     r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=1, runs=4, intra_op_threads=1,
-                                                       return_samples=True))
+                                                       return_samples=True, target_rel_ci=0))
     assert r["runs"] == 4 and len(r["samples_ms"]) == 4 and r["intra_op_threads"] == 1
     assert r["timing_start_unix_ns"] < r["timing_end_unix_ns"] and r["peak_rss_bytes"] >= r["rss_before_bytes"] > 0
     r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=1, max_duration_s=0.05,
@@ -75,7 +75,7 @@ def test_run_benchmark_locally(tmp_path: Path) -> None:
 
 def test_max_duration_stops_the_loop(tmp_path: Path) -> None:
     model = fx.conv_model(tmp_path / "m.onnx")
-    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=10**7, max_duration_s=0.05))
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=10**7, max_runs=10**7, max_duration_s=0.05))
     assert r["hit_max_duration"] and r["runs"] < 10**7
 
 
@@ -167,13 +167,16 @@ def test_wire_round_trips_params_and_refuses_unknown_enums() -> None:
     params = runner.BenchParams(warmup_runs=2, runs=7, min_duration_s=0.5, intra_op_threads=1, batch_size=2,
                                 graph_optimization="basic", input_shapes={"x": [1, 3, 8, 8]}, return_samples=True)
     req = wire.benchmark_request(params, "ab" * 32)
-    assert wire.params_of(req, max_duration_s=params.max_duration_s) == params
-    # left out on the wire: the one table of defaults
-    bare = wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32))
-    assert (bare.warmup_runs, bare.runs, bare.graph_optimization) == (runner.DEFAULTS.warmup_runs,
-                                                                     runner.DEFAULTS.runs, "all")
+    assert wire.params_of(req, max_runs=params.max_runs, max_duration_s=params.max_duration_s) == params
+    # left out on the wire: the one table of defaults; the caps: the server's when smaller
+    bare = wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32), max_runs=500, max_duration_s=60)
+    assert (bare.warmup_runs, bare.runs, bare.graph_optimization, bare.target_rel_ci) == (
+        runner.DEFAULTS.warmup_runs, runner.DEFAULTS.runs, "all", runner.DEFAULTS.target_rel_ci)
+    assert (bare.max_runs, bare.max_duration_s) == (500, 60)
+    asked = wire.benchmark_request(runner.BenchParams(max_runs=50, max_duration_s=5.0), "ab" * 32)
+    assert wire.params_of(asked, max_runs=500, max_duration_s=60).max_duration_s == 5.0
     with pytest.raises(runner.ModelInputError, match="graph_optimization=99"):
-        wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32, graph_optimization=99))
+        wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32, graph_optimization=99), max_runs=9, max_duration_s=9)
     with pytest.raises(runner.ModelInputError, match="'fast'"):
         wire.benchmark_request(runner.BenchParams(graph_optimization="fast"), "ab" * 32)
     assert [wire.throttle_state(wire.throttle_enum(s)) for s in (None, False, True)] == [None, False, True]

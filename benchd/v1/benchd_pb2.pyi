@@ -90,7 +90,7 @@ class InputShape(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
-    __slots__ = ("model_sha256", "warmup_runs", "runs", "min_duration_s", "intra_op_threads", "batch_size", "graph_optimization", "input_shapes", "return_samples", "reject_if_busy")
+    __slots__ = ("model_sha256", "warmup_runs", "runs", "min_duration_s", "intra_op_threads", "batch_size", "graph_optimization", "input_shapes", "return_samples", "reject_if_busy", "target_rel_ci", "max_runs", "max_duration_s")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,9 @@ class BenchmarkRequest(_message.Message):
     INPUT_SHAPES_FIELD_NUMBER: _ClassVar[int]
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     REJECT_IF_BUSY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REL_CI_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     warmup_runs: int
     runs: int
@@ -111,7 +114,10 @@ class BenchmarkRequest(_message.Message):
     input_shapes: _containers.RepeatedCompositeFieldContainer[InputShape]
     return_samples: bool
     reject_if_busy: bool
-    def __init__(self, model_sha256: _Optional[str] = ..., warmup_runs: _Optional[int] = ..., runs: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., intra_op_threads: _Optional[int] = ..., batch_size: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimization, str]] = ..., input_shapes: _Optional[_Iterable[_Union[InputShape, _Mapping]]] = ..., return_samples: _Optional[bool] = ..., reject_if_busy: _Optional[bool] = ...) -> None: ...
+    target_rel_ci: float
+    max_runs: int
+    max_duration_s: float
+    def __init__(self, model_sha256: _Optional[str] = ..., warmup_runs: _Optional[int] = ..., runs: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., intra_op_threads: _Optional[int] = ..., batch_size: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimization, str]] = ..., input_shapes: _Optional[_Iterable[_Union[InputShape, _Mapping]]] = ..., return_samples: _Optional[bool] = ..., reject_if_busy: _Optional[bool] = ..., target_rel_ci: _Optional[float] = ..., max_runs: _Optional[int] = ..., max_duration_s: _Optional[float] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "element_type", "graph_dims", "dims")
@@ -126,7 +132,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., element_type: _Optional[str] = ..., graph_dims: _Optional[_Iterable[str]] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BenchmarkResponse(_message.Message):
-    __slots__ = ("model_sha256", "device", "runs", "warmup_runs", "latency_ms_mean", "latency_ms_std", "latency_ms_min", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_max", "latency_cv", "session_create_ms", "first_run_ms", "timed_total_s", "peak_rss_bytes", "rss_before_bytes", "cpu_temperature_c_before", "cpu_temperature_c_after", "cpu_freq_mhz_before", "cpu_freq_mhz_after", "throttled", "throttled_raw_before", "throttled_raw_after", "onnxruntime_version", "intra_op_threads", "batch_size", "inputs", "timing_start_unix_ns", "timing_end_unix_ns", "queue_wait_ms", "samples_ms", "hit_max_duration", "benchd_version", "graph_optimization", "upload_bytes_during_window", "governor")
+    __slots__ = ("model_sha256", "device", "runs", "warmup_runs", "latency_ms_mean", "latency_ms_std", "latency_ms_min", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_max", "latency_cv", "session_create_ms", "first_run_ms", "timed_total_s", "peak_rss_bytes", "rss_before_bytes", "cpu_temperature_c_before", "cpu_temperature_c_after", "cpu_freq_mhz_before", "cpu_freq_mhz_after", "throttled", "throttled_raw_before", "throttled_raw_after", "onnxruntime_version", "intra_op_threads", "batch_size", "inputs", "timing_start_unix_ns", "timing_end_unix_ns", "queue_wait_ms", "samples_ms", "hit_max_duration", "benchd_version", "graph_optimization", "upload_bytes_during_window", "governor", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p90_ci_low", "latency_ms_p90_ci_high", "p50_rel_ci", "target_rel_ci", "precision_met", "latency_ms_p50_first_tenth", "latency_ms_p50_last_tenth")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +171,15 @@ class BenchmarkResponse(_message.Message):
     GRAPH_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_BYTES_DURING_WINDOW_FIELD_NUMBER: _ClassVar[int]
     GOVERNOR_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P50_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P50_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P90_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P90_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    P50_REL_CI_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REL_CI_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_MET_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P50_FIRST_TENTH_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_P50_LAST_TENTH_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     device: Device
     runs: int
@@ -203,7 +218,16 @@ class BenchmarkResponse(_message.Message):
     graph_optimization: GraphOptimization
     upload_bytes_during_window: int
     governor: str
-    def __init__(self, model_sha256: _Optional[str] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., latency_ms_mean: _Optional[float] = ..., latency_ms_std: _Optional[float] = ..., latency_ms_min: _Optional[float] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p90: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., latency_ms_p99: _Optional[float] = ..., latency_ms_max: _Optional[float] = ..., latency_cv: _Optional[float] = ..., session_create_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., timed_total_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., rss_before_bytes: _Optional[int] = ..., cpu_temperature_c_before: _Optional[float] = ..., cpu_temperature_c_after: _Optional[float] = ..., cpu_freq_mhz_before: _Optional[float] = ..., cpu_freq_mhz_after: _Optional[float] = ..., throttled: _Optional[_Union[ThrottleState, str]] = ..., throttled_raw_before: _Optional[str] = ..., throttled_raw_after: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., batch_size: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., timing_start_unix_ns: _Optional[int] = ..., timing_end_unix_ns: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., samples_ms: _Optional[_Iterable[float]] = ..., hit_max_duration: _Optional[bool] = ..., benchd_version: _Optional[str] = ..., graph_optimization: _Optional[_Union[GraphOptimization, str]] = ..., upload_bytes_during_window: _Optional[int] = ..., governor: _Optional[str] = ...) -> None: ...
+    latency_ms_p50_ci_low: float
+    latency_ms_p50_ci_high: float
+    latency_ms_p90_ci_low: float
+    latency_ms_p90_ci_high: float
+    p50_rel_ci: float
+    target_rel_ci: float
+    precision_met: bool
+    latency_ms_p50_first_tenth: float
+    latency_ms_p50_last_tenth: float
+    def __init__(self, model_sha256: _Optional[str] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., latency_ms_mean: _Optional[float] = ..., latency_ms_std: _Optional[float] = ..., latency_ms_min: _Optional[float] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p90: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., latency_ms_p99: _Optional[float] = ..., latency_ms_max: _Optional[float] = ..., latency_cv: _Optional[float] = ..., session_create_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., timed_total_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., rss_before_bytes: _Optional[int] = ..., cpu_temperature_c_before: _Optional[float] = ..., cpu_temperature_c_after: _Optional[float] = ..., cpu_freq_mhz_before: _Optional[float] = ..., cpu_freq_mhz_after: _Optional[float] = ..., throttled: _Optional[_Union[ThrottleState, str]] = ..., throttled_raw_before: _Optional[str] = ..., throttled_raw_after: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., batch_size: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., timing_start_unix_ns: _Optional[int] = ..., timing_end_unix_ns: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., samples_ms: _Optional[_Iterable[float]] = ..., hit_max_duration: _Optional[bool] = ..., benchd_version: _Optional[str] = ..., graph_optimization: _Optional[_Union[GraphOptimization, str]] = ..., upload_bytes_during_window: _Optional[int] = ..., governor: _Optional[str] = ..., latency_ms_p50_ci_low: _Optional[float] = ..., latency_ms_p50_ci_high: _Optional[float] = ..., latency_ms_p90_ci_low: _Optional[float] = ..., latency_ms_p90_ci_high: _Optional[float] = ..., p50_rel_ci: _Optional[float] = ..., target_rel_ci: _Optional[float] = ..., precision_met: _Optional[bool] = ..., latency_ms_p50_first_tenth: _Optional[float] = ..., latency_ms_p50_last_tenth: _Optional[float] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
