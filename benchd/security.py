@@ -132,5 +132,62 @@ class TokenInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+class _Malformed:
+    """What a request that does not parse becomes; the handler answers INVALID_ARGUMENT."""
+
+
+_MALFORMED = _Malformed()
+_MALFORMED_MESSAGE = "the request is not a valid benchd.v1 protobuf message"
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    """Bytes that do not parse as the method's request get INVALID_ARGUMENT (gRPC's own answer is
+    INTERNAL with a traceback in the log): the client's mistake, said once, in one line."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.response_streaming:
+            return handler
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+
+        def safe_parse(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:  # protobuf's DecodeError and friends
+                return _MALFORMED
+
+        def refuse(context: grpc.ServicerContext) -> None:
+            log.warning("refused %s from %s: %s", method[:100], context.peer(), _MALFORMED_MESSAGE)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MALFORMED_MESSAGE)
+
+        kwargs = {"request_deserializer": safe_parse, "response_serializer": handler.response_serializer}
+        if handler.request_streaming:
+            behaviour = handler.stream_unary
+
+            def stream(requests: Any, context: grpc.ServicerContext) -> Any:
+                def checked() -> Any:
+                    for r in requests:
+                        if r is _MALFORMED:
+                            refuse(context)
+                        yield r
+
+                return behaviour(checked(), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream, **kwargs)
+        unary = handler.unary_unary
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            if request is _MALFORMED:
+                refuse(context)
+            return unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(call, **kwargs)
+
+
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTH_HEADER, f"Bearer {token}"),) if token else ()

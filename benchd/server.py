@@ -30,7 +30,7 @@ from benchd.errors import REASON_KEY
 from benchd.metrics import Metrics
 from benchd import runner, wire
 from benchd.runner import BenchmarkError, BenchParams
-from benchd.security import ServerTls, TokenInterceptor, is_loopback, split_address
+from benchd.security import MalformedRequestInterceptor, ServerTls, TokenInterceptor, is_loopback, split_address
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
 from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle
@@ -474,7 +474,8 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
     threads = cfg.queue_size + 16  # every queued benchmark holds a thread; keep spares for the rest
     server = grpc.server(
         ThreadPoolExecutor(max_workers=threads, thread_name_prefix="benchd-rpc"),
-        interceptors=[TokenInterceptor(cfg.token)] if cfg.token else [],
+        # the token first (an unauthenticated body is never parsed), then the parse check
+        interceptors=[*([TokenInterceptor(cfg.token)] if cfg.token else []), MalformedRequestInterceptor()],
         maximum_concurrent_rpcs=threads,
         options=[
             ("grpc.keepalive_permit_without_calls", 1),
