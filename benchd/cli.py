@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--upload-idle-s", type=float, default=30, help="cancel an upload stream silent this long")
     s.add_argument("--worker-memory-mb", type=float, default=None,
                    help="address-space limit of the benchmark worker (default: 80%% of RAM; 0: none)")
-    s.add_argument("--worker-prefix", default="",
-                   help="command prefix for the worker, e.g. 'taskset -c 1-3' or 'nice -n -5'")
+    s.add_argument("--worker-prefix", default="", help="command prefix for the worker, e.g. 'nice -n -5'")
+    s.add_argument("--worker-cpus", default="", metavar="LIST",
+                   help="pin the worker to these CPUs, e.g. '3' or '2,3' (keep them free of other work)")
     s.add_argument("--token-file", help="require this bearer token (file content) on every call")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
     s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS with --tls-key")
@@ -126,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cpus(text: str) -> tuple[int, ...]:
+    try:
+        cpus = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise SystemExit(f"benchd serve: --worker-cpus {text!r}: expected CPU numbers like '3' or '2,3'") from None
+    unknown = set(cpus) - os.sched_getaffinity(0)
+    if unknown:
+        raise SystemExit(f"benchd serve: --worker-cpus {text!r}: CPU(s) {sorted(unknown)} are not available here "
+                         f"(available: {sorted(os.sched_getaffinity(0))})")
+    return cpus
+
+
 def _mb(value: float) -> int:
     return int(value * 2**20)
 
@@ -152,6 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
         upload_idle_s=args.upload_idle_s,
         worker_memory_bytes=None if args.worker_memory_mb is None else _mb(args.worker_memory_mb),
         worker_prefix=tuple(shlex.split(args.worker_prefix)),
+        worker_cpus=_cpus(args.worker_cpus),
         token=read_token_file(args.token_file) if args.token_file else None,
         insecure=args.insecure,
         tls=ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,

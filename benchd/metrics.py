@@ -43,6 +43,18 @@ class Metrics:
             "benchd_throttle_events_total", "Benchmarks or monitor readings that found the CPU throttled",
             ["device"], registry=r,
         )
+        self.runs = Histogram(
+            "benchd_benchmark_runs", "Timed runs per successful benchmark (more: a noisier device)", ["device"],
+            buckets=(5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000), registry=r,
+        )
+        self.rel_ci = Gauge(
+            "benchd_p50_rel_ci", "Half-width of the last benchmark's p50 95% CI, as a share of the p50", ["device"],
+            registry=r,
+        )
+        self.precision_missed = Counter(
+            "benchd_precision_missed_total", "Benchmarks that hit a cap before their precision target", ["device"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "benchd_worker_restarts_total", "Benchmark worker processes lost (crash, memory, kill)", ["device"],
             registry=r,
@@ -50,7 +62,7 @@ class Metrics:
         # Counters start at 0 per device: a panel shows 0 rather than "no data", and the first
         # event counts in increase()/rate() (a series born at 1 would hide it).
         for counter in (self.upload_bytes, self.cache_hits, self.cache_misses, self.throttle_events,
-                        self.worker_restarts):
+                        self.worker_restarts, self.precision_missed):
             counter.labels(device)
         self._http: Any = None
         self._lock = threading.Lock()

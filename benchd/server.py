@@ -72,7 +72,8 @@ class ServerConfig:
     max_uploads: int = 4  # uploads received at once; more are refused as busy
     upload_idle_s: float = 30.0  # an upload stream silent this long is cancelled and cleaned up
     worker_memory_bytes: int | None = None  # None: 80% of RAM; 0: unlimited
-    worker_prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "3") or ("nice", "-n", "-5")
+    worker_prefix: tuple[str, ...] = ()  # e.g. ("nice", "-n", "-5")
+    worker_cpus: tuple[int, ...] = ()  # pin the worker to these CPUs (os.sched_setaffinity); (): no pinning
     token: str | None = None
     insecure: bool = False  # allow a non-loopback bind without a token
     tls: ServerTls | None = None
@@ -104,7 +105,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         self.cache = ModelCache(config.cache_dir, config.cache_max_bytes)
         self.lock = DeviceLock(config.queue_size)
         mem = default_worker_memory_bytes() if config.worker_memory_bytes is None else config.worker_memory_bytes
-        self.worker = WorkerHandle(mem, config.worker_prefix)
+        self.worker = WorkerHandle(mem, config.worker_prefix, config.worker_cpus)
         self.metrics = Metrics(config.device_name)
         self.device = pb.Device(name=config.device_name, device_class=config.device_class)
         self._ready = False
@@ -383,6 +384,11 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         resp.queue_wait_ms = waited * 1e3
         resp.upload_bytes_during_window = upload_overlap
         self.metrics.latency_p50.labels(dev).observe(resp.latency_ms_p50)
+        self.metrics.runs.labels(dev).observe(resp.runs)
+        if resp.target_rel_ci > 0:
+            self.metrics.rel_ci.labels(dev).set(resp.p50_rel_ci)
+            if not resp.precision_met:
+                self.metrics.precision_missed.labels(dev).inc()
         if resp.throttled == pb.THROTTLE_STATE_THROTTLED:
             self.metrics.throttle_events.labels(dev).inc()
         if resp.HasField("cpu_temperature_c_after"):

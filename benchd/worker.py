@@ -89,8 +89,11 @@ def _exit_with_parent() -> None:
 def worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="benchd benchmark worker (started by the server)")
     parser.add_argument("--memory-limit-bytes", type=int, default=0)
+    parser.add_argument("--cpus", default="", help="comma-separated CPUs to run on (before onnxruntime starts)")
     args = parser.parse_args(argv)
     _exit_with_parent()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     if args.memory_limit_bytes > 0:
@@ -143,9 +146,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 class WorkerHandle:
     """One worker process; `run` is called by one thread at a time (the device holder)."""
 
-    def __init__(self, memory_limit_bytes: int = 0, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, memory_limit_bytes: int = 0, prefix: Sequence[str] = (), cpus: Sequence[int] = ()) -> None:
         self.memory_limit_bytes = memory_limit_bytes
         self.prefix = list(prefix)
+        self.cpus = tuple(cpus)
         self.ready_info: dict[str, Any] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -166,6 +170,8 @@ class WorkerHandle:
             cmd = [*self.prefix, sys.executable, "-m", "benchd.worker"]
             if self.memory_limit_bytes:
                 cmd += ["--memory-limit-bytes", str(self.memory_limit_bytes)]
+            if self.cpus:
+                cmd += ["--cpus", ",".join(map(str, self.cpus))]
             # The worker must import this very benchd, wherever the server was started from.
             pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)

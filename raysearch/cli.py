@@ -298,7 +298,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                                                   f"{QUICK.bench_runs} with --quick)")
     g.add_argument("--bench-warmup", type=int, help=f"discarded warm-up runs (default {STUDY.bench_warmup}, "
                                                     f"{QUICK.bench_warmup} with --quick)")
-    g.add_argument("--bench-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    g.add_argument("--bench-threads", type=int, default=0,
+                   help="onnxruntime intra-op threads (0: all the device's cores; 1 on the core reserved for "
+                        "a local benchd)")
+    g.add_argument("--bench-precision", type=float, default=0.02,
+                   help="after --bench-runs, keep timing until the 95%% CI of the p50 is within +-this share "
+                        "of it (default %(default)s; 0: exactly --bench-runs)")
+    g.add_argument("--bench-max-s", type=float, default=30.0,
+                   help="stop chasing --bench-precision after this many seconds per model (default %(default)s)")
     g = p.add_argument_group("tracking and storage")
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     g.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")

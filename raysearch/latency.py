@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class BenchSettings:
     warmup_runs: int = 5
     threads: int = 0  # 0: onnxruntime's default
     stat: str = "p50"
+    precision: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly `runs`)
+    max_seconds: float = 30.0  # ... or this long
     timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
@@ -44,12 +47,17 @@ class BenchSettings:
             raise ValueError(f"latency statistic {self.stat!r} is not one of {LATENCY_STATS}")
         if self.runs < 1 or self.warmup_runs < 0:
             raise ValueError(f"bench runs={self.runs} / warmup={self.warmup_runs} must be >= 1 / >= 0")
+        if not 0 <= self.precision < 1:
+            raise ValueError(f"bench precision {self.precision!r} must be in [0, 1) (0.02 is +-2%)")
+        if not self.max_seconds > 0:
+            raise ValueError(f"bench max seconds {self.max_seconds!r} must be > 0")
 
     def cache_key(self, spec: ModelSpec) -> str:
         # the weights do not matter, everything that shapes the graph and the timing does
         # (the statistic too: the cached reply's latency_ms is the one it chose)
         ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.threads,
-                 "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat}
+                 "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat,
+                 "precision": self.precision, "max_seconds": self.max_seconds}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -73,6 +81,7 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     try:
         r = farm.benchmark(str(onnx_path), device_class=settings.device_class, runs=settings.runs,
                            warmup_runs=settings.warmup_runs, intra_op_threads=settings.threads,
+                           target_rel_ci=settings.precision, max_duration_s=settings.max_seconds,
                            timeout_s=settings.timeout_s)
     finally:
         if own:
@@ -82,14 +91,47 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     return reply
 
 
+def precision_metrics(reply: dict) -> dict[str, float]:
+    """The reply's precision figures as MLflow metrics (see `objectives.LATENCY_PRECISION`); a
+    reply cached before benchd reported them has none."""
+    from raysearch.objectives import LATENCY_PRECISION
+
+    return {metric: float(reply[key]) for metric, key in LATENCY_PRECISION.items() if key in reply}
+
+
+@dataclass(frozen=True)
+class CpuReservation:
+    """The CPUs of this machine split between the local benchd's worker and Ray's trials, so that
+    a latency is never measured on a core that is busy training."""
+
+    benchd: tuple[int, ...]
+    ray: tuple[int, ...]
+
+    def describe(self) -> str:
+        return (f"latency: CPU {','.join(map(str, self.benchd))} reserved for the local benchd "
+                f"({len(self.benchd)} intra-op thread); Ray trains on CPU {','.join(map(str, self.ray))} "
+                f"({len(self.ray)} CPU)")
+
+
+def reserve_cpu() -> CpuReservation | None:
+    """The last usable CPU for benchd, the others (at least one) for Ray; None on a 1-CPU machine."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        log.warning("one CPU only: the local benchd shares it with training, so latencies are noisy")
+        return None
+    return CpuReservation(benchd=(cpus[-1],), ray=tuple(cpus[:-1]))
+
+
 @contextlib.contextmanager
-def local_benchd(device_class: str = "local", cache_dir: str | Path | None = None) -> Iterator[str]:
-    """Run a benchd on 127.0.0.1 (a free port) for the duration; yields its ``HOST:PORT``."""
+def local_benchd(device_class: str = "local", cache_dir: str | Path | None = None,
+                 cpus: tuple[int, ...] = ()) -> Iterator[str]:
+    """Run a benchd on 127.0.0.1 (a free port) for the duration, its worker pinned to ``cpus``
+    when given; yields its ``HOST:PORT``."""
     from benchd.server import ServerConfig, create_server
 
     with tempfile.TemporaryDirectory(prefix="benchd-") as tmp:
         cfg = ServerConfig(device_name="local-benchd", device_class=device_class,
-                           cache_dir=str(cache_dir or Path(tmp) / "cache"))
+                           cache_dir=str(cache_dir or Path(tmp) / "cache"), worker_cpus=cpus)
         server, port = create_server("127.0.0.1:0", cfg)
         target = f"127.0.0.1:{port}"
         log.info("started a local benchd on %s (device class %r)", target, device_class)

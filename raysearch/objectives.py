@@ -37,6 +37,17 @@ EPOCH = "epoch"
 FINAL = "final"  # 1 on a trial's last report (its final figures), 0 on the per-epoch ones
 EPOCHS_TRAINED = "epochs_trained"
 LATENCY_UNTRAINED = "latency_ms_untrained"  # measured before training (the pruning decision)
+# How precise the latency is (benchd's reply): the p50's 95% CI, its half-width as a share, the
+# runs it took, whether the target was met, and the drift (p50 of the first / last tenth of runs).
+LATENCY_PRECISION = {
+    "latency_ms_p50_ci_low": "latency_ms_p50_ci_low",
+    "latency_ms_p50_ci_high": "latency_ms_p50_ci_high",
+    "latency_p50_rel_ci": "p50_rel_ci",
+    "latency_precision_met": "precision_met",
+    "latency_runs": "runs",
+    "latency_ms_p50_first_tenth": "latency_ms_p50_first_tenth",
+    "latency_ms_p50_last_tenth": "latency_ms_p50_last_tenth",
+}  # metric name -> the reply's field
 PARAMS_TOTAL = "params_total"
 MACS = "macs"
 # Flags a trial reports (1/0) that are also tags of its MLflow run ("true"/"false").

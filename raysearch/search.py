@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, local_benchd
+from raysearch.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
+from raysearch.presets import preset
 from raysearch.results import Requirement, TrialRow
 from raysearch.trial import TrialSettings, run_trial
 
@@ -48,7 +49,9 @@ class SearchOptions:
     latency_stat: str = "p50"
     bench_runs: int | None = None
     bench_warmup: int | None = None
-    bench_threads: int = 0
+    bench_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
+    bench_precision: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly bench_runs)
+    bench_max_s: float = 30.0  # ... or for this long
     tracking_uri: str | None = None
     experiment: str = "raysearch"
     address: str | None = None
@@ -148,7 +151,14 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def init_ray(address: str | None) -> None:
+def local_reservation(opts: SearchOptions) -> CpuReservation | None:
+    """A core for the local benchd when the search measures on this machine with a local Ray."""
+    if opts.farm or opts.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return reserve_cpu()
+
+
+def init_ray(address: str | None, reservation: CpuReservation | None = None) -> None:
     import signal
     import threading
 
@@ -159,6 +169,15 @@ def init_ray(address: str | None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
+    elif reservation is not None:
+        # Ray's processes inherit the driver's CPU mask at start: keep them off the reserved core
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, reservation.ray)
+        try:
+            ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
+                     num_cpus=len(reservation.ray))
+        finally:
+            os.sched_setaffinity(0, mask)
     else:
         ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
     if threading.current_thread() is threading.main_thread():
@@ -167,11 +186,13 @@ def init_ray(address: str | None) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def bench_settings(opts: SearchOptions, farm: str) -> BenchSettings:
-    runs = opts.bench_runs or (10 if opts.quick else 50)
-    warmup = opts.bench_warmup if opts.bench_warmup is not None else (2 if opts.quick else 10)
+def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation | None = None) -> BenchSettings:
+    runs = opts.bench_runs or preset(opts.quick).bench_runs
+    warmup = opts.bench_warmup if opts.bench_warmup is not None else preset(opts.quick).bench_warmup
+    threads = opts.bench_threads or (len(reservation.benchd) if reservation else 0)
     return BenchSettings(farm=farm, device_class=opts.device_class, runs=runs, warmup_runs=warmup,
-                         threads=opts.bench_threads, stat=opts.latency_stat)
+                         threads=threads, stat=opts.latency_stat, precision=opts.bench_precision,
+                         max_seconds=opts.bench_max_s)
 
 
 def storage_uri(opts: SearchOptions) -> str:
@@ -228,7 +249,10 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.report import finish_search
     from raysearch.tracking import SearchTracker, open_parent
 
-    init_ray(opts.address)
+    reservation = local_reservation(opts)
+    init_ray(opts.address, reservation)
+    if reservation is not None:
+        print(reservation.describe(), flush=True)
     storage = storage_uri(opts)
     if "://" not in opts.storage_path:
         # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
@@ -253,10 +277,10 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
-    with _farm(opts) as farm:
+    with _farm(opts, reservation) as farm:
         settings = TrialSettings(
             # trial-side files live in the storage every node reaches (a folder or an object store)
-            data=data, bench=bench_settings(opts, farm), latency_cache=f"{storage}/latency_cache",
+            data=data, bench=bench_settings(opts, farm, reservation), latency_cache=f"{storage}/latency_cache",
             results_cache=results_cache or f"{storage}/results/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
@@ -352,13 +376,13 @@ def shipped_families() -> tuple:
 class _farm:
     """The farm to use: --farm, or a local benchd for the duration of the search."""
 
-    def __init__(self, opts: SearchOptions) -> None:
-        self.opts, self._ctx = opts, None
+    def __init__(self, opts: SearchOptions, reservation: CpuReservation | None = None) -> None:
+        self.opts, self.reservation, self._ctx = opts, reservation, None
 
     def __enter__(self) -> str:
         if self.opts.farm:
             return self.opts.farm
-        self._ctx = local_benchd(self.opts.device_class)
+        self._ctx = local_benchd(self.opts.device_class, cpus=self.reservation.benchd if self.reservation else ())
         return self._ctx.__enter__()
 
     def __exit__(self, *exc) -> None:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, measure
+from raysearch.latency import BenchSettings, measure, precision_metrics
 from raysearch.storage import DocumentStore, read_bytes
 from raysearch.models import ModelSpec
 
@@ -153,7 +153,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             final.mkdir()
             (final / "benchmark.json").write_text(json.dumps(first, indent=2))
             tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
-                                        obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0}, **shape),
+                                        obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0},
+                                     **shape, **precision_metrics(first)),
                         checkpoint=tune.Checkpoint.from_directory(str(final)))
             return
 
@@ -225,7 +226,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_mean=bench["latency_ms_mean"], latency_ms_p90=bench["latency_ms_p90"],
-            latency_cv=bench["latency_cv"], **shape)
+            latency_cv=bench["latency_cv"], **shape, **precision_metrics(bench))
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
         if results is not None:
             results.put(result_key, final_metrics)
