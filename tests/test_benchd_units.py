@@ -187,3 +187,69 @@ def test_the_proto_documents_the_defaults_the_code_uses() -> None:
     for name in ("warmup_runs", "runs"):
         line = next(ln for ln in proto.splitlines() if re.search(rf"optional uint32 {name} =", ln))
         assert f"default {getattr(runner.DEFAULTS, name)}" in line, line
+
+
+def test_quantile_ci_ranks_match_the_exact_tables() -> None:
+    xs = [float(i) for i in range(1, 101)]  # x(i) = i: the interval's ends are its ranks
+    assert runner.quantile_ci(xs, 0.5) == (40.0, 61.0, True)  # n = 100: ranks 40 and 61
+    # n = 100, q = 0.9: 90 -+ 1.96 * 3 -> ranks 84 and 97
+    assert runner.quantile_ci(xs, 0.9) == (84.0, 97.0, True)
+    lo, hi, bounded = runner.quantile_ci([1.0, 2.0, 3.0], 0.5)  # too few runs: unbounded
+    assert (lo, hi, bounded) == (1.0, 3.0, False) and runner.rel_half_width([1.0, 2.0, 3.0]) == float("inf")
+    # the half-width over the median: (61 - 40) / 2 / 50.5
+    assert runner.rel_half_width(xs) == pytest.approx(10.5 / 50.5)
+
+
+def test_precision_and_drift_figures() -> None:
+    samples_ns = [int(1e6)] * 10 + [int(2e6)] * 80 + [int(3e6)] * 10  # 1 ms first tenth, 3 ms last tenth
+    p = runner.precision(samples_ns, 0.02)
+    assert p["latency_ms_p50_first_tenth"] == 1.0 and p["latency_ms_p50_last_tenth"] == 3.0
+    assert p["latency_ms_p50_ci_low"] == p["latency_ms_p50_ci_high"] == 2.0 and p["precision_met"]
+    assert p["p50_rel_ci"] == 0.0 and p["target_rel_ci"] == 0.02
+    few = runner.precision([int(1e6), int(2e6)], 0.02)
+    assert few["p50_rel_ci"] == -1.0 and not few["precision_met"]
+
+
+def test_runs_until_precise_then_stops(tmp_path: Path) -> None:
+    model = fx.conv_model(tmp_path / "m.onnx")
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=2, runs=10, intra_op_threads=1, target_rel_ci=0.05))
+    assert r["runs"] >= 10 and r["precision_met"] and 0 <= r["p50_rel_ci"] <= 0.05
+    assert r["latency_ms_p50_ci_low"] <= r["latency_ms_p50"] <= r["latency_ms_p50_ci_high"]
+    # an unreachable target: stopped by the run cap, saying the target was not met
+    r = runner.run_benchmark(model, runner.BenchParams(warmup_runs=0, runs=5, max_runs=40, intra_op_threads=1,
+                                                       target_rel_ci=1e-9))
+    assert r["runs"] == 40 and not r["precision_met"] and not r["hit_max_duration"]
+
+
+def test_a_model_file_that_does_not_hash_to_its_sha_is_refused(tmp_path: Path) -> None:
+    model = fx.conv_model(tmp_path / "m.onnx")
+    with pytest.raises(runner.ModelIntegrityError, match="hashes to"):
+        runner.run_benchmark(model, runner.BenchParams(runs=1, target_rel_ci=0), sha256="0" * 64)
+
+
+def test_threads_beyond_the_cores_are_refused() -> None:
+    cores = runner.usable_cores()
+    assert runner.resolved_threads(0) == cores
+    with pytest.raises(runner.ModelInputError, match=f"exceeds the {cores} core"):
+        runner.resolved_threads(cores + 1)
+
+
+def test_the_local_benchd_gets_a_core_of_its_own(tmp_path: Path) -> None:
+    import os
+
+    from benchd.client import BenchClient
+    from raysearch.latency import local_benchd, reserve_cpu
+
+    cpus = sorted(os.sched_getaffinity(0))
+    reservation = reserve_cpu()
+    if len(cpus) < 2:
+        assert reservation is None
+        return
+    assert reservation.benchd == (cpus[-1],) and reservation.ray == tuple(cpus[:-1])
+    assert "reserved for the local benchd" in reservation.describe()
+    model = fx.conv_model(tmp_path / "m.onnx")
+    with local_benchd(cpus=reservation.benchd) as target, BenchClient(target, retries=1) as client:
+        fx.wait_serving(client)
+        r = client.benchmark(model, runs=3, target_rel_ci=0)
+        assert r.intra_op_threads == 1  # 0 resolves to the worker's own cores: the reserved one
+    assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's own mask is untouched

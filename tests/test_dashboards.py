@@ -165,7 +165,8 @@ def test_farm_dashboard_covers_the_farm() -> None:
     text = " ".join(t["expr"] for p in all_panels(dash) for t in p.get("targets", []))
     for metric in ("benchd_benchmarks_total", "benchd_latency_p50_ms_bucket", "benchd_queue_depth",
                    "benchd_cpu_temperature_celsius", "benchd_throttle_events_total", "benchd_cache_hits_total",
-                   "benchd_cache_misses_total", "benchd_upload_bytes_total", "benchd_busy"):
+                   "benchd_cache_misses_total", "benchd_upload_bytes_total", "benchd_busy",
+                   "benchd_p50_rel_ci", "benchd_benchmark_runs_bucket", "benchd_precision_missed_total"):
         assert metric in text, metric
     assert "histogram_quantile(0.5" in text and 'status!="OK"' in text
 
