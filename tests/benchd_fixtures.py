@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from benchd import errors
+
 OPSET = [helper.make_opsetid("", 17)]
 
 
@@ -142,6 +144,107 @@ def slow_model(path: Path, hw: int = 96, layers: int = 6) -> Path:
         initializer=inits,
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def model_of(nodes: list[Any], inputs: list[Any], outputs: list[Any], path: Path, initializer: list[Any] = (),
+             opset: int = 17) -> Path:
+    graph = helper.make_graph(nodes, "hostile", inputs, outputs, initializer=list(initializer))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def _field(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field: varint for an int, length-delimited for bytes."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(payload, int):
+        return varint(number << 3) + varint(payload)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def deep_model(path: Path, depth: int) -> Path:
+    """If inside If, ``depth`` levels (written by hand: the protobuf library itself refuses to
+    build past ~100 levels, which is the point)."""
+    def value_info(name: str) -> bytes:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4]).SerializeToString()
+
+    def graph(nodes: bytes, name: str, out: str) -> bytes:  # GraphProto: node=1, name=2, output=12
+        return _field(1, nodes) + _field(2, name.encode()) + _field(12, value_info(out))
+
+    def if_node(out: str, then: bytes, other: bytes) -> bytes:  # NodeProto: input=1, output=2, op_type=4, attribute=5
+        attrs = b"".join(_field(5, _field(1, key.encode()) + _field(20, 5) + _field(6, g))  # name, type GRAPH, g
+                         for key, g in (("then_branch", then), ("else_branch", other)))
+        return _field(1, b"c") + _field(2, out.encode()) + _field(4, b"If") + attrs
+
+    leaf = helper.make_graph([helper.make_node("Identity", ["x"], ["leaf"])], "leaf", [],
+                             [helper.make_tensor_value_info("leaf", TensorProto.FLOAT, [1, 4])]).SerializeToString()
+    body = leaf
+    for level in range(depth):
+        body = graph(if_node("leaf", body, leaf), f"g{level}", "leaf")
+    top = (graph(if_node("y", body, leaf), "deep", "y")
+           + _field(11, helper.make_tensor_value_info("c", TensorProto.BOOL, []).SerializeToString())
+           + _field(11, value_info("x")))
+    opset = helper.make_opsetid("", 17).SerializeToString()
+    path.write_bytes(_field(1, 8) + _field(8, opset) + _field(7, top))  # ir_version, opset_import, graph
+    return path
+
+
+def loop_model(path: Path, trips: int = 2**40) -> Path:
+    """A Loop with a huge trip count: one session.run would take hours."""
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Relu", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", f, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", f, [1])])
+    inits = [numpy_helper.from_array(np.array(trips, dtype=np.int64), "M"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    return model_of([helper.make_node("Loop", ["M", "cond", "x"], ["y"], body=body)],
+                    [helper.make_tensor_value_info("x", f, [1])], [helper.make_tensor_value_info("y", f, [1])],
+                    path, initializer=inits)
+
+
+def hostile_models(tmp: Path) -> dict[str, tuple[Path, type[errors.BenchError], str]]:
+    """Models a device cannot feed, load or afford: (file, the error, words of its message)."""
+    f = TensorProto.FLOAT
+    seq = model_of([helper.make_node("SequenceLength", ["s"], ["n"])],
+                   [helper.make_tensor_sequence_value_info("s", f, [1])],
+                   [helper.make_tensor_value_info("n", TensorProto.INT64, [])], tmp / "seq.onnx")
+    bf16 = model_of([helper.make_node("Identity", ["x"], ["y"])],
+                    [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 4])],
+                    [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 4])], tmp / "bf16.onnx")
+    opset = model_of([helper.make_node("Relu", ["x"], ["y"])],
+                     [helper.make_tensor_value_info("x", f, [1, 4])],
+                     [helper.make_tensor_value_info("y", f, [1, 4])], tmp / "opset.onnx", opset=999)
+    # an initializer whose data lives "beside the model" in /etc/passwd
+    ext = TensorProto(name="w", data_type=f, dims=[4], data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", "/etc/passwd"), ("offset", "0"), ("length", "16")):
+        ext.external_data.add(key=k, value=v)
+    external = model_of([helper.make_node("Add", ["x", "w"], ["y"])],
+                        [helper.make_tensor_value_info("x", f, [1, 4])],
+                        [helper.make_tensor_value_info("y", f, [1, 4])], tmp / "ext.onnx", initializer=[ext])
+    deep = deep_model(tmp / "deep.onnx", 150)
+    return {
+        "string input": (string_input_model(tmp / "str.onnx"), errors.BenchInvalidArgument, "unsupported type"),
+        "sequence input": (seq, errors.BenchInvalidArgument, "unsupported type"),
+        "bf16 input": (bf16, errors.BenchInvalidArgument, "unsupported type"),
+        "unknown op": (unloadable_model(tmp / "op.onnx"), errors.BenchInvalidArgument, "could not load"),
+        "unknown opset": (opset, errors.BenchInvalidArgument, "could not load"),
+        "external data": (external, errors.BenchInvalidArgument, "could not load"),
+        "deep nesting": (deep, errors.BenchInvalidArgument, "could not load"),
+        "huge output": (memory_hog_model(tmp / "hog.onnx", gib=4.0), errors.BenchResourceExhausted, "memory"),
+    }
 
 
 def wait_serving(client: Any, timeout_s: float = 60.0) -> None:
