@@ -30,8 +30,9 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"cannot read token file {p}: {exc.strerror}") from None
     if not token:
         raise ValueError(f"token file {p} is empty")
-    if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("token file %s is readable by group/others; chmod 600 it", p)
+    # group-readable is the deployed layout (root:benchd 0640, clusters/setup_pi.sh); others never
+    if p.stat().st_mode & stat.S_IRWXO:
+        log.warning("token file %s is readable by others; chmod o-rwx it (600, or 640 with a trusted group)", p)
     return token
 
 
