@@ -123,15 +123,20 @@ def cv(values: list[float]) -> float:
 def fidelity(client: BenchClient, model: Path, threads: int, args: argparse.Namespace) -> dict[str, Any]:
     bench, local, overhead, window_overhead, create = [], [], [], [], []
     for _ in range(args.repeats):  # interleaved: both see the same background load
-        r = client.benchmark(model, runs=args.runs, warmup_runs=args.warmup, intra_op_threads=threads)
+        # a fixed count, like the in-process loop (target_rel_ci=0): the same number of runs on both sides
+        r = client.benchmark(model, runs=args.runs, warmup_runs=args.warmup, intra_op_threads=threads, target_rel_ci=0)
         bench.append(r.latency_ms_p50)
         overhead.append((r.call_wall_s - r.timed_total_s) * 1e3)
         window_overhead.append((r.call_wall_s - (r.timing_end_unix_ns - r.timing_start_unix_ns) / 1e9) * 1e3)
         create.append(r.session_create_ms)
         local.append(inprocess_p50(model, threads, args.runs, args.warmup))
     b, loc = statistics.median(bench), statistics.median(local)
+    ratios = [x / y for x, y in zip(bench, local)]  # round by round: both saw the same moment's load
     return {
         "threads": threads,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
         "benchd_p50_ms": b,
         "inprocess_p50_ms": loc,
         "delta_pct": (b - loc) / loc * 100,
@@ -240,11 +245,13 @@ def main() -> int:
         return 0
     print(f"machine: {machine}\nmodel:   {description}\n"
           f"each call: {args.warmup} warm-up + {args.runs} timed runs; {args.repeats} calls per setting\n")
-    print("| threads | benchd p50 ms | in-process p50 ms | delta | CV of p50 (benchd / in-process) "
+    print("| threads | benchd p50 ms | in-process p50 ms | delta | ratio per round: median (min-max) "
+          "| CV of p50 (benchd / in-process) "
           "| overhead beyond timed runs ms | beyond device window ms | session create ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['threads']} | {r['benchd_p50_ms']:.3f} | {r['inprocess_p50_ms']:.3f} | {r['delta_pct']:+.2f}% "
+              f"| {r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) "
               f"| {r['benchd_p50_cv_pct']:.2f}% / {r['inprocess_p50_cv_pct']:.2f}% "
               f"| {r['overhead_beyond_timed_runs_ms']:.1f} | {r['overhead_beyond_device_window_ms']:.1f} "
               f"| {r['session_create_ms']:.1f} |")

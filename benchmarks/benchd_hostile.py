@@ -73,7 +73,9 @@ class Target:
              "--port-file", str(port_file), "--token-file", str(token), "--cache-dir", str(self.cache),
              "--cache-max-mb", "8", "--max-model-mb", "4", "--max-duration-s", "4", "--upload-idle-s", "2",
              "--max-uploads", "2", "--queue-size", "2", "--worker-memory-mb", "1024", "--monitor-interval-s", "0"],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.log_lines = self.tracebacks = 0
+        self.levels: collections.Counter[str] = collections.Counter()
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + 60
         while not port_file.is_file() or not port_file.read_text().strip():
@@ -81,14 +83,15 @@ class Target:
                 raise RuntimeError("benchd serve did not start")
             time.sleep(0.1)
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
-        self.log_lines = 0
-        self.tracebacks = 0
 
     def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the server's log (both streams)
             self.log_lines += 1
-            self.tracebacks += line.startswith(b"Traceback")
+            self.tracebacks += b"Traceback" in line
+            for level in (b" WARNING ", b" ERROR ", b" INFO "):
+                if level in line:
+                    self.levels[level.decode().strip()] += 1
 
     def worker_pid(self) -> int | None:
         kids = children(self.proc.pid)
@@ -265,8 +268,9 @@ def main() -> int:
     channel.close()
     target.stop()
     total = sum(r["sent"] for r in rows)
-    print(f"\n{machine()}\n{total} requests, {len(rows)} classes; server log lines {target.log_lines}, "
-          f"tracebacks {target.tracebacks}; peak RSS server {peak['server']:.0f} MiB, worker {peak['worker']:.0f} MiB\n")
+    print(f"\n{machine()}\n{total} requests, {len(rows)} classes; server log lines {target.log_lines} "
+          f"({dict(target.levels)}), tracebacks {target.tracebacks}; peak RSS server {peak['server']:.0f} MiB, "
+          f"worker {peak['worker']:.0f} MiB\n")
     print("| class | sent | codes | alive after | server peak RSS MiB | s |\n|---|---:|---|:---:|---:|---:|")
     for r in rows:
         codes = ", ".join(f"{k} {v}" for k, v in sorted(r["codes"].items()))
@@ -274,7 +278,8 @@ def main() -> int:
               f"{r['server_peak_rss_mib']} | {r['seconds']} |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "peak_rss_mib": peak,
-                                         "log_lines": target.log_lines, "tracebacks": target.tracebacks}, indent=2))
+                                         "log_lines": target.log_lines, "log_levels": dict(target.levels),
+                                         "tracebacks": target.tracebacks}, indent=2))
     return 0 if all(r["alive_after"] for r in rows) else 1
 
 

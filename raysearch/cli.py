@@ -192,12 +192,15 @@ def _requirement(args: argparse.Namespace):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from raysearch import objectives as obj
-    from raysearch.report import candidates_of, front_table, search_hypervolume, searches, write_html
+    from raysearch.report import candidates_of, front_table, interruption, search_hypervolume, searches, write_html
 
     client, req = _client(args), _requirement(args)
     for parent in searches(client, args.experiment, args.run_id, args.optimization):
         rows = candidates_of(client, parent, args.device_class)
         print(f"{parent.info.run_name} ({parent.data.tags.get(obj.TAG_STAGE, '')}): {len(rows)} candidates")
+        note = interruption(parent)
+        if note:
+            print(f"  note: {note}")
         if rows:
             share, ref_ms = search_hypervolume(parent, rows)
             print(f"hypervolume {share:.3f} of the box IoU 0..1 x latency 0..{ref_ms:.3g} ms")
@@ -210,9 +213,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    from raysearch.report import pick, rows_json
+    from raysearch.report import interruption, pick, rows_json, searches
 
-    rows = pick(_client(args), args.experiment, _requirement(args), args.run_id, args.optimization, args.device_class)
+    client = _client(args)
+    rows = pick(client, args.experiment, _requirement(args), args.run_id, args.optimization, args.device_class)
+    for parent in searches(client, args.experiment, args.run_id, args.optimization):
+        note = interruption(parent)
+        if note:  # the pick is over what the search measured so far: say so
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(rows_json(rows))
         return 0 if rows else 1

@@ -11,6 +11,7 @@ import csv
 import html
 import json
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -236,6 +237,55 @@ def searches(client: MlflowClient, experiment: str, run_id: str | None = None,
                               order_by=["attributes.start_time DESC"])
 
 
+def interruption(parent) -> str | None:
+    """A line saying the search was interrupted (KILLED, or RUNNING with its driver gone) and how
+    to resume it; None for a search that finished, or that is still running."""
+    info, tags = parent.info, parent.data.tags
+    if info.status == "RUNNING":
+        host, _, pid = tags.get(obj.TAG_DRIVER, "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            where = f" on {host}" if host else ""
+            return (f"search {info.run_name} is RUNNING{where} since {_when(info.start_time)}: still running, or "
+                    f"interrupted without a word (then resume it: {resume_command(parent)})")
+        if _alive(int(pid)):
+            return None
+        what = f"interrupted (its driver, pid {pid}, is gone; the run was left RUNNING) after {_when(info.start_time)}"
+    elif info.status == "KILLED":
+        what = f"interrupted at {_when(info.end_time or info.start_time)}"
+    else:
+        return None
+    return f"search {info.run_name} was {what}; its candidates so far count; resume it with: {resume_command(parent)}"
+
+
+def resume_command(parent) -> str:
+    """The command line that started the search, with ``--resume`` (and ``--name`` of a stage)."""
+    import shlex
+
+    tags = parent.data.tags
+    name = tags.get(obj.TAG_SEARCH, parent.info.run_name)
+    cmd = tags.get(obj.TAG_COMMAND)
+    if not cmd:  # a search logged before the command was recorded
+        return f"its command again with --resume --name {name}"
+    words = [w for w in shlex.split(cmd) if w != "--resume"]
+    if obj.TAG_OPTIMIZATION not in tags and "--name" not in words:  # optimize resumes by its own state
+        words += ["--name", name]
+    return shlex.join([*words, "--resume"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "?"
+
+
 def row_from_run(run, search: str = "") -> TrialRow:
     """A child run read back as the `TrialRow` the search logged (status from its tags)."""
     t, m = run.data.tags, run.data.metrics
@@ -321,6 +371,9 @@ def write_html(client: "MlflowClient", experiment: str, out: str | Path, *, run_
             stage = parent.data.tags.get(obj.TAG_STAGE, "")
             parts.append(f"<h2>{html.escape(parent.info.run_name)} ({html.escape(stage)}, "
                          f"{html.escape(parent.data.tags.get(obj.TAG_MODE, ''))}) &mdash; {len(rows)} candidates</h2>")
+            note = interruption(parent)
+            if note:
+                parts.append(f"<p class='warn'><b>Interrupted.</b> {html.escape(note)}</p>")
             if not rows:
                 parts.append("<p>No trial of this search trained to the end.</p>")
                 continue
@@ -342,7 +395,7 @@ def write_html(client: "MlflowClient", experiment: str, out: str | Path, *, run_
                     files = []
                 parts.extend(_img(f, jpeg=True) for f in files[:overlays])
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "img{max-width:100%;display:block;margin:.5em 0}pre{background:#f6f6f6;padding:1em;overflow-x:auto}")
+             "img{max-width:100%;display:block;margin:.5em 0}.warn{background:#fff3cd;padding:.6em}pre{background:#f6f6f6;padding:1em;overflow-x:auto}")
     out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>raysearch report</title>"
                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     return out

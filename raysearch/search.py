@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,6 +214,17 @@ def local_root(opts: SearchOptions) -> Path:
     return Path(opts.storage_path).resolve() if "://" not in opts.storage_path else Path("runs").resolve()
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Fail in one line, before Ray starts, when the search could not write its files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".raysearch-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {folder} is not writable ({e.strerror}); pass a folder this user may write "
+                         f"(or an object-store URI to --storage-path)") from None
+
+
 def search_name(label: str, opts: SearchOptions) -> str:
     """``--name``, else ``<stage>-<mode>-<timestamp>`` for a new search, and with ``--resume`` the
     latest search of that stage and mode."""
@@ -249,6 +261,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.report import finish_search
     from raysearch.tracking import SearchTracker, open_parent
 
+    check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
     reservation = local_reservation(opts)
     init_ray(opts.address, reservation)
     if reservation is not None:

@@ -17,6 +17,8 @@ import json
 import logging
 import math
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -86,6 +88,7 @@ def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Pat
                 params: dict) -> tuple[str, str]:
     """(experiment id, parent run id): the saved parent on resume, else a new run."""
     exp_id = ensure_experiment(client, experiment, uri)
+    driver = {obj.TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", obj.TAG_COMMAND: command_line()}
     if state_path.is_file():
         parent = json.loads(state_path.read_text())["parent"]
         if not run_in_store(client, parent):
@@ -94,10 +97,24 @@ def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Pat
                              f"with, or start a new search with --name")
         client.update_run(parent, status="RUNNING")
         client.set_tag(parent, obj.TAG_RESUMED, "true")
+        for key, value in driver.items():
+            client.set_tag(parent, key, value)
         return exp_id, parent
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    run = client.create_run(exp_id, run_name=run_name, tags={**tags, **driver})
     log_params(client, run.info.run_id, params)
     return exp_id, run.info.run_id
+
+
+def command_line() -> str:
+    """How this process was started, as a shell line (what `--resume` repeats)."""
+    import shlex
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py"):
+        argv = ["python", *argv]
+    elif argv:
+        argv[0] = os.path.basename(argv[0])
+    return shlex.join(argv)[:4000]
 
 
 def _num(v: Any) -> float | None:
