@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -149,7 +150,10 @@ class BudgetExpired(KeyboardInterrupt):
 
 # ---- plumbing -------------------------------------------------------------------------------
 def _sigterm_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    # exactly what Ctrl-C does: inside `tuner.fit()` Ray Tune's SIGINT handler stops the search
+    # gracefully (a final forced experiment checkpoint, so --resume finds every checkpoint it
+    # names); elsewhere, and on a second signal, Python's own KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 def local_reservation(opts: SearchOptions) -> CpuReservation | None:
@@ -160,7 +164,6 @@ def local_reservation(opts: SearchOptions) -> CpuReservation | None:
 
 
 def init_ray(address: str | None, reservation: CpuReservation | None = None) -> None:
-    import signal
     import threading
 
     import ray
@@ -307,7 +310,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency})
-        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_latency)
+        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_latency,
+                                space.size() if opts.mode == "grid" else opts.num_samples)
         trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
                                         {"cpu": opts.cpus_per_trial, "gpu": gpus})
         t0 = time.time()
@@ -348,8 +352,6 @@ class _Deadline:
         self.deadline, self.fired, self._timer = deadline, False, None
 
     def _fire(self) -> None:
-        import signal
-
         self.fired = True
         log.warning("time budget reached: stopping the search (it can be resumed)")
         os.kill(os.getpid(), signal.SIGINT)

@@ -153,8 +153,10 @@ class SearchTracker(Callback):
     concise console view (one line per trial that starts or ends, a status line now and then)."""
 
     def __init__(self, tracking: str, experiment_id: str, parent_run_id: str, stage: str,
-                 state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_latency: float | None) -> None:
-        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency)
+                 state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_latency: float | None,
+                 expected_trials: int = 0) -> None:
+        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency, expected_trials)
+        self.expected_trials = expected_trials  # the grid's points or --num-samples
         self.client = MlflowClient(tracking)
         self.experiment_id, self.parent = experiment_id, parent_run_id
         self.stage, self.state_path, self.to_spec, self.hv_latency = stage, state_path, to_spec, hv_latency
@@ -163,7 +165,8 @@ class SearchTracker(Callback):
         self.finals: dict[str, TrialRow] = {k: TrialRow.from_dict(v) for k, v in state.get("finals", {}).items()}
         self.names: dict[str, str] = state.get("names", {})
         self.hv_history: list[list[float]] = state.get("hv_history", [])
-        self.epochs_spent: int = state.get("epochs_spent", 0)
+        self.epochs_spent: int = state.get("epochs_spent", 0)  # every epoch trained, redone ones too
+        self.last_epoch: dict[str, int] = state.get("last_epoch", {})  # trial id -> last epoch logged
         self.done: set[str] = set(state.get("done", []))
         self.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
         self._last_status = time.time()
@@ -201,7 +204,7 @@ class SearchTracker(Callback):
         write_atomic(self.state_path, json.dumps({
             "parent": self.parent, "runs": self.runs, "finals": {k: r.to_dict() for k, r in self.finals.items()},
             "names": self.names, "hv_history": self.hv_history, "epochs_spent": self.epochs_spent,
-            "done": sorted(self.done), "ended": self.ended}))
+            "done": sorted(self.done), "ended": self.ended, "last_epoch": self.last_epoch}))
 
     def _spec(self, trial) -> ModelSpec | None:
         try:
@@ -239,9 +242,15 @@ class SearchTracker(Callback):
         if not result.get(obj.FINAL):
             step = int(result.get(obj.EPOCH, 0))
             self.epochs_spent += 1
-            metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS if _num(result.get(k)) is not None]
-            metrics.append(Metric(obj.LATENCY_UNTRAINED, float(result[obj.LATENCY_MS.name]), ts, step))
-            self.client.log_batch(run_id, metrics=metrics)
+            # an epoch trained again after a restore from an older checkpoint (the driver was
+            # killed): counted as spent, but its step is logged once
+            if step > self.last_epoch.get(trial.trial_id, 0):
+                metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS
+                           if _num(result.get(k)) is not None]
+                metrics.append(Metric(obj.LATENCY_UNTRAINED, float(result[obj.LATENCY_MS.name]), ts, step))
+                self.client.log_batch(run_id, metrics=metrics)
+                self.last_epoch[trial.trial_id] = step
+            self._save()  # the count survives a driver that dies before the trial's end
             return
         final = {k: v for k, v in result.items() if k not in _FINAL_SKIP and _num(v) is not None
                  and not k.startswith(("time_this", "time_since", "timestamp", "iterations_", "pid", "node_ip"))}
@@ -321,8 +330,10 @@ class SearchTracker(Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         # Ray Tune also ends the experiment when Ctrl-C (or our deadline's SIGINT) stops it early:
-        # only a run where every trial concluded ended cleanly
-        self.ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        # only a run where every trial it was to run exists and concluded ended cleanly (a stop
+        # before the first trial, or between two, leaves none or fewer, all concluded)
+        self.ended = len(trials) >= max(1, self.expected_trials) and all(
+            t.status in ("TERMINATED", "ERROR") for t in trials)
         self.close("KILLED")
 
     # ---- helpers -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from raysearch.pareto import normalized_hypervolume
+from raysearch.report import interruption as interruption_note
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -198,25 +199,69 @@ def test_pareto_asha_search_resumes_after_sigterm(tmp_path):
     assert all(set(trials) <= set(after[m]) for m, trials in recorded.items())  # the records survived
 
 
-def test_resume_after_the_driver_is_interrupted(tmp_path):
+def _wait_epochs(tmp_path: Path, stage: str, epochs: int, timeout: float = 300) -> Path:
+    """The search's state file once its trials have trained ``epochs`` epochs in all."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = list((tmp_path / "ray" / "state").glob(f"{stage}-grid-*/raysearch_state.json"))
+        if states and json.loads(states[0].read_text()).get("epochs_spent", 0) >= epochs:
+            return states[0]
+        time.sleep(0.3)
+    raise AssertionError(f"{stage} never reached {epochs} epochs")
+
+
+def _epoch_steps(store: "Store", run_id: str) -> list[int]:
+    return sorted(m.step for m in store.client.get_metric_history(run_id, "train_loss"))  # per epoch only
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_resume_after_the_driver_is_interrupted(tmp_path, sig):
     store = Store(tmp_path)
     args = ("--quick", "--res", "96", "64", "--epochs", "8", "--concurrency", "1", "--bench-runs", "5")
     proc = store.popen(2, *args)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until the first trial has trained a few epochs
-        states = list((tmp_path / "ray" / "state").glob("stage2-grid-*/raysearch_state.json"))
-        if states and json.loads(states[0].read_text()).get("epochs_spent", 0) >= 3:
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130
-    assert not [r for r in store.all_runs() if r.info.status == "RUNNING"]  # interrupted runs got a status
+    # 4 epochs in: checkpoints have rotated (Ray Tune keeps 2), the trap of a lost final snapshot
+    state = _wait_epochs(tmp_path, "stage2", 4)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    (parent,) = store.parents("stage2")
+    if sig == signal.SIGTERM:  # like Ctrl-C: every run gets a status, the search says it was interrupted
+        assert code == 130 and parent.info.status == "KILLED"
+        assert not [r for r in store.all_runs() if r.info.status == "RUNNING"]
+    else:  # nobody could say anything: the runs stay RUNNING, and pick says the search was interrupted
+        assert code == -signal.SIGKILL and parent.info.status == "RUNNING"
+        picked = subprocess.run([sys.executable, "-m", "raysearch.cli", "pick", "--tracking-uri", store.uri],
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert "is gone; the run was left RUNNING" in picked.stderr and "--resume" in picked.stderr
     store.stage(2, *args, "--resume")
     (parent,) = store.parents("stage2")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and interruption_note(parent) is None
     kids = store.children(parent.info.run_id)
     assert sorted(hw(k) for k in kids) == [64, 96]  # the same runs continued, none duplicated
     assert all(k.info.status == "FINISHED" and k.data.metrics["epochs_trained"] == 8 for k in kids)
+    assert not [r for r in store.all_runs() if r.info.status == "RUNNING"]
+    for k in kids:  # every epoch logged once, at its own step
+        assert _epoch_steps(store, k.info.run_id) == list(range(1, 9))
+    spent = json.loads(state.read_text())["epochs_spent"]
+    assert parent.data.metrics["epochs_spent"] == spent
+    # a graceful stop loses no epoch; a hard kill redoes those since the last checkpoint, counted
+    assert spent == 16 if sig == signal.SIGTERM else spent >= 16
+
+
+def test_ctrl_c_before_the_first_trial_is_an_interruption(tmp_path):
+    store = Store(tmp_path)
+    proc = store.popen(2, "--quick", "--res", "64", "--epochs", "2", "--bench-runs", "5")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the parent run exists, no trial has started yet
+        if (tmp_path / "mlflow.db").exists() and store.client.get_experiment_by_name("raysearch") \
+                and store.parents("stage2"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    out = (tmp_path / "stage2.log").read_text()
+    (parent,) = store.parents("stage2")
+    assert parent.info.status == "KILLED" and "--resume" in out and "0 on the Pareto front" not in out
+    assert "was interrupted" in interruption_note(parent)
 
 
 def test_a_dead_benchd_device_loses_no_trial(tmp_path):
