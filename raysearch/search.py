@@ -152,8 +152,12 @@ class BudgetExpired(KeyboardInterrupt):
 def _sigterm_as_interrupt(signum, frame) -> None:
     # exactly what Ctrl-C does: inside `tuner.fit()` Ray Tune's SIGINT handler stops the search
     # gracefully (a final forced experiment checkpoint, so --resume finds every checkpoint it
-    # names); elsewhere, and on a second signal, Python's own KeyboardInterrupt
-    signal.raise_signal(signal.SIGINT)
+    # names); elsewhere, and on a second signal, Python's own KeyboardInterrupt. Called directly,
+    # not re-raised as SIGINT: a job started in the background by a shell ignores SIGINT.
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def local_reservation(opts: SearchOptions) -> CpuReservation | None:
