@@ -385,8 +385,8 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams, sha25
                     if rel_half_width(sorted(samples)) <= params.target_rel_ci:
                         break
                     check_at = len(samples) + max(8, len(samples) // 8)
-            if now >= end_ns:
-                hit_max = len(samples) < params.runs or now - loop_start < min_ns
+            if now >= end_ns:  # the duration cap, before the minimum, the precision or max_runs stopped it
+                hit_max = True
                 break
     except Exception as exc:
         if _is_memory_error(exc):

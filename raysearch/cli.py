@@ -312,6 +312,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bench-precision", type=float, default=0.02,
                    help="after --bench-runs, keep timing until the 95%% CI of the p50 is within +-this share "
                         "of it (default %(default)s; 0: exactly --bench-runs)")
+    g.add_argument("--bench-min-s", type=float,
+                   help=f"time each model at least this long, whatever the precision says (default "
+                        f"{STUDY.bench_min_s:g}, {QUICK.bench_min_s:g} with --quick): the runs of a fast model "
+                        f"are not independent, a window of milliseconds is precise about that moment only")
     g.add_argument("--bench-max-s", type=float, default=30.0,
                    help="stop chasing --bench-precision after this many seconds per model (default %(default)s)")
     g = p.add_argument_group("tracking and storage")

@@ -38,7 +38,8 @@ class BenchSettings:
     warmup_runs: int = 5
     threads: int = 0  # 0: onnxruntime's default
     stat: str = "p50"
-    precision: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly `runs`)
+    min_seconds: float = 0.0  # time at least this long (and `runs`)
+    precision: float = 0.02  # then until the p50's 95% CI is within +-this share (0: exactly `runs`)
     max_seconds: float = 30.0  # ... or this long
     timeout_s: float = 900.0
 
@@ -51,13 +52,15 @@ class BenchSettings:
             raise ValueError(f"bench precision {self.precision!r} must be in [0, 1) (0.02 is +-2%)")
         if not self.max_seconds > 0:
             raise ValueError(f"bench max seconds {self.max_seconds!r} must be > 0")
+        if not 0 <= self.min_seconds <= self.max_seconds:
+            raise ValueError(f"bench min seconds {self.min_seconds!r} must be in [0, max seconds {self.max_seconds}]")
 
     def cache_key(self, spec: ModelSpec) -> str:
         # the weights do not matter, everything that shapes the graph and the timing does
         # (the statistic too: the cached reply's latency_ms is the one it chose)
         ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.threads,
                  "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat,
-                 "precision": self.precision, "max_seconds": self.max_seconds}
+                 "precision": self.precision, "max_seconds": self.max_seconds, "min_seconds": self.min_seconds}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -81,7 +84,8 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     try:
         r = farm.benchmark(str(onnx_path), device_class=settings.device_class, runs=settings.runs,
                            warmup_runs=settings.warmup_runs, intra_op_threads=settings.threads,
-                           target_rel_ci=settings.precision, max_duration_s=settings.max_seconds,
+                           min_duration_s=settings.min_seconds, target_rel_ci=settings.precision,
+                           max_duration_s=settings.max_seconds,
                            timeout_s=settings.timeout_s)
     finally:
         if own:

@@ -54,6 +54,7 @@ class SearchOptions:
     bench_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
     bench_precision: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly bench_runs)
     bench_max_s: float = 30.0  # ... or for this long
+    bench_min_s: float | None = None  # time each model at least this long (None: the preset's)
     tracking_uri: str | None = None
     experiment: str = "raysearch"
     address: str | None = None
@@ -198,9 +199,10 @@ def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation |
     runs = opts.bench_runs or preset(opts.quick).bench_runs
     warmup = opts.bench_warmup if opts.bench_warmup is not None else preset(opts.quick).bench_warmup
     threads = opts.bench_threads or (len(reservation.benchd) if reservation else 0)
+    min_s = opts.bench_min_s if opts.bench_min_s is not None else preset(opts.quick).bench_min_s
     return BenchSettings(farm=farm, device_class=opts.device_class, runs=runs, warmup_runs=warmup,
                          threads=threads, stat=opts.latency_stat, precision=opts.bench_precision,
-                         max_seconds=opts.bench_max_s)
+                         max_seconds=opts.bench_max_s, min_seconds=min(min_s, opts.bench_max_s))
 
 
 def storage_uri(opts: SearchOptions) -> str:
