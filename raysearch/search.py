@@ -150,15 +150,28 @@ class BudgetExpired(KeyboardInterrupt):
 
 
 # ---- plumbing -------------------------------------------------------------------------------
-def _sigterm_as_interrupt(signum, frame) -> None:
-    # exactly what Ctrl-C does: inside `tuner.fit()` Ray Tune's SIGINT handler stops the search
-    # gracefully (a final forced experiment checkpoint, so --resume finds every checkpoint it
-    # names); elsewhere, and on a second signal, Python's own KeyboardInterrupt. Called directly,
-    # not re-raised as SIGINT: a job started in the background by a shell ignores SIGINT.
-    handler = signal.getsignal(signal.SIGINT)
-    if not callable(handler):
+class _Interrupts:
+    """Ctrl-C and `kill` (SIGTERM) during a search, counted, so that an interrupted search is never
+    taken for a finished one. Inside `tuner.fit()` the first one stops Ray Tune gracefully (its
+    own stop handler, reached through SIGUSR1: a final forced experiment snapshot, so --resume
+    never names a rotated checkpoint); elsewhere, and the second time, it is a KeyboardInterrupt.
+    Ray Tune's SIGINT handler is disabled: it would stop the search without telling us."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.in_fit = False
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.in_fit and self.count == 1:
+            tune_stop = signal.getsignal(signal.SIGUSR1)
+            if callable(tune_stop):
+                tune_stop(signal.SIGUSR1, frame)
+                return
         raise KeyboardInterrupt
-    handler(signal.SIGINT, frame)
+
+
+INTERRUPTS = _Interrupts()
 
 
 def local_reservation(opts: SearchOptions) -> CpuReservation | None:
@@ -192,7 +205,9 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
         # search like Ctrl-C, so every MLflow run gets a status and --resume can continue
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        signal.signal(signal.SIGTERM, INTERRUPTS.handle)
+        signal.signal(signal.SIGINT, INTERRUPTS.handle)
 
 
 def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation | None = None) -> BenchSettings:
@@ -273,6 +288,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
     reservation = local_reservation(opts)
     init_ray(opts.address, reservation)
+    INTERRUPTS.count = 0
     if reservation is not None:
         print(reservation.describe(), flush=True)
     storage = storage_uri(opts)
@@ -316,24 +332,32 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency})
-        tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for, hv_latency,
-                                space.size() if opts.mode == "grid" else opts.num_samples)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
-                                        {"cpu": opts.cpus_per_trial, "gpu": gpus})
         t0 = time.time()
         alarm = _Deadline(deadline)
-        try:
+        tracker = None
+        try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED
+            tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
+                                    hv_latency, space.size() if opts.mode == "grid" else opts.num_samples)
+            trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
+                                            {"cpu": opts.cpus_per_trial, "gpu": gpus})
             tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
                            state_path.with_name("scheduler.json"))
-            with alarm:
-                results = tuner.fit()
+            if INTERRUPTS.count:  # a Ctrl-C that some library swallowed on the way here
+                raise KeyboardInterrupt
+            INTERRUPTS.in_fit = True
+            try:
+                with alarm:
+                    results = tuner.fit()
+            finally:
+                INTERRUPTS.in_fit = False
             errors = sum(1 for r in results if r.error is not None)
             if alarm.fired:  # Ray Tune caught our SIGINT, saved its state and returned
                 raise BudgetExpired
-            if not tracker.ended_cleanly(state_path):  # Ray Tune caught Ctrl-C / SIGTERM, saved state, returned
+            if INTERRUPTS.count or not tracker.ended_cleanly(state_path):  # stopped by Ctrl-C / SIGTERM
                 raise KeyboardInterrupt
         except BaseException:
-            tracker.reload().close("KILLED")  # the state file knows every run, even after a restore
+            if tracker is not None:
+                tracker.reload().close("KILLED")  # the state file knows every run, even after a restore
             client.set_terminated(parent_id, "KILLED")
             if alarm.fired:  # the deadline's SIGINT landed before Ray Tune's own handler was in place
                 raise BudgetExpired from None

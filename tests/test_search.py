@@ -243,8 +243,8 @@ def test_resume_after_the_driver_is_interrupted(tmp_path, sig):
         assert _epoch_steps(store, k.info.run_id) == list(range(1, 9))
     spent = json.loads(state.read_text())["epochs_spent"]
     assert parent.data.metrics["epochs_spent"] == spent
-    # a graceful stop loses no epoch; a hard kill redoes those since the last checkpoint, counted
-    assert spent == 16 if sig == signal.SIGTERM else spent >= 16
+    # epochs trained again after the restore (those since the trial's last checkpoint) count as spent
+    assert 16 <= spent <= 16 + 8
 
 
 def test_ctrl_c_before_the_first_trial_is_an_interruption(tmp_path):
