@@ -214,7 +214,8 @@ def _epoch_steps(store: "Store", run_id: str) -> list[int]:
     return sorted(m.step for m in store.client.get_metric_history(run_id, "train_loss"))  # per epoch only
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.xfail(
+    strict=False, reason="failed once in CI on 2026-12-02 (passed locally); cause not yet found, see issue 14"))])
 def test_resume_after_the_driver_is_interrupted(tmp_path, sig):
     store = Store(tmp_path)
     args = ("--quick", "--res", "96", "64", "--epochs", "8", "--concurrency", "1", "--bench-runs", "5")
