@@ -1,11 +1,15 @@
-"""Real-data reproduction of one of the study's rows: train a Fast-SCNN variant on the study's
-dataset with the study's recipe, export it, and measure test IoU through onnxruntime.
+"""Real-data reproduction of one of the study's rows over several seeds: train a Fast-SCNN variant
+on the study's dataset with the study's recipe (fp32), export it, and measure test IoU through
+onnxruntime at the study's raw-logit threshold 0.5 and at probability 0.5.
 
-    python benchmarks/reproduce_study.py                      # a0.125 t2 r1 pp0 at 128, 400 epochs
-    python benchmarks/reproduce_study.py --epochs 50 --res 96
+    python benchmarks/reproduce_study.py --res 128 --seeds 0 1 2 3 4   # a0.125 t2 r1 pp0, 400 epochs
+    python benchmarks/reproduce_study.py --res 96 --seeds 0 1 2
+    python benchmarks/reproduce_study.py --res 128 --seeds 0 1 2 3 4 --summary   # the table only
 
-Prints one JSON object (also written to --out/result.json) with the IoU at the default threshold
-(probability 0.5) and at the study's raw-logit threshold 0.5, next to the study's figure.
+Each seed is written to OUT/SPEC/seedN/result.json as it finishes, and a seed already there is not
+trained again, so an interrupted series continues where it stopped. The last line printed (and
+OUT/SPEC/summary.json) is the series: per seed, mean and sample sd, next to the study's figure and
+the band its own a=0.125 models span at that size.
 """
 
 from __future__ import annotations
@@ -13,19 +17,51 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
+import statistics
+import sys
 import time
 from pathlib import Path
 
-from raysearch.data import open_split
-from raysearch.evaluate import evaluate_onnx
-from raysearch.export import export_onnx
-from raysearch.models import ModelSpec
-from raysearch.train import TrainConfig, train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 
+from raysearch.data import open_split  # noqa: E402
+from raysearch.evaluate import evaluate_onnx  # noqa: E402
+from raysearch.export import export_onnx  # noqa: E402
+from raysearch.models import ModelSpec  # noqa: E402
+from raysearch.train import TrainConfig, train  # noqa: E402
+
+#: the study's test IoU at logit 0.5 for (a, t, r, pp, input), one unseeded run each
 STUDY_IOU = {("0.125", 2, 1, 0, 128): 0.9300, ("0.125", 2, 1, 0, 96): 0.9054, ("0.125", 2, 1, 0, 512): 0.9677}
+#: the span of the study's a=0.125 models at that input (logit 0.5), from its own notebooks
+STUDY_BAND = {128: (0.9125, 0.9300)}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
+
+
+def run_seed(args: argparse.Namespace, spec: ModelSpec, seed: int, out: Path) -> dict:
+    t0 = time.perf_counter()
+    result = train(spec, open_split(args.data, "train"), open_split(args.data, "val"),
+                   TrainConfig(epochs=args.epochs, seed=seed, amp=args.amp, progress=False), out_dir=out)
+    train_s = time.perf_counter() - t0
+    report = export_onnx(result.model, out / "model.onnx")
+    test = open_split(args.data, "test")
+    return {"seed": seed, "epochs": args.epochs, "best_epoch": result.best_epoch,
+            "test_iou_logit0.5": round(evaluate_onnx(report.path, test, logit_threshold=0.5).iou, 4),
+            "test_iou_p0.5": round(evaluate_onnx(report.path, test).iou, 4),
+            "train_wall_s": round(train_s, 1), "amp": args.amp}
+
+
+def summarize(spec: ModelSpec, key: tuple, rows: list[dict]) -> dict:
+    def spread(name: str) -> dict:
+        values = [r[name] for r in rows]
+        return {"mean": round(statistics.fmean(values), 4),
+                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+                "min": min(values), "max": max(values)}
+
+    return {"spec": spec.name, "seeds": [r["seed"] for r in rows], "per_seed": rows,
+            "test_iou_logit0.5": spread("test_iou_logit0.5"), "test_iou_p0.5": spread("test_iou_p0.5"),
+            "study_iou_logit0.5": STUDY_IOU.get(key), "study_band_logit0.5": STUDY_BAND.get(spec.input_hw[0]),
+            "train_wall_s": spread("train_wall_s"), "machine": machine()}
 
 
 def main() -> None:
@@ -37,30 +73,36 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=0)
     ap.add_argument("--res", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--amp", action="store_true", help="mixed precision on CUDA (not the study's recipe)")
+    ap.add_argument("--summary", action="store_true", help="train nothing: summarize the seeds already done")
     ap.add_argument("--out", default="runs/reproduce")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     spec = ModelSpec(a=args.a, t=args.t, r=args.r, pp=args.pp, input_hw=args.res)
-    out = Path(args.out) / spec.name
-    t0 = time.perf_counter()
-    result = train(spec, open_split(args.data, "train"), open_split(args.data, "val"),
-                   TrainConfig(epochs=args.epochs, seed=args.seed, progress=False), out_dir=out)
-    train_s = time.perf_counter() - t0
-    report = export_onnx(result.model, out / "model.onnx")
-    test = open_split(args.data, "test")
-    default = evaluate_onnx(report.path, test)
-    study_thr = evaluate_onnx(report.path, test, logit_threshold=0.5)
-    row = {
-        "spec": spec.name, "epochs": args.epochs, "best_epoch": result.best_epoch,
-        "test_iou_p0.5": round(default.iou, 4), "test_iou_logit0.5": round(study_thr.iou, 4),
-        "study_iou": STUDY_IOU.get((f"{args.a:g}", args.t, args.r, args.pp, args.res)),
-        "train_wall_s": round(train_s, 1), "total_wall_s": round(time.perf_counter() - t0, 1),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
-    }
-    (out / "result.json").write_text(json.dumps(row, indent=2))
-    print(json.dumps(row, indent=2))
+    key = (f"{args.a:g}", args.t, args.r, args.pp, args.res)
+    base = Path(args.out) / spec.name
+    rows = []
+    for seed in args.seeds:
+        path = base / f"seed{seed}" / "result.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+            if row.get("epochs") == args.epochs and row.get("amp", False) == args.amp:
+                rows.append(row)
+                continue
+        if args.summary:
+            continue
+        logging.info("training %s seed %d (%d epochs)", spec.name, seed, args.epochs)
+        row = run_seed(args, spec, seed, path.parent)
+        path.write_text(json.dumps(row, indent=2))
+        logging.info("seed %d: %s", seed, json.dumps(row))
+        rows.append(row)
+    if not rows:
+        sys.exit(f"no finished seed of {spec.name} under {base}")
+    summary = summarize(spec, key, rows)
+    (base / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

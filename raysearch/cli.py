@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      num_workers=args.workers, device=args.device, train_scale=args.train_scale,
+                      num_workers=args.workers, device=args.device, train_scale=args.train_scale, amp=args.amp,
                       progress=not args.quiet)
     out = Path(args.out)
     sources = {s: open_split(args.data, s, seed=args.seed, limit=args.limit) for s in ("train", "val", "test")}
@@ -133,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     thr = logit_threshold(args)
     test = evaluate_onnx(report.path, sources["test"], logit_threshold=thr, progress=not args.quiet)
     metrics = {
-        "spec": spec.to_dict(), "name": spec.name, "data": str(args.data),
+        "spec": spec.to_dict(), "name": spec.name, "data": str(args.data), "train_config": asdict(cfg),
         "train": result.summary(), "test": test.metrics(), "summary": summarize(spec).to_dict(),
         "onnx": {"path": str(report.path), "size_bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff},
         "history": [h.to_dict() for h in result.history],
@@ -329,6 +330,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-trial", type=float, default=1.0)
     g.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial (default 1 when the "
                                                         "cluster has GPUs, else 0)")
+    g.add_argument("--amp", action="store_true", default=None,
+                   help="train trials on a GPU in mixed precision (faster, but not the study's numbers; default: "
+                        "fp32, as the study trained; logged as the amp param and part of the result cache key)")
     g.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (default %(default)s)")
     g = p.add_argument_group("search (--mode search)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
@@ -518,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="default %(default)s")
     s.add_argument("--workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    s.add_argument("--amp", action="store_true", help="mixed precision on CUDA (default: fp32, as the study trained)")
     s.add_argument("--train-scale", type=float, default=None,
                    help="resize factor before the random crop (default: input size / 512, the study's)")
     s.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"), help="ONNX exporter")

@@ -64,6 +64,7 @@ class SearchOptions:
     concurrency: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    amp: bool = False  # mixed precision for trials on a GPU (the study trained in fp32)
     max_failures: int = 1
     scheduler: str = "pareto-asha"
     sampler: str = "tpe"
@@ -320,7 +321,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
             # trial-side files live in the storage every node reaches (a folder or an object store)
             data=data, bench=bench_settings(opts, farm, reservation), latency_cache=f"{storage}/latency_cache",
             results_cache=results_cache or f"{storage}/results/{name}",
-            data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
+            data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.amp,
+            max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
         if parent:

@@ -1,10 +1,11 @@
 """The study's training recipe, everything configurable.
 
-BCE-with-logits, Adam (lr 0.01, no weight decay), batch 8, polynomial decay once per epoch
-(power 0.9, floor 1e-4), best epoch = lowest validation loss. CUDA with AMP when present, CPU
-otherwise. ``on_epoch`` sees every epoch's metrics (the search reports through it) and may stop
-training by returning False. Checkpoints: ``best.pt`` (weights + spec) and ``last.pt`` (weights,
-optimizer, epoch: ``resume=True`` continues from it).
+BCE-with-logits, Adam (lr 0.01, no weight decay), batch 8 with the last partial batch kept,
+polynomial decay set once per epoch (power 0.9, towards 1e-4), best epoch = lowest validation loss;
+fp32 on CUDA when present, else on the CPU (mixed precision only when asked: ``amp=True``).
+``on_epoch`` sees every epoch's metrics (the search reports through it) and may stop training by
+returning False. Checkpoints: ``best.pt`` (weights + spec) and ``last.pt`` (weights, optimizer,
+epoch: ``resume=True`` continues from it).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # decoded images are cached, so workers mostly pay off on GPUs
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    amp: bool = True  # mixed precision on CUDA only
+    amp: bool = False  # mixed precision (CUDA only): it changes the numbers, so it is asked for, never implied
     train_scale: float | None = None  # resize factor before cropping; None = input / 512
     progress: bool = True
 
@@ -52,12 +53,16 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
         if self.num_workers < 0:
             raise ValueError(f"num_workers={self.num_workers} must be >= 0")
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of 0-based ``epoch`` (polynomial decay, floored)."""
-        return max(self.lr * (1 - epoch / self.epochs) ** self.poly_power, self.min_lr)
+        """Learning rate of 0-based ``epoch``, as the study set it once per epoch e = 1..E:
+        (lr - min_lr) * (1 - e / E) ** power + min_lr (so the last epoch runs at min_lr)."""
+        e = epoch + 1
+        return (self.lr - self.min_lr) * (1 - e / self.epochs) ** self.poly_power + self.min_lr
 
 
 @dataclass
@@ -128,8 +133,10 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                      persistent_workers=cfg.num_workers > 0, worker_init_fn=seed_worker)
-    train_dl = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                          generator=gen, **loader_kw)
+    # the study kept the last partial batch (38 steps over 300 images); only a last batch of one
+    # image is dropped, since batch norm cannot train on a single 1x1 pooled feature
+    train_dl = DataLoader(train_ds, cfg.batch_size, shuffle=True,
+                          drop_last=len(train_ds) % cfg.batch_size == 1 and len(train_ds) > 1, generator=gen, **loader_kw)
     val_dl = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw)
 
     model = build_model(spec).to(device)

@@ -43,6 +43,7 @@ class TrialSettings:
     epochs: int = 400
     batch_size: int = 8
     lr: float = 0.01
+    amp: bool = False  # mixed precision on CUDA (changes the numbers: part of the result key)
     seed: int = 0
     num_workers: int = 0
     max_latency_ms: float | None = None
@@ -65,6 +66,8 @@ class TrialSettings:
 
         ident = [spec.to_json(), self.data, self.data_seed, self.limit, self.epochs, self.batch_size, self.lr,
                  self.seed, init_checkpoint or self.init_checkpoint, self.logit_threshold, self.bench.cache_key(spec)]
+        if self.amp:  # appended only when set, so the keys of fp32 results stored before it existed still match
+            ident.append("amp")
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
 
     def spec_for(self, config: dict) -> ModelSpec:
@@ -191,7 +194,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                             checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if save else None)
 
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                              num_workers=settings.num_workers, progress=False)
+                              amp=settings.amp, num_workers=settings.num_workers, progress=False)
             sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
             result = train(spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch, resume=resume)
             model, history = result.model, result.history

@@ -8,7 +8,8 @@ import pytest
 from raysearch.data import DataError, open_split
 from raysearch.data.dataset import SegDataset, resolution_factor
 from raysearch.data.folder import FolderSource
-from raysearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_input
+from raysearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ShiftScaleRotate, build_transform, \
+    shift_scale_rotate, to_input
 from raysearch.models import ModelSpec
 
 from conftest import write_pair
@@ -107,6 +108,66 @@ def test_resolution_factor_prescales_train_images(tiny_folder):
     # never below the crop: 0.125 would give 8x12, so the image is resized to fit 32x32 instead
     ds = SegDataset(FolderSource(tiny_folder), ModelSpec(input_hw=32), "train", scale=0.125)
     assert ds._cache[0][0].shape == (32, 48, 3)
+
+
+def test_prescale_truncates_as_the_study(tmp_path):
+    # the study resized to int(m * 540) x int(m * 960): at m = 0.3125 (160 of 512) 168.75 -> 168, not 169
+    img = np.zeros((540, 960, 3), np.uint8)
+    write_pair(tmp_path, "a", img, np.zeros((540, 960), np.uint8))
+    ds = SegDataset(FolderSource(tmp_path), ModelSpec(input_hw=160), "train")
+    assert ds.scale == 0.3125 and ds._cache[0][0].shape == (168, 300, 3)
+
+
+def _ramps(h: int, w: int) -> np.ndarray:
+    """Channel 0 = x, channel 1 = y (float32), so a warp's geometry can be read off the pixels."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.dstack([xx, yy, np.zeros_like(xx)])
+
+
+def test_shift_scale_rotate_scales_isotropically():
+    s, h, w = 1.05, 48, 64
+    out = shift_scale_rotate(_ramps(h, w), angle=0, scale=s, dx=0, dy=0)
+    inner = (slice(8, -8), slice(8, -8))  # away from the reflected border
+    # out(p) = c + (p - c) / s on both axes: one scale, no cross terms
+    assert np.allclose(np.diff(out[..., 0][inner], axis=1), 1 / s, atol=1e-3)
+    assert np.allclose(np.diff(out[..., 1][inner], axis=0), 1 / s, atol=1e-3)
+    assert np.allclose(np.diff(out[..., 0][inner], axis=0), 0, atol=1e-3)
+    assert np.allclose(out[h // 2, w // 2, :2], [(w - 1) / 2 + (w // 2 - (w - 1) / 2) / s,
+                                                 (h - 1) / 2 + (h // 2 - (h - 1) / 2) / s], atol=1e-3)
+
+
+def test_shift_scale_rotate_shifts_by_sub_pixels_and_reflects_the_border():
+    h, w = 20, 40
+    ramps = _ramps(h, w)
+    # dx = 0.05 of 40 px = 2 px right: column j shows column j - 2, so columns 0 and 1 show the
+    # reflections (BORDER_REFLECT_101) of columns -2 and -1, i.e. 2 and 1
+    out = shift_scale_rotate(ramps, angle=0, scale=1, dx=0.05, dy=0)
+    assert np.allclose(out[:, 2:, 0], ramps[:, :-2, 0]) and np.allclose(out[:, :2, 0], [2, 1])
+    # dx = 0.0125 of 40 px = half a pixel: not rounded to a whole one
+    half = shift_scale_rotate(ramps, angle=0, scale=1, dx=0.0125, dy=0)
+    assert np.allclose(half[:, 5:-5, 0], ramps[:, 5:-5, 0] - 0.5, atol=1e-2)
+    # nothing goes black: a constant image and a full mask stay constant under any warp
+    flat = np.full((h, w, 3), 200, np.uint8)
+    assert (shift_scale_rotate(flat, 15, 0.95, 0.05, -0.05) == 200).all()
+    full = np.ones((h, w), np.uint8)
+    assert (shift_scale_rotate(full, -15, 1.05, -0.05, 0.05, cv2.INTER_NEAREST) == 1).all()
+
+
+def test_shift_scale_rotate_draws_within_the_study_ranges_and_is_seeded():
+    t = ShiftScaleRotate(shift=0.05, scale=0.05, rotate=15, p=1)
+    t.set_random_seed(0)
+    draws = [t.get_params() for _ in range(500)]
+    for key, lo, hi in (("angle", -15, 15), ("scale", 0.95, 1.05), ("dx", -0.05, 0.05), ("dy", -0.05, 0.05)):
+        values = [d[key] for d in draws]
+        assert lo <= min(values) < lo + 0.1 * (hi - lo) and hi - 0.1 * (hi - lo) < max(values) <= hi, key
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    mask = (img[..., 0] > 127).astype(np.uint8)
+    a = build_transform("train", (32, 32), seed=5)(image=img, mask=mask)
+    b = build_transform("train", (32, 32), seed=5)(image=img, mask=mask)
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+    assert set(np.unique(a["mask"])) <= {0, 1}
+    with pytest.raises(ValueError, match="scale=1.5"):
+        ShiftScaleRotate(scale=1.5)
 
 
 def test_real_dataset_layout(packages_dir):

@@ -35,13 +35,16 @@ def boxes(tmp_path_factory):
 
 
 def test_poly_schedule_hand_computed():
+    # the study's: set once per epoch e = 1..E to (0.01 - 1e-4) (1 - e/E)^0.9 + 1e-4
     cfg = TrainConfig(epochs=10)
-    assert cfg.lr_at(0) == 0.01
-    assert cfg.lr_at(9) == pytest.approx(0.01 * 0.1 ** 0.9)
-    assert TrainConfig(epochs=1000).lr_at(999) == 1e-4  # floored
+    assert cfg.lr_at(0) == pytest.approx(0.0099 * 0.9 ** 0.9 + 1e-4)
+    assert cfg.lr_at(4) == pytest.approx(0.0099 * 0.5 ** 0.9 + 1e-4)
+    assert cfg.lr_at(9) == pytest.approx(1e-4)  # the last epoch runs at the floor
+    assert TrainConfig(epochs=400).lr_at(0) == pytest.approx(0.0099 * (399 / 400) ** 0.9 + 1e-4)
 
 
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(batch_size=0), dict(lr=0), dict(num_workers=-1)])
+@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(batch_size=0), dict(lr=0), dict(num_workers=-1),
+                                    dict(min_lr=0.1)])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]):
         TrainConfig(**kwargs)
@@ -78,6 +81,16 @@ def test_callback_stops_and_resume_continues(boxes, tmp_path):
     assert second.history[:2] == first.history
     with pytest.raises(ValueError, match="was trained for"):
         train(SPEC.replace(a=0.25), boxes["train"], boxes["val"], cfg, out_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("batch_size,steps", [(10, 3), (23, 1)])
+def test_the_last_partial_batch_is_kept_unless_it_holds_one_image(boxes, tmp_path, batch_size, steps):
+    # 24 images: batch 10 gives 10 + 10 + 4 (the study kept its 300 % 8 = 4), batch 23 gives 23 + 1,
+    # and one image alone cannot train batch norm on a 1x1 pooled map, so that one is dropped
+    train(SPEC, boxes["train"], boxes["val"], TrainConfig(epochs=1, batch_size=batch_size, progress=False),
+          out_dir=tmp_path)
+    adam = torch.load(tmp_path / "last.pt", weights_only=False)["optimizer"]["state"]
+    assert {int(st["step"]) for st in adam.values()} == {steps}
 
 
 def test_seeded_training_is_reproducible(boxes):

@@ -46,12 +46,16 @@ class SegDataset(Dataset):
         if self.kind == "test" or self.scale == 1.0:
             return image, mask
         h, w = mask.shape
-        # never below the crop size: small images are cropped, not padded
         ch, cw = self.spec.input_hw
-        scale = max(self.scale, ch / h, cw / w) if h >= ch and w >= cw else self.scale
-        if scale == 1.0:
+        fits = h >= ch and w >= cw  # never below the crop size: an image that holds a crop is cropped, not padded
+        scale = max(self.scale, ch / h, cw / w) if fits else self.scale
+        # the study's size: int(scale * side), truncated (960x540 -> 300x168 at 160, not 169)
+        nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
+        if fits:  # (ch / h) * h may truncate to ch - 1
+            nw, nh = max(nw, cw), max(nh, ch)
+        if (nw, nh) == (w, h):
             return image, mask
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        size = (nw, nh)
         interp = cv2.INTER_LINEAR  # as albumentations' Resize, and as the test transform resizes
         return cv2.resize(image, size, interpolation=interp), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 

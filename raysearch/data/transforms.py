@@ -2,8 +2,8 @@
 and the one function that turns an RGB uint8 image into the network's input.
 
 Train: (images are pre-scaled by the resolution factor, see `SegDataset`) pad if needed, random
-crop at the input size, small affine (5% shift, 5% scale, 15 degrees, p=0.5; `Affine`, not the
-deprecated `ShiftScaleRotate`), RGB shift 15 (p=0.3), random brightness/contrast (p=0.3).
+crop at the input size, the study's shift-scale-rotate (`ShiftScaleRotate` below: albumentations
+1.x semantics, p=0.5), RGB shift 15 (p=0.3), random brightness/contrast (p=0.3).
 Val: center crop. Test: resize the whole image to the input size.
 Then `to_input`: ImageNet normalization for RGB, or channel 0 of YCrCb unnormalized (0..255).
 """
@@ -23,6 +23,47 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 KINDS = ("train", "val", "test")
 
 
+class ShiftScaleRotate(A.DualTransform):
+    """albumentations 1.x's ``ShiftScaleRotate`` as the study ran it (2.x deprecates it, and its
+    ``Affine`` differs): one isotropic scale in [1 - scale, 1 + scale], a rotation in
+    [-rotate, rotate] degrees about the image centre and sub-pixel shifts of up to ``shift`` of the
+    width and height, all drawn uniformly; what the warp uncovers is filled by reflection
+    (``BORDER_REFLECT_101``), never black. Images are interpolated bilinearly, masks nearest."""
+
+    def __init__(self, shift: float = 0.05, scale: float = 0.05, rotate: float = 15.0, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        for name, value in (("shift", shift), ("scale", scale), ("rotate", rotate)):
+            if not 0 <= value < (180 if name == "rotate" else 1):
+                raise ValueError(f"ShiftScaleRotate {name}={value!r} is out of range")
+        self.shift, self.scale, self.rotate = shift, scale, rotate
+
+    def get_params(self) -> dict:
+        r = self.py_random
+        return {"angle": r.uniform(-self.rotate, self.rotate), "scale": r.uniform(1 - self.scale, 1 + self.scale),
+                "dx": r.uniform(-self.shift, self.shift), "dy": r.uniform(-self.shift, self.shift)}
+
+    def apply(self, img: np.ndarray, angle: float, scale: float, dx: float, dy: float, **_) -> np.ndarray:
+        return shift_scale_rotate(img, angle, scale, dx, dy, cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, angle: float, scale: float, dx: float, dy: float, **_) -> np.ndarray:
+        return shift_scale_rotate(mask, angle, scale, dx, dy, cv2.INTER_NEAREST)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("shift", "scale", "rotate")
+
+
+def shift_scale_rotate(img: np.ndarray, angle: float, scale: float, dx: float, dy: float,
+                       interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Rotate by ``angle`` degrees (counter-clockwise) and scale by ``scale`` about the image centre,
+    then shift by ``dx`` widths and ``dy`` heights; uncovered pixels reflect (BORDER_REFLECT_101)."""
+    h, w = img.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    matrix[0, 2] += dx * w
+    matrix[1, 2] += dy * h
+    out = cv2.warpAffine(img, matrix, (w, h), flags=interpolation, borderMode=cv2.BORDER_REFLECT_101)
+    return out.reshape(img.shape)  # cv2 drops a trailing channel axis of 1
+
+
 def build_transform(kind: str, input_hw: tuple[int, int], seed: int | None = None) -> A.Compose:
     """Geometric + photometric augmentation of RGB uint8 (image, mask) for ``kind``."""
     h, w = input_hw
@@ -31,8 +72,7 @@ def build_transform(kind: str, input_hw: tuple[int, int], seed: int | None = Non
         steps = [
             pad,
             A.RandomCrop(h, w),
-            A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-15, 15),
-                     border_mode=cv2.BORDER_CONSTANT, p=0.5),
+            ShiftScaleRotate(shift=0.05, scale=0.05, rotate=15, p=0.5),
             A.RGBShift(r_shift_limit=15, g_shift_limit=15, b_shift_limit=15, p=0.3),
             A.RandomBrightnessContrast(p=0.3),
         ]
