@@ -235,8 +235,13 @@ def search_state_path(opts: SearchOptions, name: str) -> Path:
 
 
 def local_root(opts: SearchOptions) -> Path:
-    """Where the driver keeps its own files (search state; synthetic data on a local storage)."""
-    return Path(opts.storage_path).resolve() if "://" not in opts.storage_path else Path("runs").resolve()
+    """Where the driver keeps its own files (search state; synthetic data on a local storage): the
+    storage folder, or with an object store $RAYSEARCH_STATE_DIR, else ~/.raysearch. Never the
+    current folder: under `ray job submit --working-dir` that is a copy made for each job, and a
+    resubmitted `--resume` would not find the search it continues."""
+    if "://" not in opts.storage_path:
+        return Path(opts.storage_path).resolve()
+    return Path(os.environ.get("RAYSEARCH_STATE_DIR") or Path.home() / ".raysearch").expanduser().resolve()
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -320,7 +325,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         settings = TrialSettings(
             # trial-side files live in the storage every node reaches (a folder or an object store)
             data=data, bench=bench_settings(opts, farm, reservation), latency_cache=f"{storage}/latency_cache",
-            results_cache=results_cache or f"{storage}/results/{name}",
+            results_cache=results_cache or f"{storage}/results/{name}", trial_state=f"{storage}/trial_state/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.amp,
             max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,

@@ -63,6 +63,25 @@ def write_bytes(location: str | Path, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def exists(location: str | Path) -> bool:
+    """Whether a file is there (an object store answers a missing key with a generic OSError)."""
+    if not is_uri(location):
+        return Path(location).is_file()
+    import pyarrow.fs as pafs
+
+    fs, path = storage_fs(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def delete(location: str | Path) -> None:
+    """Remove a file; one already gone is fine."""
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+    elif exists(location):
+        fs, path = storage_fs(location)
+        fs.delete_file(path)
+
+
 class DocumentStore:
     """Small JSON documents by key in a folder every trial can reach (local, shared, or a URI).
 

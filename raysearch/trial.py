@@ -23,7 +23,7 @@ import numpy as np
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, measure, precision_metrics
-from raysearch.storage import DocumentStore, read_bytes
+from raysearch.storage import DocumentStore, delete, exists, read_bytes, write_bytes
 from raysearch.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class TrialSettings:
     overlays: int = 3
     exporter: str = "torchscript"
     results_cache: str | None = None  # finished trials by spec: a repeated config is not trained again
+    trial_state: str | None = None  # folder or URI: each trial's newest weights, whatever Ray Tune recorded
     fixed: dict = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
     models: dict = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
     init_checkpoints: dict = field(default_factory=dict)  # model name -> weights to start from (epochs=0)
@@ -164,14 +165,15 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # 2. train, reporting every epoch so the scheduler can stop us
         ckpt_dir = work / CKPT_DIR
         ckpt_dir.mkdir()
-        resume = False
-        restored = tune.get_checkpoint()
-        if restored is not None:
-            with restored.as_directory() as d:
-                for f in ("best.pt", "last.pt"):
-                    if (Path(d) / f).is_file():
-                        shutil.copy(Path(d) / f, ckpt_dir / f)
-            resume = (ckpt_dir / "last.pt").is_file()
+        state = TrialState(settings.trial_state, tune.get_context().get_trial_id()) if settings.trial_state else None
+        if state is None or not state.restore(ckpt_dir):
+            restored = tune.get_checkpoint()  # a search started before trial states existed
+            if restored is not None:
+                with restored.as_directory() as d:
+                    for f in STATE_FILES:
+                        if (Path(d) / f).is_file():
+                            shutil.copy(Path(d) / f, ckpt_dir / f)
+        resume = (ckpt_dir / "last.pt").is_file()
 
         if settings.epochs == 0:
             model = untrained
@@ -182,16 +184,19 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             model.eval()
             history = []
         else:
-            # every epoch is reported (the scheduler decides on it); weights are checkpointed every
-            # ~5% of the epochs, which bounds both the storage traffic and what a restart loses
+            # every epoch is reported (the scheduler decides on it); weights are saved every ~5% of
+            # the epochs, which bounds both the storage traffic and what a restart loses
             every = max(1, round(settings.epochs / 20))
 
             def on_epoch(m) -> None:
                 save = m.epoch % every == 0 or m.epoch == settings.epochs
+                if save and state is not None:
+                    state.save(ckpt_dir)  # before the report, so a reported epoch is a saved one
+                checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if save and state is None else None
                 tune.report(base_metrics(**{obj.IOU.name: m.val_iou, obj.LATENCY_MS.name: latency,
                                             obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss, obj.EPOCH: m.epoch},
                                          train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
-                            checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if save else None)
+                            checkpoint=checkpoint)
 
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                               amp=settings.amp, num_workers=settings.num_workers, progress=False)
@@ -233,8 +238,53 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
         if results is not None:
             results.put(result_key, final_metrics)
+            if state is not None:  # the result (and best.pt in the final checkpoint) stands for it now
+                state.remove()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+STATE_FILES = ("best.pt", "last.pt")
+
+
+class TrialState:
+    """A trial's newest weights (``best.pt`` + ``last.pt`` in one file, written at once) in the
+    search's storage, under the trial's id.
+
+    Ray Tune's own checkpoints are not used for this: with ``num_to_keep`` they rotate, and a
+    driver killed without a word (SIGKILL, a lost head node) leaves an experiment snapshot that can
+    name a checkpoint already deleted, so the restored trial failed ("does not exist on storage
+    anymore"). The trial's state has one name and is replaced whole, so a restore, a retry after a
+    lost node or a resumed search always continues from the newest saved epoch."""
+
+    def __init__(self, root: str, trial_id: str) -> None:
+        self.uri = f"{root.rstrip('/')}/{trial_id}.pt"
+
+    def save(self, ckpt_dir: Path) -> None:
+        import torch
+
+        files = {f: (ckpt_dir / f).read_bytes() for f in STATE_FILES if (ckpt_dir / f).is_file()}
+        buf = io.BytesIO()
+        torch.save(files, buf)
+        write_bytes(self.uri, buf.getvalue())
+
+    def restore(self, ckpt_dir: Path) -> bool:
+        """Write the saved files into ``ckpt_dir``; False when there is no saved state."""
+        import torch
+
+        if not exists(self.uri):
+            return False
+        for name, content in torch.load(io.BytesIO(read_bytes(self.uri)), weights_only=True).items():
+            if name in STATE_FILES:
+                (ckpt_dir / name).write_bytes(content)
+        log.info("trial state restored from %s", self.uri)
+        return True
+
+    def remove(self) -> None:
+        try:
+            delete(self.uri)
+        except OSError as e:  # only storage is wasted
+            log.warning("could not remove the trial state %s: %s", self.uri, e)
 
 
 def _export(model, path: Path, settings: TrialSettings, calibration: Callable[[], list]) -> Path:
