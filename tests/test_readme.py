@@ -25,6 +25,7 @@ What happens to a command:
   |--------------------------------------------|---------------------------------------------------------|
   | ``raysearch SUB ...``                      | ``raysearch.cli.build_parser().parse_args``              |
   | ``python raysearch/stageN.py ...``         | ``raysearch.cli.build_stage_parser(N).parse_args``       |
+  | ``python benchmarks/NAME.py ...``          | the script exists; every ``--flag`` is in its ``--help`` |
   | ``benchd ...``                             | ``benchd.cli._parser().parse_args``                      |
   | ``ray ...``, ``mlflow ...``                | the click command resolved and its arguments parsed     |
   |                                            | (``make_context``), every ``--flag`` in its ``--help``  |
@@ -314,10 +315,23 @@ def check_raysearch(args) -> None:
     parse_argparse(parser, args, "raysearch")
 
 
+def check_benchmark(script: str, rest: list[str]) -> None:
+    """A benchmark script: it exists, and every --flag given is one its --help lists."""
+    assert (REPO / script).is_file(), f"`python {script}`: no such file"
+    helped = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert helped.returncode == 0, helped.stderr
+    for flag in (a.split("=")[0] for a in rest if a.startswith("--")):
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", helped.stdout), f"`python {script}`: {flag} is not in its --help"
+
+
 def check_stage(args) -> None:
     from raysearch.cli import build_stage_parser as build_parser
 
     script, *rest = args
+    if script.startswith("benchmarks/"):
+        check_benchmark(script, rest)
+        return
     m = re.fullmatch(r"raysearch/stage([1-7])\.py", script)
     assert m, f"`python {script}`: only raysearch/stage1.py .. stage7.py are known"
     assert (REPO / script).is_file()

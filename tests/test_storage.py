@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from raysearch.latency import BenchSettings
 from raysearch.models import ModelSpec
-from raysearch.storage import DocumentStore, read_bytes, write_atomic, write_bytes
+from raysearch.storage import DocumentStore, delete, exists, read_bytes, write_atomic, write_bytes
+from raysearch.trial import TrialState
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
@@ -48,3 +51,23 @@ def test_the_latency_statistic_is_part_of_the_cache_key(tmp_path):
     assert store.get(mean.cache_key(spec)) is None
     assert p50.cache_key(spec) == BenchSettings(farm="other:2", stat="p50").cache_key(spec)  # not the address
     assert p50.cache_key(spec) != p50.cache_key(spec.replace(input_hw=96))
+
+
+@pytest.mark.parametrize("uri", [False, True])
+def test_a_trial_state_round_trips_and_is_replaced_whole(tmp_path, uri):
+    root = f"file://{tmp_path}/states" if uri else str(tmp_path / "states")
+    state = TrialState(root, "abc_00001")
+    ckpt, back = tmp_path / "ckpt", tmp_path / "back"
+    ckpt.mkdir(), back.mkdir()
+    assert not state.restore(back) and not exists(state.uri)  # nothing saved yet: the trial starts fresh
+    (ckpt / "best.pt").write_bytes(b"best-1")
+    (ckpt / "last.pt").write_bytes(b"last-1")
+    state.save(ckpt)
+    (ckpt / "last.pt").write_bytes(b"last-2")  # a later epoch replaces the whole state
+    state.save(ckpt)
+    assert state.restore(back)
+    assert (back / "best.pt").read_bytes() == b"best-1" and (back / "last.pt").read_bytes() == b"last-2"
+    assert [p.name for p in (tmp_path / "states").iterdir()] == ["abc_00001.pt"]  # one file, no temporaries
+    state.remove()
+    assert not exists(state.uri) and not state.restore(tmp_path / "back")
+    delete(state.uri)  # already gone: fine
