@@ -128,8 +128,10 @@ class Topology:
         self.env = {**os.environ, **S3_KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}",
                     "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
                     "RAYSEARCH_STATE_DIR": str(root / "driver-state"), "PYTHONUNBUFFERED": "1",
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("AWS_", "RAY_AUTH"))})
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                    # as the cluster configs: `ray job stop` leaves the driver time to close its runs
+                    "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("AWS_", "RAY_AUTH", "MLFLOW_ENABLE"))})
 
     # ---- plumbing
     def _start(self, name: str, cmd: list[str], **kw) -> Proc:
@@ -457,6 +459,7 @@ def run(root: Path, pi: bool, epochs: int) -> dict:
         checks["parents"] = {n: tracking.parent(n).info.status for n in (name1, name2)}
         checks["devices"] = sorted({k.data.tags.get("device_name", "?") for k in kids if k.info.status == "FINISHED"})
         checks["left_running"] = [r.info.run_name for r in tracking.runs() if r.info.status == "RUNNING"]
+        checks["epochs_logged_twice"] = _epochs_logged_twice(tracking, kids)
         checks["artifacts"] = _download_all(topo, kids)
         checks["object_store"] = _object_store(topo, (name1, name2))
         checks["trial_nodes"] = max(checks["trial_nodes"], len(_trial_nodes(topo)))
@@ -478,6 +481,16 @@ def _trial_nodes(topo: Topology, running: bool = False) -> set[str]:
     actors = [a for a in topo.ray_list("actors") if "ImplicitFunc" in a.get("class_name", "")
               or "run_trial" in a.get("class_name", "")]
     return {a["node_id"] for a in actors if not running or a.get("state") == "ALIVE"}
+
+
+def _epochs_logged_twice(tracking: Tracking, kids: list) -> list[str]:
+    """Children whose per-epoch metrics are not exactly epochs 1..epochs_trained, each once."""
+    bad = []
+    for k in kids:
+        steps = sorted(m.step for m in tracking.client.get_metric_history(k.info.run_id, "train_loss"))
+        if steps != list(range(1, int(k.data.metrics.get("epochs_trained", 0)) + 1)):
+            bad.append(f"{k.info.run_name}: {steps}")
+    return bad
 
 
 def _download_all(topo: Topology, kids: list) -> dict:

@@ -7,7 +7,8 @@ onnxruntime at the study's raw-logit threshold 0.5 and at probability 0.5.
     python benchmarks/reproduce_study.py --res 128 --seeds 0 1 2 3 4 --summary   # the table only
 
 Each seed is written to OUT/SPEC/seedN/result.json as it finishes, and a seed already there is not
-trained again, so an interrupted series continues where it stopped. The last line printed (and
+trained again and a seed stopped half-way continues from its last.pt, so an interrupted series
+continues where it stopped (train_wall_s then counts only the last part). The last line printed (and
 OUT/SPEC/summary.json) is the series: per seed, mean and sample sd, next to the study's figure and
 the band its own a=0.125 models span at that size.
 """
@@ -41,7 +42,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 def run_seed(args: argparse.Namespace, spec: ModelSpec, seed: int, out: Path) -> dict:
     t0 = time.perf_counter()
     result = train(spec, open_split(args.data, "train"), open_split(args.data, "val"),
-                   TrainConfig(epochs=args.epochs, seed=seed, amp=args.amp, progress=False), out_dir=out)
+                   TrainConfig(epochs=args.epochs, seed=seed, amp=args.amp, progress=False), out_dir=out,
+                   resume=True)  # a seed interrupted half-way continues from its last.pt
     train_s = time.perf_counter() - t0
     report = export_onnx(result.model, out / "model.onnx")
     test = open_split(args.data, "test")

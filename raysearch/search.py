@@ -25,6 +25,7 @@ from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.presets import preset
 from raysearch.results import Requirement, TrialRow
+from raysearch.storage import delete_tree
 from raysearch.trial import TrialSettings, run_trial
 
 log = logging.getLogger(__name__)
@@ -371,6 +372,10 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
             raise
         tracker = tracker.reload()  # what Ray Tune's copy of the callback recorded
         tracker.close("KILLED")  # anything the tuner left open
+        try:  # the search ended: no trial continues (the ones the scheduler stopped left theirs)
+            delete_tree(settings.trial_state)
+        except OSError as e:  # only storage is wasted
+            log.warning("could not remove %s: %s", settings.trial_state, e)
         rows = list(tracker.finals.values())
         front, hv = finish_search(client, parent_id, stage, rows, tracker.hv_history, opts.requirement, hv_latency)
         if errors:

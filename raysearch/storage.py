@@ -82,6 +82,15 @@ def delete(location: str | Path) -> None:
         fs.delete_file(path)
 
 
+def delete_tree(location: str | Path) -> None:
+    """Remove a folder and everything under it, locally or on an object store; a missing one is fine."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage_fs(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 class DocumentStore:
     """Small JSON documents by key in a folder every trial can reach (local, shared, or a URI).
 

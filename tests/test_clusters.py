@@ -121,6 +121,8 @@ def test_config_starts_ray_without_usage_stats_and_with_token_auth(path):
     for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
         start = [c for c in cmds if "ray start" in c]
         assert start and all("RAY_USAGE_STATS_ENABLED=0" in c and "RAY_AUTH_MODE=token" in c for c in start)
+    # `ray job stop` SIGKILLs after this long: a search needs more than Ray's 3 s to close its runs
+    assert all("RAY_JOB_STOP_WAIT_TIME_S=60" in c for c in cfg["head_start_ray_commands"] if "ray start" in c)
     assert "~/.ray/auth_token" in cfg["file_mounts"]
 
 

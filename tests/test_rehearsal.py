@@ -51,7 +51,10 @@ def test_the_production_rehearsal_loses_nothing(tmp_path):
     for r in rows:  # every trial finished exactly once, whatever the fault
         assert r["lost"] == 0 and r["duplicated"] == 0 and r["finished"] == r["expected"] > 0, detail
         assert r["left_running"] == 0 and r["recovery_s"] is not None, detail
-    assert checks["left_running"] == [], detail
+    assert checks["left_running"] == [] and checks["epochs_logged_twice"] == [], detail
+    notes = {r["fault"]: r["note"] for r in rows}  # a stopped driver closes its runs; a killed one cannot
+    assert "parent KILLED" in notes["driver: ray job stop, then --resume"], detail
+    assert "parent RUNNING" in notes.get("driver: SIGKILL, then --resume", "parent RUNNING"), detail
     assert checks["trial_nodes"] >= 2, detail  # trials ran on both Ray nodes (Ray's state API)
     assert checks["devices"] == sorted([rehearsal.PI_NAME, rehearsal.NATIVE_NAME]), detail  # both devices measured
     # every child's model.onnx and benchmark.json come back from the tracking server over HTTP

@@ -9,7 +9,7 @@ import pytest
 
 from raysearch.latency import BenchSettings
 from raysearch.models import ModelSpec
-from raysearch.storage import DocumentStore, delete, exists, read_bytes, write_atomic, write_bytes
+from raysearch.storage import DocumentStore, delete, delete_tree, exists, read_bytes, write_atomic, write_bytes
 from raysearch.trial import TrialState
 
 
@@ -71,3 +71,7 @@ def test_a_trial_state_round_trips_and_is_replaced_whole(tmp_path, uri):
     state.remove()
     assert not exists(state.uri) and not state.restore(tmp_path / "back")
     delete(state.uri)  # already gone: fine
+    state.save(ckpt)
+    delete_tree(root)  # what a finished search does with its trials' states
+    assert not (tmp_path / "states").exists()
+    delete_tree(root)  # already gone: fine
