@@ -144,3 +144,18 @@ def test_real_data_evaluate_with_the_studys_threshold(packages_dir, tmp_path):
                        "--json", "--logit-threshold", "0.5").stdout)
     assert a["n_images"] == b["n_images"] == 12 and b["logit_threshold"] == 0.5 and a["logit_threshold"] == 0.0
     assert 0.0 <= b["iou"] <= 1.0 and a["iou"] != b["iou"]
+
+
+def test_amp_is_asked_for_and_changes_the_result_key():
+    from raysearch.latency import BenchSettings
+    from raysearch.models import ModelSpec
+    from raysearch.trial import TrialSettings
+
+    parser = cli.build_stage_parser(2)
+    assert cli.search_options(parser.parse_args([])).amp is False  # fp32, as the study trained
+    assert cli.search_options(parser.parse_args(["--amp"])).amp is True
+    assert cli.build_parser().parse_args(["train", "--amp"]).amp is True
+    fp32 = TrialSettings(data="synthetic", bench=BenchSettings(farm="127.0.0.1:1"), latency_cache="c")
+    spec = ModelSpec(input_hw=64)
+    # a result trained in mixed precision is never served for an fp32 request, nor the reverse
+    assert fp32.result_key(spec) != TrialSettings(**{**fp32.__dict__, "amp": True}).result_key(spec)
