@@ -54,6 +54,7 @@ MACS = "macs"
 PRUNED = "pruned_by_latency"  # over the latency budget: measured, never trained
 STOPPED = "stopped_early"  # stopped by the scheduler before its last epoch
 DUPLICATE = "duplicate"  # a configuration that already ran: its figures, nothing trained
+REPLAYED = "replayed"  # 1 on an epoch report sent again after a restore (trained before, not again)
 # Metrics of a search's parent run.
 HYPERVOLUME = "hypervolume"  # IoU x ms
 HYPERVOLUME_NORMALIZED = "hypervolume_normalized"  # the share (0..1) of its box: IoU 0..1 x latency 0..ref

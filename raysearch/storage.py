@@ -91,6 +91,34 @@ def delete_tree(location: str | Path) -> None:
         fs.delete_dir(path)
 
 
+def publish_tree(folder: Path, location: str) -> int:
+    """Copy a local folder's files (recursively) under ``location``."""
+    n = 0
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            write_bytes(f"{location.rstrip('/')}/{p.relative_to(folder).as_posix()}", p.read_bytes())
+            n += 1
+    return n
+
+
+def fetch_tree(location: str, folder: Path) -> int:
+    """Copy every file under ``location`` into the local ``folder``; 0 when there is none."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage_fs(location)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return 0
+    n = 0
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type == pafs.FileType.File:
+            dest = folder / info.path[len(root.rstrip("/")) + 1:]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as f:
+                dest.write_bytes(f.read())
+            n += 1
+    return n
+
+
 class DocumentStore:
     """Small JSON documents by key in a folder every trial can reach (local, shared, or a URI).
 

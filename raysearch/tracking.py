@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "raysearch_state.json"
 _EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
-_FINAL_SKIP = {obj.FINAL, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint", "done",
+_FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint", "done",
                "training_iteration"}
 STATUS_EVERY_S = 30.0  # the compact progress line, at most this often
 
@@ -241,9 +241,10 @@ class SearchTracker(Callback):
         ts = int(time.time() * 1000)
         if not result.get(obj.FINAL):
             step = int(result.get(obj.EPOCH, 0))
-            self.epochs_spent += 1
-            # an epoch trained again after a restore from an older checkpoint (the driver was
-            # killed): counted as spent, but its step is logged once
+            if not result.get(obj.REPLAYED):  # a restored trial sends its earlier epochs again: not spent twice
+                self.epochs_spent += 1
+            # an epoch trained again after a restore (since the trial's last saved state), or sent
+            # again by the restored trial: its step is logged once, whichever comes first
             if step > self.last_epoch.get(trial.trial_id, 0):
                 metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS
                            if _num(result.get(k)) is not None]

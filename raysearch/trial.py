@@ -23,7 +23,7 @@ import numpy as np
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, measure, precision_metrics
-from raysearch.storage import DocumentStore, delete, exists, read_bytes, write_bytes
+from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 from raysearch.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class TrialSettings:
 def base_metrics(**values) -> dict:
     """Every report carries every objective and scheduler metric (Ray Tune requires it)."""
     m = {obj.IOU.name: 0.0, obj.LATENCY_MS.name: float("nan"), obj.VAL_IOU.name: 0.0, obj.VAL_LOSS.name: float("nan"),
-         obj.EPOCH: 0, obj.PRUNED: 0, obj.FINAL: 0}
+         obj.EPOCH: 0, obj.PRUNED: 0, obj.FINAL: 0, obj.REPLAYED: 0}
     m.update(values)
     return m
 
@@ -133,12 +133,17 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
         return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
 
-    if results is not None and (done := results.get(result_key)) is not None:
-        # the searcher proposed a configuration that already ran: report its figures, train nothing
-        tune.report({**done, obj.DUPLICATE: 1})
-        return
+    trial_id = tune.get_context().get_trial_id()
     work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
     try:
+        if results is not None and (done := results.get(result_key)) is not None:
+            # this configuration already ran: report its figures and artifacts, train nothing. The
+            # same trial again is a restore after its final report was lost with the driver.
+            ran_as = done.pop(RAN_AS, None)
+            artifacts = fetch_tree(f"{results.root}/{result_key}", work / FINAL_DIR)
+            tune.report({**done, obj.DUPLICATE: int(ran_as != trial_id)},
+                        checkpoint=tune.Checkpoint.from_directory(str(work / FINAL_DIR)) if artifacts else None)
+            return
         untrained = build_model(spec)  # built once: for the summary, the latency, and as stage 1's evaluated model
         summ = summarize(untrained)
         shape = {obj.PARAMS_TOTAL: summ.params_total, "params_executed": summ.params_executed, obj.MACS: summ.macs}
@@ -165,7 +170,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # 2. train, reporting every epoch so the scheduler can stop us
         ckpt_dir = work / CKPT_DIR
         ckpt_dir.mkdir()
-        state = TrialState(settings.trial_state, tune.get_context().get_trial_id()) if settings.trial_state else None
+        state = TrialState(settings.trial_state, trial_id) if settings.trial_state else None
         if state is None or not state.restore(ckpt_dir):
             restored = tune.get_checkpoint()  # a search started before trial states existed
             if restored is not None:
@@ -198,6 +203,12 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                                          train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
                             checkpoint=checkpoint)
 
+            if resume:  # the epochs trained before: a driver killed since may never have logged them
+                for h in torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)["history"]:
+                    tune.report(base_metrics(**{obj.IOU.name: h["val_iou"], obj.LATENCY_MS.name: latency,
+                                                obj.VAL_IOU.name: h["val_iou"], obj.VAL_LOSS.name: h["val_loss"],
+                                                obj.EPOCH: h["epoch"], obj.REPLAYED: 1},
+                                             train_loss=h["train_loss"], lr=h["lr"], epoch_seconds=h["seconds"]))
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                               amp=settings.amp, num_workers=settings.num_workers, progress=False)
             sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
@@ -235,16 +246,18 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_mean=bench["latency_ms_mean"], latency_ms_p90=bench["latency_ms_p90"],
             latency_cv=bench["latency_cv"], **shape, **precision_metrics(bench))
+        if results is not None:  # the artifacts first: a result in the cache always has them
+            publish_tree(final, f"{results.root}/{result_key}")  # best.pt included: int8 and stage 1 start from it
+            results.put(result_key, {**final_metrics, RAN_AS: trial_id})
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
-        if results is not None:
-            results.put(result_key, final_metrics)
-            if state is not None:  # the result (and best.pt in the final checkpoint) stands for it now
-                state.remove()
+        if results is not None and state is not None:  # the cached result (with best.pt) stands for it now
+            state.remove()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 STATE_FILES = ("best.pt", "last.pt")
+RAN_AS = "_trial_id"  # in a results-cache entry: the trial that produced it
 
 
 class TrialState:
