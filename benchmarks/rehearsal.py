@@ -528,12 +528,12 @@ def _object_store(topo: Topology, names: tuple[str, ...]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| fault | search | trials expected | finished | lost | duplicated | runs left RUNNING | recovery (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| fault | search | trials expected | finished | lost | duplicated | runs left RUNNING | recovery (s) | "
+             "right after the fault |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.0f}"
         lines.append(f"| {r['fault']} | {r['search']} | {r['expected']} | {r['finished']} | {r['lost']} | "
-                     f"{r['duplicated']} | {r['left_running']} | {rec} |")
+                     f"{r['duplicated']} | {r['left_running']} | {rec} | {r['note'] or '-'} |")
     return "\n".join(lines) + "\n\n" + json.dumps(result["checks"], indent=2) + f"\nwall time {result['wall_s']} s"
 
 

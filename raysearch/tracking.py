@@ -241,11 +241,13 @@ class SearchTracker(Callback):
         ts = int(time.time() * 1000)
         if not result.get(obj.FINAL):
             step = int(result.get(obj.EPOCH, 0))
-            if not result.get(obj.REPLAYED):  # a restored trial sends its earlier epochs again: not spent twice
+            new = step > self.last_epoch.get(trial.trial_id, 0)
+            # a restored trial sends its earlier epochs again (replayed): spent once, when first seen
+            # (the driver may have died before it saw them); an epoch trained again after a restore
+            # (since the trial's last saved state) is spent again. Either way its step is logged once.
+            if new or not result.get(obj.REPLAYED):
                 self.epochs_spent += 1
-            # an epoch trained again after a restore (since the trial's last saved state), or sent
-            # again by the restored trial: its step is logged once, whichever comes first
-            if step > self.last_epoch.get(trial.trial_id, 0):
+            if new:
                 metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS
                            if _num(result.get(k)) is not None]
                 metrics.append(Metric(obj.LATENCY_UNTRAINED, float(result[obj.LATENCY_MS.name]), ts, step))
