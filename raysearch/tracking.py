@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "raysearch_state.json"
 _EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
-_FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint", "done",
-               "training_iteration"}
+_FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint",
+               "done", "training_iteration"}
 STATUS_EVERY_S = 30.0  # the compact progress line, at most this often
 
 
