@@ -347,6 +347,20 @@ def next_finish(tracking: Tracking, name: str, before: int, t0: float, timeout: 
     return round(time.time() - t0, 1)
 
 
+def end_driver(job: Job, tracking: Tracking, name: str, label: str, act, note, t_start: float) -> Fault:
+    """``act`` ends the search's driver; once the job has ended it is resubmitted with --resume.
+    The row says what the fault left (``note(job status, parent run status)``) and how long until
+    the next trial finished."""
+    before = tracking.finished(name)
+    t = time.time()
+    act()
+    ended = job.wait(300)
+    row = Fault(label, name, at_s=round(t - t_start, 1), note=note(ended, tracking.parent(name).info.status))
+    job.submit("--resume")
+    row.recovery_s = next_finish(tracking, name, before, t, 1200)
+    return row
+
+
 def trial_key(run) -> str:
     from raysearch import objectives as obj
 
@@ -424,31 +438,22 @@ def run(root: Path, pi: bool, epochs: int) -> dict:
         job2 = Job(topo, [*common, "--res", "64", "--epochs", str(2 * epochs), "--name", name2])
         job2.submit()
         wait_for("4 epochs of the second search", lambda: tracking.epochs(name2) >= 4, 1200, interval=2)
-        t = time.time()
-        before = tracking.finished(name2)
-        job2.client().stop_job(job2.submission_id)
-        log("fault: ray job stop")
-        stopped = job2.wait(300)
-        parent = tracking.parent(name2)
-        stop_row = Fault("driver: ray job stop, then --resume", name2, at_s=round(t - t_start, 1),
-                         note=f"job {stopped}, parent {parent.info.status}")
-        job2.submit("--resume")
-        stop_row.recovery_s = next_finish(tracking, name2, before, t, 1200)
-        rows.append(stop_row)
+
+        def stop() -> None:
+            job2.client().stop_job(job2.submission_id)
+            log("fault: ray job stop")
+
+        rows.append(end_driver(job2, tracking, name2, "driver: ray job stop, then --resume", stop,
+                               lambda job, parent: f"job {job}, parent {parent}", t_start))
         wait_for("more epochs after the resume", lambda: tracking.epochs(name2) >= 8, 1200, interval=2)
-        before = tracking.finished(name2)
-        if before < expected2:
-            t = time.time()
-            pid = job2.driver_pid()
-            os.kill(pid, signal.SIGKILL)
-            log(f"fault: driver {pid} SIGKILLed")
-            killed = job2.wait(300)
-            parent = tracking.parent(name2)
-            kill_row = Fault("driver: SIGKILL, then --resume", name2, at_s=round(t - t_start, 1),
-                             note=f"job {killed}, parent {parent.info.status} until resumed")
-            job2.submit("--resume")
-            kill_row.recovery_s = next_finish(tracking, name2, before, t, 1200)
-            rows.append(kill_row)
+        if tracking.finished(name2) < expected2:
+            def kill() -> None:
+                pid = job2.driver_pid()
+                os.kill(pid, signal.SIGKILL)
+                log(f"fault: driver {pid} SIGKILLed")
+
+            rows.append(end_driver(job2, tracking, name2, "driver: SIGKILL, then --resume", kill,
+                                   lambda job, parent: f"job {job}, parent {parent} until resumed", t_start))
         checks["driver_job"] = job2.wait(1800)
         for r in rows:
             if r.search == name2:

@@ -127,13 +127,36 @@ def reserve_cpu() -> CpuReservation | None:
 
 
 @contextlib.contextmanager
+def _kept_off(cpus: tuple[int, ...]) -> Iterator[None]:
+    """Every thread of this process (and what it starts) off ``cpus`` for the duration: the
+    driver's own work (the Tune loop, MLflow logging, the benchd server's threads) must not
+    preempt the worker timing on the reserved core. Restored after."""
+    own = os.sched_getaffinity(0)
+    rest = own - set(cpus)
+    if not cpus or not rest:
+        yield
+        return
+
+    def set_all(mask: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), mask)
+
+    set_all(rest)
+    try:
+        yield
+    finally:
+        set_all(own)
+
+
+@contextlib.contextmanager
 def local_benchd(device_class: str = "local", cache_dir: str | Path | None = None,
                  cpus: tuple[int, ...] = ()) -> Iterator[str]:
     """Run a benchd on 127.0.0.1 (a free port) for the duration, its worker pinned to ``cpus``
-    when given; yields its ``HOST:PORT``."""
+    when given (and this process kept off them meanwhile); yields its ``HOST:PORT``."""
     from benchd.server import ServerConfig, create_server
 
-    with tempfile.TemporaryDirectory(prefix="benchd-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="benchd-") as tmp, _kept_off(cpus):
         cfg = ServerConfig(device_name="local-benchd", device_class=device_class,
                            cache_dir=str(cache_dir or Path(tmp) / "cache"), worker_cpus=cpus)
         server, port = create_server("127.0.0.1:0", cfg)

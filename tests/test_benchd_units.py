@@ -252,4 +252,7 @@ def test_the_local_benchd_gets_a_core_of_its_own(tmp_path: Path) -> None:
         fx.wait_serving(client)
         r = client.benchmark(model, runs=3, target_rel_ci=0)
         assert r.intra_op_threads == 1  # 0 resolves to the worker's own cores: the reserved one
-    assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's own mask is untouched
+        # meanwhile nothing of this process (any of its threads) runs on the reserved core
+        for tid in os.listdir("/proc/self/task"):
+            assert reservation.benchd[0] not in os.sched_getaffinity(int(tid)), tid
+    assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's own mask is restored after
