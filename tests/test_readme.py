@@ -31,6 +31,7 @@ What happens to a command:
   |                                            | (``make_context``), every ``--flag`` in its ``--help``  |
   | ``bash scripts/quickstart.sh ARGS``        | script exists; ARGS parsed by stage 7's parser          |
   | ``bash scripts/test.sh ARGS``              | script exists (ARGS go to pytest)                       |
+  | ``bash benchmarks/gpu_check.sh [DEST]``    | script exists; at most one argument                     |
   | ``sudo bash clusters/setup_pi.sh ARGS``    | run with ``--dry-run`` added (the script's own parser)  |
   | ``sudo`` + system administration programs | only that every repository file named exists            |
   | ``export VAR=value``                       | only assignments                                        |
@@ -389,6 +390,8 @@ def check_bash(args) -> None:
         parse_argparse(build_parser(7), ["--quick", *rest], "scripts/quickstart.sh (stage 7)")
     elif script == "scripts/test.sh":
         pass  # its arguments go to pytest
+    elif script == "benchmarks/gpu_check.sh":  # one optional argument: where its figures go
+        assert len(rest) <= 1, f"bash {script} {' '.join(rest)}: takes at most one argument (DEST)"
     elif script == "clusters/setup_pi.sh":  # the script's own parser, changing nothing
         argv = ["bash", script, *rest] + ([] if "--dry-run" in rest else ["--dry-run"])
         p = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
