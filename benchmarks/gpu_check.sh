@@ -144,6 +144,9 @@ for g in gpus:
     result[g] = {"status": p.info.status, "wall_s": round(wall, 1), "trials": len(kids),
                  "finished": sum(k.info.status == "FINISHED" for k in kids),
                  "train_seconds": [round(k.data.metrics.get("train_seconds", float("nan")), 1) for k in kids],
+                 # what each trial's training allocated on the GPU (torch's peak; absent on the CPU)
+                 "trial_gpu_max_memory_mib": [round(k.data.metrics[obj.GPU_MAX_MEMORY_MIB], 1) for k in kids
+                                              if obj.GPU_MAX_MEMORY_MIB in k.data.metrics],
                  "gpu_util_pct_mean": round(statistics.fmean(util), 1) if util else None,
                  "gpu_util_pct_max": max(util) if util else None,
                  "gpu_mem_mib_max": max(mem) if mem else None,

@@ -36,6 +36,7 @@ FPS = "fps"
 EPOCH = "epoch"
 FINAL = "final"  # 1 on a trial's last report (its final figures), 0 on the per-epoch ones
 EPOCHS_TRAINED = "epochs_trained"
+GPU_MAX_MEMORY_MIB = "gpu_max_memory_mib"  # a trial trained on CUDA: the peak memory torch allocated
 LATENCY_UNTRAINED = "latency_ms_untrained"  # measured before training (the pruning decision)
 # How precise the latency is (benchd's reply): the p50's 95% CI, its half-width as a share, the
 # runs it took, whether the target was met, and the drift (p50 of the first / last tenth of runs).

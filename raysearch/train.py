@@ -87,6 +87,7 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    gpu_max_memory_mib: float | None = None  # on CUDA: the peak torch allocated (what a GPU share must hold)
 
     def summary(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
@@ -156,6 +157,8 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
         best_state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
         log.info("resuming %s at epoch %d of %d", spec.name, start_epoch + 1, cfg.epochs)
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
     stopped = False
     bar = tqdm(range(start_epoch, cfg.epochs), desc=f"training {spec.name}", disable=not cfg.progress,
@@ -209,10 +212,11 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
             break
     bar.close()
 
+    gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     model = model.cpu().eval()
     if best_state is not None:
         model.load_state_dict(best_state)
-    result = TrainResult(model, best_epoch, best_loss, history, stopped, time.perf_counter() - t_start)
+    result = TrainResult(model, best_epoch, best_loss, history, stopped, time.perf_counter() - t_start, gpu_mib)
     log.info("trained %s: best epoch %d (val loss %.4f) of %d run, %.1f s", spec.name, best_epoch, best_loss,
              len(history), result.seconds)
     return result

@@ -187,7 +187,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                                    weights_only=False)["model"]
                 model.load_state_dict(state)  # Fast-SCNN's weights do not depend on the input size
             model.eval()
-            history = []
+            history, gpu_mib = [], None
         else:
             # every epoch is reported (the scheduler decides on it); weights are saved every ~5% of
             # the epochs, which bounds both the storage traffic and what a restart loses
@@ -213,7 +213,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                               amp=settings.amp, num_workers=settings.num_workers, progress=False)
             sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
             result = train(spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch, resume=resume)
-            model, history = result.model, result.history
+            model, history, gpu_mib = result.model, result.history, result.gpu_max_memory_mib
 
         # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
         final = work / FINAL_DIR
@@ -245,7 +245,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_mean=bench["latency_ms_mean"], latency_ms_p90=bench["latency_ms_p90"],
-            latency_cv=bench["latency_cv"], **shape, **precision_metrics(bench))
+            latency_cv=bench["latency_cv"], **shape, **precision_metrics(bench),
+            **({obj.GPU_MAX_MEMORY_MIB: gpu_mib} if gpu_mib is not None else {}))
         if results is not None:  # the artifacts first: a result in the cache always has them
             publish_tree(final, f"{results.root}/{result_key}")  # best.pt included: int8 and stage 1 start from it
             results.put(result_key, {**final_metrics, RAN_AS: trial_id})

@@ -20,4 +20,5 @@ def test_cuda_training(tmp_path, tiny_folder, amp):
     res = train(spec, src, src, TrainConfig(epochs=2, batch_size=2, amp=amp, progress=False), out_dir=tmp_path)
     assert next(res.model.parameters()).device.type == "cpu" and len(res.history) == 2
     assert torch.isfinite(torch.tensor(res.best_val_loss))
+    assert res.gpu_max_memory_mib is not None and res.gpu_max_memory_mib > 0
     assert export_onnx(res.model, tmp_path / "m.onnx").max_abs_diff <= 1e-4

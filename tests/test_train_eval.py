@@ -59,6 +59,7 @@ def test_training_learns_and_keeps_the_best_epoch(boxes, tmp_path):
     assert res.best_epoch == int(np.argmin(losses)) + 1 and res.best_val_loss == min(losses)
     assert [m.lr for m in res.history] == [cfg.lr_at(e) for e in range(12)]
     assert res.history[-1].train_loss < res.history[0].train_loss
+    assert res.gpu_max_memory_mib is None  # trained on the CPU: no GPU figure (tests/test_gpu.py has it on CUDA)
     # the returned model is the best epoch's, and so is best.pt
     reloaded = load_checkpoint(tmp_path / "best.pt")
     for a, b in zip(res.model.state_dict().values(), reloaded.state_dict().values()):
