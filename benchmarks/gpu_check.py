@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from raysearch.data import Subset, open_split  # noqa: E402
+from raysearch.data import open_split  # noqa: E402
 from raysearch.evaluate import evaluate_onnx  # noqa: E402
 from raysearch.export import export_onnx  # noqa: E402
 from raysearch.models import ModelSpec  # noqa: E402
@@ -33,9 +33,7 @@ from raysearch.train import TrainConfig, pick_device, train  # noqa: E402
 
 def one(spec: ModelSpec, data: str, images: int | None, epochs: int, device: str, amp: bool, workers: int,
         out: Path) -> dict:
-    tr = open_split(data, "train")
-    if images is not None and images < len(tr):
-        tr = Subset(tr, list(range(images)))
+    tr = open_split(data, "train", limit=images)
     t0 = time.perf_counter()
     res = train(spec, tr, open_split(data, "val"),
                 TrainConfig(epochs=epochs, seed=0, device=device, amp=amp, num_workers=workers, progress=False),
@@ -50,7 +48,8 @@ def one(spec: ModelSpec, data: str, images: int | None, epochs: int, device: str
             "epoch_s_min": round(min(later), 3), "epoch_s_max": round(max(later), 3),
             "train_img_per_s": round(len(tr) / statistics.median(later), 1),
             "val_iou_last": round(res.history[-1].val_iou, 4), "best_epoch": res.best_epoch,
-            "test_iou_p0.5": round(test.iou, 4), "export_max_abs_diff": report.max_abs_diff}
+            "test_iou_p0.5": round(test.iou, 4), "export_max_abs_diff": report.max_abs_diff,
+            **({"max_memory_mib": round(res.gpu_max_memory_mib, 1)} if res.gpu_max_memory_mib is not None else {})}
 
 
 def main() -> int:
@@ -84,11 +83,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for p in args.precisions:
             row = one(spec, args.data, args.images, args.epochs, args.device, p == "amp", args.workers, Path(tmp) / p)
-            if device.type == "cuda":
-                import torch
-
-                row["max_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-                torch.cuda.reset_peak_memory_stats(device)
             print(json.dumps(row), flush=True)
             rows.append(row)
     result = {**info, "runs": rows}
