@@ -146,7 +146,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
 
     from raysearch.data import open_split
     from raysearch.models import get_family
-    from raysearch.tracking import ensure_experiment, log_params, run_in_store
+    from raysearch.tracking import ended_if_interrupted, ensure_experiment, log_params, run_in_store
 
     t_start = time.time()
     family = get_family(opt.model)
@@ -169,22 +169,6 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     spent_before = float(state.data["spent_s"])
     deadline = None if opt.time_budget_s is None else t_start + opt.time_budget_s - spent_before
     stages = plan(opt.effort, opt.quantize)
-    if state.data.get("run_id"):
-        run_id = state.data["run_id"]
-        client.update_run(run_id, status="RUNNING")
-        log.info("continuing optimization %s (%.0f s spent so far)", name, spent_before)
-    else:
-        exp_id = ensure_experiment(client, sopts.experiment, sopts.tracking)
-        run_id = client.create_run(exp_id, run_name=name, tags={
-            obj.TAG_OPTIMIZATION: name, obj.TAG_KIND: "optimization", "effort": opt.effort,
-            "model": opt.model}).info.run_id
-        log_params(client, run_id, {
-            "model": opt.model, "effort": opt.effort, "max_latency_ms": sopts.max_latency_ms, "min_iou": sopts.min_iou,
-            "data": sopts.data, "device_class": sopts.device_class, "epochs": opt.train_epochs,
-            "resolutions": ["x".join(map(str, hw)) for hw in opt.resolutions()], "int8": opt.quantize,
-            "y_channel": opt.y_channel, "stages": stages, "time_budget_s": opt.time_budget_s})
-        state.data.update(name=name, run_id=run_id, started=t_start, stages={})
-        state.save()
     if not sopts.farm:
         print("latency: measured by a local benchd on THIS machine (device class 'local'), not on your edge "
               "device; pass --farm clusters/farm.yaml --device-class rpi4 for a Pi requirement")
@@ -195,6 +179,23 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     results_cache = f"{storage_uri(sopts)}/results/{name}"
     complete = True
     rows_by_stage: dict[str, list[TrialRow]] = {}
+    if state.data.get("run_id"):
+        run_id = state.data["run_id"]
+        log.info("continuing optimization %s (%.0f s spent so far)", name, spent_before)
+        client.update_run(run_id, status="RUNNING")  # from here on, the try below ends it
+    else:
+        exp_id = ensure_experiment(client, sopts.experiment, sopts.tracking)
+        run_id = client.create_run(exp_id, run_name=name, tags={
+            obj.TAG_OPTIMIZATION: name, obj.TAG_KIND: "optimization", "effort": opt.effort,
+            "model": opt.model}).info.run_id
+        with ended_if_interrupted(client, run_id):  # until the try below takes over
+            log_params(client, run_id, {
+                "model": opt.model, "effort": opt.effort, "max_latency_ms": sopts.max_latency_ms,
+                "min_iou": sopts.min_iou, "data": sopts.data, "device_class": sopts.device_class,
+                "epochs": opt.train_epochs, "resolutions": ["x".join(map(str, hw)) for hw in opt.resolutions()],
+                "int8": opt.quantize, "y_channel": opt.y_channel, "stages": stages, "time_budget_s": opt.time_budget_s})
+            state.data.update(name=name, run_id=run_id, started=t_start, stages={})
+            state.save()
     try:
         try:
             _run_stages(state, opt, name, run_id, family, stages, rows_by_stage, deadline, results_cache)

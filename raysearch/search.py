@@ -331,6 +331,9 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
             max_latency_ms=opts.max_latency_ms,
             logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
             models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
+        t0 = time.time()
+        alarm = _Deadline(deadline)
+        tracker = None
         if parent:
             _, exp_id, parent_id = parent
         else:
@@ -340,10 +343,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency})
-        t0 = time.time()
-        alarm = _Deadline(deadline)
-        tracker = None
-        try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED
+        try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
                                     hv_latency, space.size() if opts.mode == "grid" else opts.num_samples)
             trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),

@@ -20,8 +20,9 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -96,13 +97,26 @@ def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Pat
                              f"have (another --tracking-uri, or its database was removed); pass the store it ran "
                              f"with, or start a new search with --name")
         client.update_run(parent, status="RUNNING")
-        client.set_tag(parent, obj.TAG_RESUMED, "true")
-        for key, value in driver.items():
-            client.set_tag(parent, key, value)
+        with ended_if_interrupted(client, parent):
+            client.set_tag(parent, obj.TAG_RESUMED, "true")
+            for key, value in driver.items():
+                client.set_tag(parent, key, value)
         return exp_id, parent
     run = client.create_run(exp_id, run_name=run_name, tags={**tags, **driver})
-    log_params(client, run.info.run_id, params)
+    with ended_if_interrupted(client, run.info.run_id):
+        log_params(client, run.info.run_id, params)
     return exp_id, run.info.run_id
+
+
+@contextmanager
+def ended_if_interrupted(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """A run being filled in when a Ctrl-C (KILLED) or an error (FAILED) lands is ended here: its
+    caller never gets the id, so nothing else could end it."""
+    try:
+        yield
+    except BaseException as e:
+        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def command_line() -> str:

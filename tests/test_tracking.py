@@ -37,6 +37,25 @@ def test_a_saved_state_from_another_store_is_one_clear_error(store, tmp_path):
         open_parent(other, "raysearch", f"sqlite:///{tmp_path / 'other.db'}", state, "s", tags={}, params={})
 
 
+class _Raises:
+    """A param value whose text raises: a Ctrl-C (or an error) landing while the parent is filled in."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "KILLED"), (ValueError("bad param"), "FAILED")])
+def test_a_parent_interrupted_while_it_opens_is_not_left_running(store, tmp_path, exc, status):
+    uri, client = store
+    with pytest.raises(type(exc)):
+        open_parent(client, "raysearch", uri, tmp_path / "state.json", "s", tags={}, params={"x": _Raises(exc)})
+    (run,) = client.search_runs([client.get_experiment_by_name("raysearch").experiment_id])
+    assert run.info.status == status and run.info.end_time is not None
+
+
 def _child(client, exp, parent, spec: ModelSpec, iou: float, lat: float, **tags) -> str:
     run = client.create_run(exp, run_name=spec.name, tags={obj.TAG_PARENT: parent, obj.TAG_STAGE: "stage2",
                                                           obj.TAG_DEVICE_CLASS: "rpi4", **tags})
