@@ -235,6 +235,64 @@ def cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from raysearch.replay.compare import METHOD_KEYS, compare, plot, text_table
+
+    from raysearch.replay.table import load
+
+    table = _table_path(args.table)
+    load(table).require_complete(args.latency_source)  # a bad or unfinished table: one line, before anything runs
+    methods = [METHOD_KEYS[k] for k in args.methods] if args.methods else list(METHOD_KEYS.values())
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    with tqdm(total=args.seeds * len(methods), desc=f"replaying {table.name}", unit="search",
+              disable=args.quiet, file=sys.stderr) as bar:
+        cmp = compare(table, methods=methods, seeds=args.seeds, source=args.latency_source, workers=args.workers,
+                      budgets=args.budgets, jobs=jobs, max_latency_ms=args.max_latency_ms,
+                      progress=lambda n, total: bar.update(n - bar.n))
+    summary = cmp.summary()
+    out = plot(cmp, args.plot or f"replay-{cmp.table}-{cmp.source}.png")
+    summary["plot"] = str(out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"table {cmp.table}, latency from {cmp.source!r}, {cmp.seeds} seeds per method, {cmp.workers} "
+              f"workers, the grid = {cmp.grid_epochs} epochs")
+        print(text_table(summary))
+        print(f"wrote {out}")
+    return 0
+
+
+def _table_path(text: str) -> Path:
+    """A table file, or the name of one of the recorded tables in benchmarks/tables (A, B)."""
+    path = Path(text)
+    if not path.exists() and "/" not in text:
+        bundled = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / f"{text}.jsonl.gz"
+        if bundled.is_file():
+            return bundled
+    if not path.is_file():
+        raise FileNotFoundError(f"--table {text}: no such table file (a .jsonl[.gz] recorded by "
+                                "benchmarks/record_table.py, or A / B for the recorded ones)")
+    return path
+
+
+def _budget(text: str) -> float:
+    try:
+        b = float(text)
+    except ValueError:
+        b = -1.0
+    if not 0 < b <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a budget (a share of the grid's epochs in (0, 1])")
+    return b
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from raysearch.optimize import optimize, result_json
 
@@ -337,9 +395,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (--mode search)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe: Optuna's multi-objective TPE, best for tens of expensive trials (it models the "
-                        "objectives from the first results); nsga2: a genetic algorithm, worth it from about a "
-                        "hundred trials; random: the baseline, fine for tiny spaces (default %(default)s; seeded "
-                        "by --seed)")
+                        "objectives from the first results); gp: Optuna's Gaussian-process sampler (LogEHVI), for "
+                        "budgets of tens of trials; nsga2: a genetic algorithm, worth it from about a hundred "
+                        "trials; random: the baseline, fine for tiny spaces (default %(default)s; seeded by --seed)")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="pareto-asha",
                    help="early stopping. pareto-asha: successive halving that ranks the trials at each rung by "
                         "validation IoU and measured latency together, so fast, less accurate models are not "
@@ -585,6 +643,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_optimize_args(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     s.set_defaults(func=cmd_optimize)
+    s = sub.add_parser("replay", help="compare search methods on a recorded benchmark table, over many seeds",
+                       description="Replay our own searches (the same samplers and schedulers as --mode search) "
+                                   "against a table recorded by benchmarks/record_table.py instead of training: each "
+                                   "method over --seeds seeds on a simulated cluster of --workers slots, its front's "
+                                   "hypervolume as a share of the grid's at each budget (a share of the grid's "
+                                   "training epochs), mean +- standard error, and a one-sided Mann-Whitney U test "
+                                   "against random sampling without early stopping. Ends with a plot of the anytime "
+                                   "curves.")
+    s.add_argument("--table", required=True, help="the table file, or A / B for the recorded ones in benchmarks/tables")
+    s.add_argument("--seeds", type=_positive_int, default=20, help="replays per method (default %(default)s)")
+    s.add_argument("--budgets", type=_budget, nargs="+", default=[0.1, 0.25, 0.5],
+                   help="shares of the grid's training epochs to compare at (default %(default)s)")
+    s.add_argument("--workers", type=_positive_int, default=4, help="parallel trials of the simulated cluster "
+                                                                   "(default %(default)s)")
+    s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
+    s.add_argument("--methods", nargs="+", choices=["random", "random-pasha", "tpe-asha", "tpe-pasha", "nsga2-pasha",
+                                                    "gp", "gp-pasha"],
+                   help="the methods to compare (default: all)")
+    s.add_argument("--max-latency-ms", type=float, help="latency budget: slower configurations are pruned untrained")
+    s.add_argument("--jobs", type=_positive_int, help="replays at once (default: one per CPU)")
+    s.add_argument("--plot", help="the anytime-curve plot (default replay-TABLE-SOURCE.png)")
+    s.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_replay)
     for s in sub.choices.values():  # `-v` after the command too (SUPPRESS: the top-level default stands)
         s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="debug logging and tracebacks")

@@ -19,12 +19,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.presets import preset
 from raysearch.results import Requirement, TrialRow
+from raysearch.samplers import SAMPLERS
 from raysearch.storage import delete_tree
 from raysearch.trial import TrialSettings, run_trial
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("grid", "search")
 SCHEDULERS = ("pareto-asha", "asha", "none")  # pareto-asha: on (val IoU, latency); asha: Ray's, on val IoU
-SAMPLERS = ("tpe", "nsga2", "random")
 
 
 @dataclass
@@ -274,7 +274,8 @@ def search_name(label: str, opts: SearchOptions) -> str:
 def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str | None = None,
                init_checkpoint: str | None = None, parent: tuple | None = None,
                keep_parent_open: bool = False, tags: dict | None = None, init_checkpoints: dict | None = None,
-               deadline: float | None = None, results_cache: str | None = None) -> SearchOutcome:
+               deadline: float | None = None, results_cache: str | None = None,
+               trial_fn: Callable[[dict, TrialSettings], None] | None = None) -> SearchOutcome:
     """Run one Ray Tune search over ``space`` and log it to MLflow (see the module doc).
 
     ``parent``: (client, experiment id, parent run id) to log under an existing parent (stage 1's
@@ -284,6 +285,8 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     ``deadline`` (``time.time()`` seconds): stop there like Ctrl-C and raise `BudgetExpired`;
     the search continues with ``opts.resume``. ``results_cache``: where finished trials are kept
     by spec (default: per search), so searches sharing one never train a configuration twice.
+    ``trial_fn``: the trainable instead of `run_trial` (`raysearch.replay.simulator.table_trial`
+    replays a recorded table through this very driver).
     """
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -346,7 +349,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
                                     hv_latency, space.size() if opts.mode == "grid" else opts.num_samples)
-            trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings),
+            trainable = tune.with_resources(tune.with_parameters(trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
             tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
                            state_path.with_name("scheduler.json"))
@@ -449,16 +452,32 @@ class _farm:
 
 def _sampler(opts: SearchOptions):
     """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
-    import optuna
+    from raysearch.samplers import make_sampler
 
-    if opts.sampler == "nsga2":  # generations of a small population: tens of trials make a few
-        return optuna.samplers.NSGAIISampler(seed=opts.seed, population_size=max(4, min(50, opts.num_samples // 3)))
-    if opts.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=opts.seed)
-    return optuna.samplers.TPESampler(seed=opts.seed, multivariate=True)  # multi-objective (MOTPE) with 2 metrics
+    return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
 
-def _scheduler(opts: SearchOptions, epochs: int, state_path: Path):
+def make_searcher(opts: SearchOptions, first: list[dict] | None = None):
+    """The searcher of ``--mode search``: Optuna's sampler behind Ray Tune's `OptunaSearch`, told
+    the objectives (metric/mode only here: TuneConfig(metric=...) would make it single-objective).
+    A trial the scheduler stops is told to it with its last report (IoU at the stop, latency).
+    ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts),
+                        points_to_evaluate=first)
+
+
+def param_space(space: Space, mode: str) -> dict[str, Any]:
+    """Ray Tune's param_space for ``space``: the grid itself, or a choice per knob to search."""
+    from ray import tune
+
+    if mode == "grid":
+        return {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
+    return {k: tune.choice(list(v)) for k, v in space.grid.items()}
+
+
+def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
     if opts.scheduler == "pareto-asha":
         from raysearch.scheduler import ParetoASHA
 
@@ -484,15 +503,9 @@ def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if opts.mode == "grid":  # the study's grid: every trial to the end
-        param_space = {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
     else:
-        from ray.tune.search.optuna import OptunaSearch
-
-        param_space = {k: tune.choice(list(v)) for k, v in space.grid.items()}
-        # metric/mode only on the searcher: TuneConfig(metric=...) would make the study single-objective.
-        # A trial the scheduler stops is told to it with its last report (IoU at the stop, latency).
-        searcher = OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts))
-        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(opts, epochs, scheduler_state),
+        tune_config = tune.TuneConfig(search_alg=make_searcher(opts), scheduler=make_scheduler(opts, epochs, scheduler_state),
                                       num_samples=opts.num_samples, max_concurrent_trials=opts.concurrency)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
+                      run_config=run_config)

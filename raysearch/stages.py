@@ -28,9 +28,13 @@ log = logging.getLogger("raysearch.stages")
 
 #: The study's baseline, Fast-SCNN a1 t6 r3 pp1: the family's declared baseline.
 BASELINE = {"arch": "fastscnn", **get_family("fastscnn").baseline}
-# Stage 7 without a stage-6 front in MLflow: the study's six Pareto models of stage 6.
-STUDY_STAGE6_FRONT = [dict(a=0.25, t=6, r=2, pp=0), dict(a=0.25, t=4, r=1, pp=0), dict(a=0.25, t=2, r=1, pp=0),
-                      dict(a=0.125, t=6, r=2, pp=0), dict(a=0.125, t=4, r=1, pp=0), dict(a=0.125, t=2, r=1, pp=0)]
+# Stage 7 without a stage-6 front in MLflow: the six stage-6 models the study combined with its
+# resolutions (its section 4.5.1, Tables 4.20-4.23; the first two are not real-time, kept to see how
+# resolution interacts with topology).
+STUDY_STAGE6_FRONT = [dict(a=1.0, t=6, r=1, pp=0), dict(a=0.25, t=6, r=1, pp=0), dict(a=0.125, t=6, r=2, pp=0),
+                      dict(a=0.125, t=4, r=2, pp=0), dict(a=0.125, t=2, r=2, pp=0), dict(a=0.125, t=2, r=1, pp=0)]
+# --quick: one wide, one deep and the smallest of them (minutes on 2 cores)
+QUICK_STAGE6_FRONT = [STUDY_STAGE6_FRONT[i] for i in (1, 3, 5)]
 STUDY_STAGE7_RES = [512, 256, 192, 160, 128, 96]
 
 DESCRIPTIONS = {
@@ -101,7 +105,7 @@ def stage7_space(opts: SearchOptions, res: list | None) -> Space:
         models = [dict(a=m.a, t=m.t, r=m.r, pp=m.pp) for m in models6][:6]
         log.info("stage 7: %d models from the stage-6 front in MLflow", len(models))
     else:
-        models = [STUDY_STAGE6_FRONT[i] for i in (0, 2, 5)] if opts.quick else STUDY_STAGE6_FRONT
+        models = QUICK_STAGE6_FRONT if opts.quick else STUDY_STAGE6_FRONT
         log.info("stage 7: no finished stage-6 search in MLflow; using the study's stage-6 front")
     if res is None and front2:
         res = sorted({m.input_hw for m in front2}, reverse=True)[:6]

@@ -1,0 +1,225 @@
+"""Compare search methods on a recorded table the way HPO papers do: every method replayed over
+many seeds (`raysearch.replay.simulator`), the normalized hypervolume of its front (trials
+trained to the end) as a share of the grid's, read at budgets of training epochs (a share of the
+grid's epochs) and of simulated time; mean +- standard error, and a one-sided Mann-Whitney U test
+of each method against random sampling without early stopping at the same budget.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import statistics
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from raysearch.replay.table import Table, load
+from raysearch.search import SearchOptions
+
+BASELINE = "random, no stopping"
+CURVE_POINTS = 41  # budgets 0 .. the largest, evenly, for the anytime curves
+
+
+@dataclass(frozen=True)
+class Method:
+    """A search method: the product's options that make it (the rest are `SearchOptions`'s defaults)."""
+
+    key: str  # for the command line (`raysearch replay --methods`)
+    label: str
+    sampler: str
+    scheduler: str
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+
+    def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> SearchOptions:
+        extra = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name in ("grace_period", "reduction_factor") and getattr(self, f.name) is not None}
+        return SearchOptions(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
+                             num_samples=num_samples, max_latency_ms=max_latency_ms, **extra)
+
+    def is_default(self) -> bool:
+        d = SearchOptions()
+        return (self.sampler, self.scheduler) == (d.sampler, d.scheduler) and \
+            (self.grace_period or d.grace_period, self.reduction_factor or d.reduction_factor) == \
+            (d.grace_period, d.reduction_factor)
+
+
+METHODS = (
+    Method("random", BASELINE, "random", "none"),
+    Method("random-pasha", "random + Pareto-ASHA", "random", "pareto-asha"),
+    Method("tpe-asha", "TPE + ASHA(IoU)", "tpe", "asha"),
+    Method("tpe-pasha", "TPE + Pareto-ASHA", "tpe", "pareto-asha"),
+    Method("nsga2-pasha", "NSGA-II + Pareto-ASHA", "nsga2", "pareto-asha"),
+    Method("gp", "GP, no stopping", "gp", "none"),
+    Method("gp-pasha", "GP + Pareto-ASHA", "gp", "pareto-asha"),
+)
+METHOD_KEYS = {m.key: m for m in METHODS}
+
+
+def text_table(summary: dict[str, Any]) -> str:
+    """The comparison as a console table: mean +- standard error per budget, and the one-sided
+    Mann-Whitney p against random sampling without stopping (* below 0.05)."""
+    budgets = list(next(iter(summary["methods"].values()))["budgets"])
+    width = max(len(m) for m in summary["methods"]) + 2
+    head = "method".ljust(width) + "".join(f"at {float(b) * 100:g}% of the grid's epochs".ljust(30) for b in budgets)
+    lines = [head, "-" * len(head)]
+    for label, m in summary["methods"].items():
+        cells = []
+        for b in budgets:
+            c = m["budgets"][b]
+            p = c["p_vs_random"]
+            mark = "" if p is None else f"  p={p:.3f}" + ("*" if p < 0.05 else "")
+            cells.append(f"{c['hv_share_mean']:.3f} +- {c['hv_share_se']:.3f}{mark}".ljust(30))
+        tag = " (default)" if label == summary["default"] else ""
+        lines.append((label + tag).ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def default_label(methods: Sequence[Method] = METHODS) -> str | None:
+    return next((m.label for m in methods if m.is_default()), None)
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean (sample standard deviation / sqrt(n)); 0 for one value."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def p_greater(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided Mann-Whitney U: the p-value of "a tends to be larger than b"."""
+    from scipy.stats import mannwhitneyu
+
+    if len(set(a) | set(b)) == 1:  # all equal: no evidence either way
+        return 1.0
+    return float(mannwhitneyu(a, b, alternative="greater").pvalue)
+
+
+@dataclass
+class SeedResult:
+    shares: list[float]  # at each budget of `budgets` (shares of the grid's epochs)
+    curve: list[float]  # at each point of the epoch curve
+    time_curve: list[float]  # at each point of the time curve
+    trials: int
+    stopped: int
+
+
+def _one(args: tuple) -> SeedResult:
+    table_path, method, seed, source, workers, budgets, curve_x, time_x, max_latency_ms = args
+    from raysearch.replay.simulator import simulate
+
+    table = _cached_table(table_path)
+    top = max(max(budgets), max(curve_x)) * table.grid_epochs
+    num_samples = 20 * len(table.configs) + 100  # ample: the budget ends the search
+    r = simulate(table, method.options(seed, num_samples, max_latency_ms), source=source, workers=workers,
+                 max_epochs=top)
+    return SeedResult([r.share_at(b * table.grid_epochs) for b in budgets],
+                      [r.share_at(x * table.grid_epochs) for x in curve_x], [r.share_at_time(t) for t in time_x],
+                      len(r.trials), sum(t.outcome == "stopped" for t in r.trials))
+
+
+_TABLES: dict[str, Table] = {}
+
+
+def _cached_table(path: str) -> Table:
+    if path not in _TABLES:
+        _TABLES[path] = load(path)
+    return _TABLES[path]
+
+
+@dataclass
+class Comparison:
+    table: str
+    source: str
+    seeds: int
+    workers: int
+    grid_epochs: int
+    budgets: list[float]
+    curve_x: list[float]
+    time_x: list[float]  # simulated hours
+    results: dict[str, list[SeedResult]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON document of `raysearch replay --json`."""
+        base = self.results.get(BASELINE)
+        methods = {}
+        for label, runs in self.results.items():
+            per_budget = {}
+            for i, b in enumerate(self.budgets):
+                vals = [r.shares[i] for r in runs]
+                per_budget[f"{b:g}"] = {
+                    "hv_share_mean": round(statistics.fmean(vals), 4), "hv_share_se": round(standard_error(vals), 4),
+                    "p_vs_random": None if base is None or label == BASELINE else
+                    round(p_greater(vals, [r.shares[i] for r in base]), 5)}
+            methods[label] = {"budgets": per_budget,
+                              "trials_mean": round(statistics.fmean(r.trials for r in runs), 1),
+                              "stopped_mean": round(statistics.fmean(r.stopped for r in runs), 1)}
+        return {"table": self.table, "latency_source": self.source, "seeds": self.seeds, "workers": self.workers,
+                "grid_epochs": self.grid_epochs, "default": default_label(), "methods": methods}
+
+
+def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seeds: int = 20, source: str = "host",
+            workers: int = 4, budgets: Sequence[float] = (0.1, 0.25, 0.5), jobs: int = 1,
+            max_latency_ms: float | None = None, progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """Replay every method ``seeds`` times on the (complete) table."""
+    table = load(table_path)
+    table.require_complete(source)
+    top = max(budgets)
+    curve_x = [top * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
+    # time axis: up to the time the grid would take on `workers` slots at the top budget
+    grid_seconds = sum(sum(e.seconds for e in r.curve) + r.fixed_s for r in table.runs.values()) / len(table.seeds)
+    t_top = grid_seconds * top / workers / 3600
+    time_x = [t_top * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
+    cmp = Comparison(table.name, source, seeds, workers, table.grid_epochs, list(budgets), curve_x, time_x)
+    tasks = [(str(table_path), m, s, source, workers, list(budgets), curve_x, time_x, max_latency_ms)
+             for m in methods for s in range(seeds)]
+    results: dict[int, SeedResult] = {}
+    if jobs > 1:
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_one, t): i for i, t in enumerate(tasks)}
+            for n, fut in enumerate(cf.as_completed(futures), 1):
+                results[futures[fut]] = fut.result()
+                if progress:
+                    progress(n, len(tasks))
+    else:
+        for i, t in enumerate(tasks):
+            results[i] = _one(t)
+            if progress:
+                progress(i + 1, len(tasks))
+    for i, t in enumerate(tasks):
+        cmp.results.setdefault(t[1].label, []).append(results[i])
+    return cmp
+
+
+def plot(cmp: Comparison, path: str | Path) -> Path:
+    """Anytime curves: mean hypervolume share +- standard error against epochs and simulated time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for label, runs in cmp.results.items():
+        for ax, xs, key in ((axes[0], [x * 100 for x in cmp.curve_x], "curve"), (axes[1], cmp.time_x, "time_curve")):
+            cols = list(zip(*(getattr(r, key) for r in runs)))
+            mean = [statistics.fmean(c) for c in cols]
+            se = [standard_error(c) for c in cols]
+            style = dict(lw=2.4) if label == default_label() else dict(lw=1.4)
+            line, = ax.plot(xs, mean, label=label, **style)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                            color=line.get_color(), alpha=0.15)
+    for b in cmp.budgets:
+        axes[0].axvline(b * 100, color="0.8", lw=0.8, zorder=0)
+    axes[0].set_xlabel("training epochs spent, % of the grid's")
+    axes[1].set_xlabel(f"simulated hours on {cmp.workers} workers")
+    axes[0].set_ylabel("hypervolume, share of the grid's")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"table {cmp.table} ({cmp.source} latency): mean +- standard error over {cmp.seeds} seeds")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
