@@ -86,6 +86,8 @@ def load_inventory(path: str | os.PathLike[str]) -> list[FarmDevice]:
         text = p.read_text()
     except OSError as exc:
         raise FarmConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FarmConfigError(f"{p}: not a farm inventory (not UTF-8 text; expected YAML with a 'devices' list)") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

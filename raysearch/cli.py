@@ -18,6 +18,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -30,14 +31,56 @@ DATA_HELP = ("dataset: a folder with <split>/images + <split>/labels (like ../sh
              "generator, N samples in all, default 400)")
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (naming the flag and what it expects) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (--help explains every option)\n")
+
+
+def number(kind: type = int, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False, what: str = "") -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number within the bounds, or a message saying what is expected."""
+    span = " and ".join(x for x in (
+        None if lo is None else f"{'>' if lo_open else '>='} {lo:g}",
+        None if hi is None else f"{'<' if hi_open else '<='} {hi:g}") if x)
+    expected = what or f"{'an integer' if kind is int else 'a number'}{' ' + span if span else ''}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if value != value or value in (float("inf"), float("-inf")) or \
+                (lo is not None and (value <= lo if lo_open else value < lo)) or \
+                (hi is not None and (value >= hi if hi_open else value > hi)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+        return value
+
+    return parse
+
+
+POSITIVE, COUNT = number(int, 1), number(int, 0)
+MAX_INPUT_SIDE = 4096  # larger inputs need tens of GB to train: refused on the command line
+
+
 def hw_arg(text: str) -> tuple[int, int]:
     """An input size on the command line, N or HxW: parsed here, once, into (h, w)."""
     from raysearch.models import parse_hw
 
     try:
-        return parse_hw(text)
+        hw = parse_hw(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    if not all(0 < side <= MAX_INPUT_SIDE for side in hw):
+        raise argparse.ArgumentTypeError(f"input size {text!r}: each side must be in 1..{MAX_INPUT_SIDE}")
+    return hw
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty")
+    return text
 
 
 def add_spec_args(p: argparse.ArgumentParser, res_default: str | None = None,
@@ -277,22 +320,6 @@ def _table_path(text: str) -> Path:
     return path
 
 
-def _budget(text: str) -> float:
-    try:
-        b = float(text)
-    except ValueError:
-        b = -1.0
-    if not 0 < b <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a budget (a share of the grid's epochs in (0, 1])")
-    return b
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
 def cmd_optimize(args: argparse.Namespace) -> int:
     from raysearch.optimize import optimize, result_json
 
@@ -310,8 +337,8 @@ def add_mlflow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-class", help="only candidates measured on this device class (e.g. rpi4; a quick "
                                           "local run's are 'local')")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
-    p.add_argument("--max-latency-ms", type=float, help="latency requirement")
-    p.add_argument("--min-iou", type=float, help="IoU requirement")
+    p.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency requirement")
+    p.add_argument("--min-iou", type=number(float, 0, 1), help="IoU requirement")
 
 
 # ---- the stage scripts (python raysearch/stageN.py) --------------------------------------------------------------------------------
@@ -319,18 +346,18 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
     from raysearch import stages
     from raysearch.search import MODES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"python raysearch/stage{stage}.py", description=stages.DESCRIPTIONS[stage] + "\n\n" + stages.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
     g.add_argument("--mode", choices=MODES, default="grid",
                    help="grid: the study's exact grid, every trial to the end; search: multi-objective Optuna "
                         "search over the same space with Pareto-aware early stopping (default %(default)s)")
-    g.add_argument("--num-samples", type=int, default=10, help="trials of --mode search (default %(default)s)")
+    g.add_argument("--num-samples", type=POSITIVE, default=10, help="trials of --mode search (default %(default)s)")
     g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
     g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
-    g.add_argument("--epochs", type=int, help="training epochs per trial (default 400, or 8 with --quick)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--epochs", type=POSITIVE, help="training epochs per trial (default 400, or 8 with --quick)")
+    g.add_argument("--seed", type=COUNT, default=0)
     add_search_args(p)
     g = p.add_argument_group("this search")
     g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
@@ -346,14 +373,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     from raysearch.search import SAMPLERS, SCHEDULERS
 
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
-    g.add_argument("--max-latency-ms", type=float, help="latency budget on the device; slower trials are pruned "
+    g.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget on the device; slower trials are pruned "
                                                         "before any training")
-    g.add_argument("--min-iou", type=float, help="IoU floor")
+    g.add_argument("--min-iou", type=number(float, 0, 1), help="IoU floor")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="dataset folder, COCO export, or synthetic[:N] (default: synthetic, "
                                   f"{QUICK.data} with --quick)")
-    g.add_argument("--limit", type=int, help="at most N images per split")
-    g.add_argument("--logit-threshold", type=float, default=0.0,
+    g.add_argument("--limit", type=POSITIVE, help="at most N images per split")
+    g.add_argument("--logit-threshold", type=number(float), default=0.0,
                    help="foreground when the logit exceeds this (0 = probability 0.5; the study used 0.5)")
     g = p.add_argument_group("latency (benchd)")
     g.add_argument("--farm", help="farm inventory (clusters/farm.yaml) or HOST:PORT of one benchd "
@@ -361,37 +388,37 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-class", default="local", help="device class to measure on (default %(default)s)")
     g.add_argument("--latency-stat", choices=("p50", "mean"), default="p50",
                    help="which figure is the latency objective: p50, or the study's mean (default %(default)s)")
-    g.add_argument("--bench-runs", type=int, help=f"timed runs per benchmark (default {STUDY.bench_runs}, "
+    g.add_argument("--bench-runs", type=POSITIVE, help=f"timed runs per benchmark (default {STUDY.bench_runs}, "
                                                   f"{QUICK.bench_runs} with --quick)")
-    g.add_argument("--bench-warmup", type=int, help=f"discarded warm-up runs (default {STUDY.bench_warmup}, "
+    g.add_argument("--bench-warmup", type=COUNT, help=f"discarded warm-up runs (default {STUDY.bench_warmup}, "
                                                     f"{QUICK.bench_warmup} with --quick)")
-    g.add_argument("--bench-threads", type=int, default=0,
+    g.add_argument("--bench-threads", type=COUNT, default=0,
                    help="onnxruntime intra-op threads (0: all the device's cores; 1 on the core reserved for "
                         "a local benchd)")
-    g.add_argument("--bench-precision", type=float, default=0.02,
+    g.add_argument("--bench-precision", type=number(float, 0, 1, hi_open=True), default=0.02,
                    help="after --bench-runs, keep timing until the 95%% CI of the p50 is within +-this share "
                         "of it (default %(default)s; 0: exactly --bench-runs)")
-    g.add_argument("--bench-min-s", type=float,
+    g.add_argument("--bench-min-s", type=number(float, 0),
                    help=f"time each model at least this long, whatever the precision says (default "
                         f"{STUDY.bench_min_s:g}, {QUICK.bench_min_s:g} with --quick): the runs of a fast model "
                         f"are not independent, a window of milliseconds is precise about that moment only")
-    g.add_argument("--bench-max-s", type=float, default=30.0,
+    g.add_argument("--bench-max-s", type=number(float, 0, lo_open=True), default=30.0,
                    help="stop chasing --bench-precision after this many seconds per model (default %(default)s)")
     g = p.add_argument_group("tracking and storage")
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
-    g.add_argument("--experiment", default="raysearch", help="MLflow experiment (default %(default)s)")
-    g.add_argument("--storage-path", default="runs/ray", help="Ray Tune storage: a local or shared folder, or an "
+    g.add_argument("--experiment", type=nonempty, default="raysearch", help="MLflow experiment (default %(default)s)")
+    g.add_argument("--storage-path", type=nonempty, default="runs/ray", help="Ray Tune storage: a local or shared folder, or an "
                                                               "object-store URI (default %(default)s)")
     g = p.add_argument_group("cluster")
     g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    g.add_argument("--concurrency", type=int, help="trials at once (default: as many as resources allow)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial (default 1 when the "
+    g.add_argument("--concurrency", type=POSITIVE, help="trials at once (default: as many as resources allow)")
+    g.add_argument("--cpus-per-trial", type=number(float, 0, lo_open=True), default=1.0)
+    g.add_argument("--gpus-per-trial", type=number(float, 0), help="GPUs (or a fraction) per trial (default 1 when the "
                                                         "cluster has GPUs, else 0)")
     g.add_argument("--amp", action="store_true", default=None,
                    help="train trials on a GPU in mixed precision (faster, but not the study's numbers; default: "
                         "fp32, as the study trained; logged as the amp param and part of the result cache key)")
-    g.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (default %(default)s)")
+    g.add_argument("--max-failures", type=COUNT, default=1, help="retries of a failed trial (default %(default)s)")
     g = p.add_argument_group("search (--mode search)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe: Optuna's multi-objective TPE, best for tens of expensive trials (it models the "
@@ -403,11 +430,11 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "validation IoU and measured latency together, so fast, less accurate models are not "
                         "stopped for their IoU alone; asha: Ray Tune's ASHA on validation IoU only (for "
                         "comparison); none: every trial to the end (default %(default)s)")
-    g.add_argument("--grace-period", type=int, default=1, help="epochs before a trial can be stopped (default "
+    g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "
                                                                "%(default)s); rungs at grace x factor^k epochs")
-    g.add_argument("--reduction-factor", type=float, default=3.0,
+    g.add_argument("--reduction-factor", type=number(float, 1, lo_open=True), default=3.0,
                    help="of the trials reaching a rung, the best 1/factor go on (default %(default)s)")
-    g.add_argument("--hv-ref-latency-ms", type=float, help="hypervolume reference latency, fixed to compare "
+    g.add_argument("--hv-ref-latency-ms", type=number(float, 0, lo_open=True), help="hypervolume reference latency, fixed to compare "
                                                            "searches (default: --max-latency-ms, else the "
                                                            "largest latency the search measured)")
 
@@ -423,6 +450,7 @@ def search_options(args: argparse.Namespace):
 
 
 def stage_main(stage: int, argv: list[str] | None = None) -> int:
+    from raysearch.data import check_data
     from raysearch.presets import preset
     from raysearch.stages import run_stage
 
@@ -430,6 +458,7 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         opts = search_options(args)
+        check_data(opts.data, limit=opts.limit, seed=opts.seed)  # before anything is opened or started
         epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
         outcome = run_stage(stage, opts, epochs, args.res)
     except (ValueError, FileNotFoundError) as e:
@@ -502,7 +531,7 @@ def add_optimize_args(p: argparse.ArgumentParser) -> None:
                    help="total for the whole optimization over all its runs (90s, 45m, 2h, 1h30m): at the deadline "
                         "it stops cleanly and reports the best so far; after a 2h budget ran out, --time-budget 3h "
                         "gives it one more hour (default: no limit)")
-    g.add_argument("--epochs", type=int, help=f"training epochs per candidate (default {STUDY.epochs}, "
+    g.add_argument("--epochs", type=POSITIVE, help=f"training epochs per candidate (default {STUDY.epochs}, "
                                               f"{QUICK.epochs} with --quick)")
     g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes to try, N or HxW (default: the family's, "
                                                          f"{' '.join(map(str, STUDY.resolutions))} for the built-in "
@@ -511,7 +540,7 @@ def add_optimize_args(p: argparse.ArgumentParser) -> None:
                    help="--int8 / --no-int8: also try int8-quantized candidates (default: only at expert)")
     g.add_argument("--y-channel", action="store_true", help="also try the Y channel of YCrCb as the only input "
                                                             "(the study found it always dominated)")
-    g.add_argument("--trials-per-stage", type=int, help="trials of a stage too big for a grid (default: a third "
+    g.add_argument("--trials-per-stage", type=POSITIVE, help="trials of a stage too big for a grid (default: a third "
                                                         f"of its points, at least {GRID_LIMIT})")
     g.add_argument("--quick", action="store_true", help="inputs 128/96/64, 8 epochs, 120 synthetic images, short "
                                                         "benchmarks: minutes on 2 CPUs")
@@ -519,7 +548,7 @@ def add_optimize_args(p: argparse.ArgumentParser) -> None:
                    help="import MODULE first (it registers your model family with register_family); repeatable")
     g.add_argument("--name", help="name of the optimization (default: derived from its settings)")
     g.add_argument("--fresh", action="store_true", help="start over instead of continuing an earlier run")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=COUNT, default=0)
     add_search_args(p)
 
 
@@ -544,7 +573,7 @@ def optimize_options(args: argparse.Namespace):
 
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -560,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a deterministic synthetic conveyor-belt dataset in the folder layout "
                                    "{train,val,test}/{images,labels} (split 75/10/15).")
     s.add_argument("out", help="output folder")
-    s.add_argument("--n", type=int, default=400, help="number of samples in all (default %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same bytes (default %(default)s)")
+    s.add_argument("--n", type=number(int, 3), default=400, help="number of samples in all (default %(default)s)")
+    s.add_argument("--seed", type=COUNT, default=0, help="seed; the same seed gives the same bytes (default %(default)s)")
     s.add_argument("--size", default="540x960", help="image size HxW (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -573,15 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics.json to --out.")
     add_spec_args(s, res_default="128")
     s.add_argument("--data", default="synthetic", help=DATA_HELP + " (default %(default)s)")
-    s.add_argument("--limit", type=int, default=None, help="use at most N samples per split")
-    s.add_argument("--epochs", type=int, default=400, help="default %(default)s (the study's)")
-    s.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
-    s.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    s.add_argument("--workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
+    s.add_argument("--limit", type=POSITIVE, default=None, help="use at most N samples per split")
+    s.add_argument("--epochs", type=POSITIVE, default=400, help="default %(default)s (the study's)")
+    s.add_argument("--batch-size", type=POSITIVE, default=8, help="default %(default)s")
+    s.add_argument("--lr", type=number(float, 0, lo_open=True), default=0.01, help="Adam learning rate (default %(default)s)")
+    s.add_argument("--seed", type=COUNT, default=0, help="default %(default)s")
+    s.add_argument("--workers", type=COUNT, default=0, help="DataLoader workers (default %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     s.add_argument("--amp", action="store_true", help="mixed precision on CUDA (default: fp32, as the study trained)")
-    s.add_argument("--train-scale", type=float, default=None,
+    s.add_argument("--train-scale", type=number(float, 0, lo_open=True), default=None,
                    help="resize factor before the random crop (default: input size / 512, the study's)")
     s.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"), help="ONNX exporter")
     s.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
@@ -597,9 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx", required=True, help="the model file")
     s.add_argument("--data", default="synthetic", help=DATA_HELP + " (default %(default)s)")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
-    s.add_argument("--limit", type=int, default=None, help="evaluate at most N images")
-    s.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default %(default)s)")
-    s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    s.add_argument("--limit", type=POSITIVE, default=None, help="evaluate at most N images")
+    s.add_argument("--seed", type=COUNT, default=0, help="seed of the synthetic data (default %(default)s)")
+    s.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores)")
     s.add_argument("--json", action="store_true", help="print the metrics as JSON")
     s.add_argument("--per-image", action="store_true", help="with --json: include every image's IoU")
     add_threshold_args(s)
@@ -652,17 +681,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against random sampling without early stopping. Ends with a plot of the anytime "
                                    "curves.")
     s.add_argument("--table", required=True, help="the table file, or A / B for the recorded ones in benchmarks/tables")
-    s.add_argument("--seeds", type=_positive_int, default=20, help="replays per method (default %(default)s)")
-    s.add_argument("--budgets", type=_budget, nargs="+", default=[0.1, 0.25, 0.5],
+    s.add_argument("--seeds", type=POSITIVE, default=20, help="replays per method (default %(default)s)")
+    s.add_argument("--budgets", type=number(float, 0, 1, lo_open=True, what="a budget (a share of the grid's epochs in (0, 1])"), nargs="+", default=[0.1, 0.25, 0.5],
                    help="shares of the grid's training epochs to compare at (default %(default)s)")
-    s.add_argument("--workers", type=_positive_int, default=4, help="parallel trials of the simulated cluster "
+    s.add_argument("--workers", type=POSITIVE, default=4, help="parallel trials of the simulated cluster "
                                                                    "(default %(default)s)")
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
     s.add_argument("--methods", nargs="+", choices=["random", "random-pasha", "tpe-asha", "tpe-pasha", "nsga2-pasha",
                                                     "gp", "gp-pasha"],
                    help="the methods to compare (default: all)")
-    s.add_argument("--max-latency-ms", type=float, help="latency budget: slower configurations are pruned untrained")
-    s.add_argument("--jobs", type=_positive_int, help="replays at once (default: one per CPU)")
+    s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
+    s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")
     s.add_argument("--plot", help="the anytime-curve plot (default replay-TABLE-SOURCE.png)")
     s.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -678,6 +707,7 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:  # the local benchd's per-upload lines are noise in a search's console (-v shows them)
         logging.getLogger("benchd").setLevel(logging.WARNING)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
 
 
 def main(argv: list[str] | None = None) -> int:

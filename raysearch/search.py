@@ -87,6 +87,11 @@ class SearchOptions:
         self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
+        elif self.farm:
+            host, _, port = self.farm.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"--farm {self.farm!r}: expected a farm inventory (a .yaml file) or HOST:PORT of "
+                                 "one benchd")
 
     def _check_inventory(self) -> None:
         """An absolute inventory path (trials run in folders of their own) and a device class it
@@ -130,6 +135,20 @@ class Space:
         for v in self.grid.values():
             n *= len(v)
         return n
+
+    def check(self, limit: int = 100_000) -> None:
+        """Every point a valid `ModelSpec` (the first bad value named), before any trial runs."""
+        import itertools
+
+        from raysearch.models import ModelSpec
+
+        if not self.grid or any(not v for v in self.grid.values()):
+            raise ValueError(f"the search space {self.grid} has no point")
+        for values in itertools.islice(itertools.product(*self.grid.values()), limit):
+            knobs = {**self.fixed}
+            for k, v in zip(self.grid, values):
+                knobs.update(self.models.get(v, {}) if k == "model" else {k: v})
+            ModelSpec.from_dict(knobs, strict=True)
 
 
 @dataclass
@@ -198,12 +217,13 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
         mask = os.sched_getaffinity(0)
         os.sched_setaffinity(0, reservation.ray)
         try:
-            ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
+            # address="local": a Ray of our own even when `ray start` left a head on this machine
+            ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
                      num_cpus=len(reservation.ray))
         finally:
             os.sched_setaffinity(0, mask)
     else:
-        ray.init(include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
         # search like Ctrl-C, so every MLflow run gets a status and --resume can continue
@@ -295,6 +315,10 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.report import finish_search
     from raysearch.tracking import SearchTracker, open_parent
 
+    from raysearch.data import check_data
+
+    space.check()  # bad input, one line each, before Ray starts
+    check_data(opts.data, limit=opts.limit, seed=opts.seed)
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
     reservation = local_reservation(opts)
     init_ray(opts.address, reservation)
@@ -322,8 +346,11 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     import ray
 
     gpus = opts.gpus_per_trial
+    have_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = 1.0 if have_gpus > 0 else 0.0
+    elif gpus > have_gpus:  # the trials would wait for it forever
+        raise ValueError(f"--gpus-per-trial {gpus:g}: the Ray cluster has {have_gpus:g} GPU(s)")
 
     with _farm(opts, reservation) as farm:
         settings = TrialSettings(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from raysearch.data.sources import DataError, SegSource, check_pair
 
-__all__ = ["DataError", "SegSource", "Subset", "check_pair", "open_split", "prepare_data", "SPLITS"]
+__all__ = ["DataError", "SegSource", "Subset", "check_data", "check_pair", "open_split", "prepare_data", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ def open_split(data: str | Path, split: str, *, seed: int = 0, limit: int | None
     if limit is not None and limit < len(source):
         source = Subset(source, list(range(limit)))
     return source
+
+
+def check_data(data: str | Path, *, limit: int | None = None, seed: int = 0) -> None:
+    """Every split opens and holds samples (`DataError` naming the data otherwise): what a search
+    checks before it starts Ray."""
+    for split in SPLITS:
+        open_split(data, split, seed=seed, limit=limit)
 
 
 def _open(data: str, split: str, seed: int) -> SegSource:

@@ -1,0 +1,90 @@
+"""Hostile input on the raysearch side (as `tests/test_benchd_hostile.py` is for benchd): every bad
+flag, data folder and inventory a stage script can check is refused in one line naming it, exit
+status 2, before Ray starts, and nothing is left in the tracking store."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raysearch import cli, search
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the driver got as far as starting Ray."""
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started for input that should have been refused before it")
+
+    monkeypatch.setattr(search, "init_ray", refuse)
+
+
+BINARY = bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--epochs", "-1"], "argument --epochs: '-1' is not an integer >= 1"),
+    (["--epochs", "0"], "argument --epochs: '0' is not an integer >= 1"),
+    (["--res", "0"], "argument --res: input size '0': each side must be in 1..4096"),
+    (["--res", "100000"], "argument --res: input size '100000': each side must be in 1..4096"),
+    (["--res", "abc"], "argument --res: input size 'abc' is not N or HxW"),
+    (["--bench-threads", "-1"], "argument --bench-threads: '-1' is not an integer >= 0"),
+    (["--limit", "0"], "argument --limit: '0' is not an integer >= 1"),
+    (["--bench-runs", "0"], "argument --bench-runs: '0' is not an integer >= 1"),
+    (["--concurrency", "0"], "argument --concurrency: '0' is not an integer >= 1"),
+    (["--max-failures", "-2"], "argument --max-failures: '-2' is not an integer >= 0"),
+    (["--gpus-per-trial", "-1"], "argument --gpus-per-trial: '-1' is not a number >= 0"),
+    (["--hv-ref-latency-ms", "-5"], "argument --hv-ref-latency-ms: '-5' is not a number > 0"),
+    (["--max-latency-ms", "nan"], "argument --max-latency-ms: 'nan' is not a number > 0"),
+    (["--min-iou", "1.5"], "argument --min-iou: '1.5' is not a number >= 0 and <= 1"),
+    (["--bench-precision", "1"], "argument --bench-precision: '1' is not a number >= 0 and < 1"),
+    (["--reduction-factor", "1"], "argument --reduction-factor: '1' is not a number > 1"),
+    (["--experiment", ""], "argument --experiment: '' is empty"),
+    (["--sampler", "cmaes"], "argument --sampler: invalid choice: 'cmaes'"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2(capsys, no_ray, args, says):
+    with pytest.raises(SystemExit) as e:
+        cli.stage_main(7, ["--quick", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("make, args, says", [
+    (None, ["--data", "s3://bucket/x"], "--data 's3://bucket/x': no such folder or file"),
+    (None, ["--data", "/no/such/dir"], "--data '/no/such/dir': no such folder or file"),
+    (None, ["--data", "synthetic:2"], "need at least 3 synthetic samples"),
+    (None, ["--data", "synthetic:many"], "expected 'synthetic' or 'synthetic:N'"),
+    ("empty-dir", ["--data", "{p}"], "not a dataset"),
+    (None, ["--res", "100"], "input_hw=100x100 must be a multiple of 32"),
+    (None, ["--farm", "/etc/hostname"], "--farm '/etc/hostname': expected a farm inventory"),
+    (None, ["--farm", "host-without-port"], "--farm 'host-without-port': expected a farm inventory"),
+    (None, ["--farm", "host:99999"], "--farm 'host:99999': expected a farm inventory"),
+    (None, ["--farm", "/no/such/farm.yaml"], "farm inventory not found"),
+    ("binary.yaml", ["--farm", "{p}"], "not a farm inventory (not UTF-8 text"),
+    ("text.yaml", ["--farm", "{p}"], "expected a mapping with a 'devices' list"),
+])
+def test_bad_data_and_inventories_are_refused_before_ray(tmp_path, capsys, no_ray, make, args, says):
+    p = tmp_path / (make or "x")
+    if make == "empty-dir":
+        p.mkdir()
+    elif make == "binary.yaml":
+        p.write_bytes(BINARY)
+    elif make == "text.yaml":
+        p.write_text("just a sentence\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--quick", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+            *[a.format(p=p) for a in args]]
+    assert cli.stage_main(7, argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    client = MlflowClient(uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_replay_and_train_flags_are_checked_too(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["replay", "--table", "A", "--seeds", "0"])
+    assert e.value.code == 2 and "argument --seeds: '0' is not an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--lr", "-0.1"])
+    assert e.value.code == 2 and "argument --lr: '-0.1' is not a number > 0" in capsys.readouterr().err
