@@ -57,6 +57,34 @@ def split_address(address: str) -> tuple[str, int]:
     return address, 0
 
 
+class TlsFilesError(ValueError):
+    """A TLS file set gRPC must not see: a certificate without its key, a missing or unreadable
+    file, a file that is not PEM of the expected kind. (gRPC's C core aborts the whole process on
+    some of these, e.g. a client certificate without a private key.)"""
+
+
+_PEM_MARKERS = {"certificate": b"-----BEGIN CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
+
+
+def read_pem(path: str, kind: str, role: str) -> bytes:
+    """The bytes of a PEM file holding a ``kind`` ("certificate" or "private key"); ``role`` names
+    the file in the message (e.g. "--tls-key")."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise TlsFilesError(f"{role} {p}: cannot read ({exc.strerror})") from None
+    if _PEM_MARKERS[kind] not in data:
+        raise TlsFilesError(f"{role} {p}: not a PEM {kind}")
+    return data
+
+
+def pair(cert_file: str | None, key_file: str | None, who: str) -> None:
+    if bool(cert_file) != bool(key_file):
+        have, missing = ("certificate", "private key") if cert_file else ("private key", "certificate")
+        raise TlsFilesError(f"{who} TLS: a {have} without its {missing} (the certificate and key go together)")
+
+
 @dataclass(frozen=True)
 class ServerTls:
     cert_file: str
@@ -64,9 +92,10 @@ class ServerTls:
     client_ca_file: str | None = None  # set: clients must present a certificate (mutual TLS)
 
     def credentials(self) -> grpc.ServerCredentials:
-        key = Path(self.key_file).expanduser().read_bytes()
-        cert = Path(self.cert_file).expanduser().read_bytes()
-        ca = Path(self.client_ca_file).expanduser().read_bytes() if self.client_ca_file else None
+        pair(self.cert_file, self.key_file, "server")
+        key = read_pem(self.key_file, "private key", "TLS key")
+        cert = read_pem(self.cert_file, "certificate", "TLS certificate")
+        ca = read_pem(self.client_ca_file, "certificate", "TLS client CA") if self.client_ca_file else None
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -78,13 +107,11 @@ class ClientTls:
     server_name: str | None = None  # expected name in the server certificate, if not the host
 
     def credentials(self) -> grpc.ChannelCredentials:
-        def read(p: str | None) -> bytes | None:
-            return Path(p).expanduser().read_bytes() if p else None
-
+        pair(self.cert_file, self.key_file, "client")
         return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
-            private_key=read(self.key_file),
-            certificate_chain=read(self.cert_file),
+            root_certificates=read_pem(self.ca_file, "certificate", "TLS CA") if self.ca_file else None,
+            private_key=read_pem(self.key_file, "private key", "TLS key") if self.key_file else None,
+            certificate_chain=read_pem(self.cert_file, "certificate", "TLS certificate") if self.cert_file else None,
         )
 
 

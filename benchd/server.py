@@ -30,7 +30,8 @@ from benchd.errors import REASON_KEY
 from benchd.metrics import Metrics
 from benchd import runner, wire
 from benchd.runner import BenchmarkError, BenchParams
-from benchd.security import MalformedRequestInterceptor, ServerTls, TokenInterceptor, is_loopback, split_address
+from benchd.security import (MalformedRequestInterceptor, ServerTls, TlsFilesError, TokenInterceptor, is_loopback,
+                             split_address)
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
 from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle
@@ -497,7 +498,18 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_secure_port(address, cfg.tls.credentials()) if cfg.tls else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, cfg.tls.credentials()) if cfg.tls else server.add_insecure_port(address)
+    except TlsFilesError:
+        servicer.close()
+        raise
+    except RuntimeError:  # gRPC says only "Failed to bind"; with TLS the usual cause is the key pair
+        servicer.close()
+        if cfg.tls:
+            raise TlsFilesError(f"could not serve TLS on {address} with certificate {cfg.tls.cert_file} and key "
+                                f"{cfg.tls.key_file}: does the key belong to the certificate (and is the address "
+                                "free)?") from None
+        raise OSError(f"could not bind {address}") from None
     if not port:
         servicer.close()
         raise OSError(f"could not bind {address}")

@@ -140,6 +140,21 @@ def test_latency_budget_prunes_before_training(tmp_path):
     assert "1 pruned by latency before training" in out.stdout
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random"])
+def test_every_sampler_runs_a_real_search(tmp_path, sampler):
+    """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle)."""
+    from raysearch.samplers import SAMPLERS
+
+    assert sampler in SAMPLERS
+    store = Store(tmp_path)
+    out = store.stage(7, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1",
+                      "--bench-runs", "3", "--sampler", sampler)
+    (parent,) = store.parents("stage7")
+    assert parent.data.params["sampler"] == sampler and parent.info.status == "FINISHED"
+    kids = store.children(parent.info.run_id)
+    assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), out.stdout[-3000:]
+
+
 @pytest.mark.parametrize("scheduler", ["pareto-asha", "asha"])
 def test_search_mode_stops_some_trials(tmp_path, scheduler):
     store = Store(tmp_path)
