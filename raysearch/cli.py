@@ -461,10 +461,11 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
         check_data(opts.data, limit=opts.limit, seed=opts.seed)  # before anything is opened or started
         epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
         outcome = run_stage(stage, opts, epochs, args.res)
-    except (ValueError, FileNotFoundError) as e:
-        if args.verbose:
+    except Exception as e:
+        line = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else store_error(e, args.tracking_uri)
+        if line is None or args.verbose:
             raise
-        print(f"stage{stage}: error: {e}", file=sys.stderr)
+        print(f"stage{stage}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stage{stage}: interrupted; every open MLflow run was ended as KILLED. Continue with --resume.",
@@ -710,15 +711,42 @@ def _logging(verbose: bool) -> None:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
 
 
+def store_error(e: BaseException, uri: str | None) -> str | None:
+    """One line for a tracking store that cannot answer (an unknown run, a file that is not an
+    MLflow database, a server that does not answer), naming the store; None for anything else."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from raysearch.tracking import tracking_uri
+
+    store = tracking_uri(uri)
+    if isinstance(e, SQLAlchemyError):
+        cause = str(getattr(e, "orig", None) or e).splitlines()[0]
+        return f"the tracking store {store} is not a readable MLflow database ({cause})"
+    if isinstance(e, MlflowException):
+        return f"{str(e.message).splitlines()[0][:300]} (tracking store {store})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose)
+    if args.command in ("pick", "report"):  # reading back: a store that does not answer is said in seconds
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # one clear line, no traceback (-v for one)
         if args.verbose:
             raise
-        print(f"raysearch {args.command}: error: {e}", file=sys.stderr)
+        print(f"raysearch {args.command}: error: {store_error(e, getattr(args, 'tracking_uri', None)) or e}",
+              file=sys.stderr)
+        return 2
+    except Exception as e:
+        line = store_error(e, getattr(args, "tracking_uri", None))
+        if line is None or args.verbose:
+            raise
+        print(f"raysearch {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; run the same command again to continue (--fresh to start over)" if args.command == "optimize" else ""

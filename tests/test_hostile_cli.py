@@ -88,3 +88,55 @@ def test_replay_and_train_flags_are_checked_too(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--lr", "-0.1"])
     assert e.value.code == 2 and "argument --lr: '-0.1' is not a number > 0" in capsys.readouterr().err
+
+
+# ---- tracking store faults: one line naming the store, in bounded time ----------------------------
+def _garbage_db(tmp_path):
+    db = tmp_path / "broken.db"
+    db.write_bytes(BINARY * 8)
+    return f"sqlite:///{db}"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["pick", "--run-id", "UNKNOWN"], "Run with id=UNKNOWN not found (tracking store sqlite:///"),
+    (["report", "--run-id", "UNKNOWN"], "Run with id=UNKNOWN not found (tracking store sqlite:///"),
+])
+def test_unknown_run_ids_are_one_line(tmp_path, capsys, argv, says):
+    assert cli.main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["pick", "report"])
+def test_a_corrupted_store_is_named(tmp_path, capsys, command):
+    uri = _garbage_db(tmp_path)
+    assert cli.main([command, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"raysearch {command}: error: the tracking store {uri} is not a readable MLflow database " \
+                  "(file is not a database)"
+
+
+def test_a_stage_on_a_corrupted_store_is_one_line(tmp_path, capsys, no_ray):
+    uri = _garbage_db(tmp_path)
+    assert cli.stage_main(7, ["--quick", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is not a readable MLflow database (file is not a database)") and len(err.splitlines()) == 1
+
+
+def test_an_unreachable_tracking_server_is_said_in_seconds(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "raysearch.cli", "pick", "--tracking-uri", f"http://127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert time.monotonic() - t0 < 60  # was 40-200 s of retries
+    assert p.returncode == 2 and f"(tracking store http://127.0.0.1:{port})" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
