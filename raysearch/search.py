@@ -265,15 +265,26 @@ def local_root(opts: SearchOptions) -> Path:
     return Path(os.environ.get("RAYSEARCH_STATE_DIR") or Path.home() / ".raysearch").expanduser().resolve()
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """Fail in one line, before Ray starts, when the search could not write its files."""
+MIN_FREE_BYTES = 256 * 2**20  # checkpoints, trial states, ONNX files and the experiment's snapshots
+
+
+def check_writable(folder: Path, what: str, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail in one line, before Ray starts, when the search could not write its files: a folder
+    it may not write, or one without working room (a search that fills the disk half-way loses
+    time, whatever it ends with)."""
+    import shutil
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".raysearch-write-check-"):
             pass
+        free = shutil.disk_usage(folder).free
     except OSError as e:
         raise ValueError(f"{what} {folder} is not writable ({e.strerror}); pass a folder this user may write "
                          f"(or an object-store URI to --storage-path)") from None
+    if free < min_free:
+        raise ValueError(f"{what} {folder} has {free / 2**20:.0f} MiB free; a search needs at least "
+                         f"{min_free / 2**20:.0f} MiB there (free some space or pass another folder)")
 
 
 def search_name(label: str, opts: SearchOptions) -> str:
@@ -308,35 +319,78 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     ``trial_fn``: the trainable instead of `run_trial` (`raysearch.replay.simulator.table_trial`
     replays a recorded table through this very driver).
     """
+    from raysearch.data import check_data
+
+    space.check()  # bad input, one line each, before Ray starts
+    check_data(opts.data, limit=opts.limit, seed=opts.seed)
+    check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
+    storage = storage_uri(opts)
+    root = local_root(opts)
+    name = name or search_name(stage, opts)
+    exp_path = f"{storage}/{name}"
+    state_path = search_state_path(opts, name)
+    lock = _SearchLock(state_path.with_name("driver.lock"), name)  # released when this returns or the process dies
+    if not opts.resume and state_path.exists():
+        lock.release()
+        raise ValueError(f"a search named {name!r} already exists under {storage} (state {state_path}); "
+                         f"pass --resume to continue it or --name to start another")
+    reservation = local_reservation(opts)
+    try:
+        init_ray(opts.address, reservation)
+        INTERRUPTS.count = 0
+        if reservation is not None:
+            print(reservation.describe(), flush=True)
+        if "://" not in opts.storage_path:
+            # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
+            # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
+            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        return _run_locked(stage, space, opts, epochs=epochs, name=name, storage=storage, root=root, exp_path=exp_path,
+                           state_path=state_path, init_checkpoint=init_checkpoint, parent=parent,
+                           keep_parent_open=keep_parent_open, tags=tags, init_checkpoints=init_checkpoints,
+                           deadline=deadline, results_cache=results_cache, trial_fn=trial_fn,
+                           reservation=reservation)
+    finally:
+        lock.release()
+
+
+class _SearchLock:
+    """One driver per search name: a second search started with the same --name (or a --resume
+    while the first still runs) is refused in one line. An advisory lock on a file in the
+    driver's own folder, released by the kernel when the process dies, so a killed driver never
+    leaves a stale lock."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 200).decode(errors="replace").strip() or "another process"
+            self.release()
+            raise ValueError(f"a search named {name!r} is already running ({holder}); wait for it, stop it, "
+                             "or pass another --name") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str, storage: str, root: Path,
+                exp_path: str, state_path: Path, init_checkpoint: str | None, parent: tuple | None,
+                keep_parent_open: bool, tags: dict | None, init_checkpoints: dict | None, deadline: float | None,
+                results_cache: str | None, trial_fn: Callable | None,
+                reservation: CpuReservation | None) -> SearchOutcome:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
     from raysearch.data import prepare_data
     from raysearch.report import finish_search
     from raysearch.tracking import SearchTracker, open_parent
-
-    from raysearch.data import check_data
-
-    space.check()  # bad input, one line each, before Ray starts
-    check_data(opts.data, limit=opts.limit, seed=opts.seed)
-    check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
-    reservation = local_reservation(opts)
-    init_ray(opts.address, reservation)
-    INTERRUPTS.count = 0
-    if reservation is not None:
-        print(reservation.describe(), flush=True)
-    storage = storage_uri(opts)
-    if "://" not in opts.storage_path:
-        # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
-        # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    root = local_root(opts)
-    name = name or search_name(stage, opts)
-    exp_path = f"{storage}/{name}"
-    state_path = search_state_path(opts, name)
-    if not opts.resume and state_path.exists():
-        raise ValueError(f"a search named {name!r} already exists under {storage} (state {state_path}); "
-                         f"pass --resume to continue it or --name to start another")
 
     remote = "://" in opts.storage_path
     data = prepare_data(opts.data, None if remote else root, opts.seed)
