@@ -164,3 +164,79 @@ def test_a_storage_without_working_room_is_refused_before_ray(tmp_path):
     check_writable(tmp_path, "--storage-path", min_free=1)
     with pytest.raises(ValueError, match=r"--storage-path .* has \d+ MiB free; a search needs at least"):
         check_writable(tmp_path, "--storage-path", min_free=2**62)  # more than any disk holds
+
+
+# ---- bad data files: one line naming the file, exit 2 (was: a segfault, silent training, 2.5 GB) ----
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h (no pixel data follows): enough for the size check."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _folder_with(tiny_folder, kind):
+    import os
+
+    images = tiny_folder / "images"
+    if kind == "non-utf8-name":
+        for sub, ext in (("images", ".png"), ("labels", ".png")):
+            src = tiny_folder / sub / f"s0{ext}"
+            os.rename(src, os.path.join(os.fsencode(tiny_folder / sub), b"s\xff0" + ext.encode()))
+        return "s\\xff0.png"
+    if kind == "truncated-jpeg":
+        import cv2
+
+        img = cv2.imread(str(images / "s0.png"))
+        (images / "s0.png").unlink()
+        ok, buf = cv2.imencode(".jpg", img)
+        (images / "s0.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+        return "s0.jpg: truncated JPEG"
+    if kind == "huge":
+        (images / "s0.png").write_bytes(_png_header(20000, 20000))
+        return "s0.png: image is 20000x20000 (400 Mpixels); the limit is"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["non-utf8-name", "truncated-jpeg", "huge"])
+def test_bad_image_files_are_named_not_crashed_on(tiny_folder, kind):
+    from raysearch.data.folder import FolderSource
+    from raysearch.data.sources import DataError
+
+    says = _folder_with(tiny_folder, kind)
+    source = FolderSource(tiny_folder)
+    bad = source.stems.index(next(s for s in source.stems if s.startswith("s") and ("0" in s)))
+    if kind == "non-utf8-name":  # a name that is not UTF-8 is a name like any other: it loads
+        image, mask = source.load(bad)
+        assert image.shape[:2] == mask.shape
+        return
+    with pytest.raises(DataError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        source.load(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["non-utf8-name", "truncated-jpeg"])
+def test_raysearch_train_on_bad_data(tiny_folder, tmp_path, kind):
+    """`raysearch train` once segfaulted (exit 139) on a non-UTF-8 name and trained on a truncated JPEG."""
+    import subprocess
+    import sys
+
+    import shutil
+
+    data = tmp_path / "data"  # the split layout: train (with the bad file), val, test
+    for split in ("val", "test"):
+        shutil.copytree(tiny_folder, data / split)
+    says = _folder_with(tiny_folder, kind)
+    shutil.copytree(tiny_folder, data / "train")
+    p = subprocess.run([sys.executable, "-m", "raysearch.cli", "train", "--data", str(data), "--res", "64",
+                        "--a", "0.125", "--epochs", "1", "--out", str(tmp_path / "out"), "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    if kind == "non-utf8-name":
+        assert p.returncode == 0, p.stderr[-2000:]
+    else:
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert "Premature end of JPEG" not in p.stderr

@@ -51,7 +51,8 @@ def hash_split(source: SegSource, split: str) -> Subset:
     lo, hi = _SPLIT_EDGES[split]
     keep = []
     for i, stem in enumerate(source.stems):
-        u = int.from_bytes(hashlib.sha1(stem.encode()).digest()[:8], "big") / 2**64
+        # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+        u = int.from_bytes(hashlib.sha1(stem.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2**64
         if lo <= u < hi:
             keep.append(i)
     return Subset(source, keep)

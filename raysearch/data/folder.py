@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -26,32 +27,66 @@ def _preview(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+#: the largest image accepted (a 20000 x 20000 image with its mask trained at 2.5 GB): 8K x 5K
+MAX_PIXELS = 8192 * 5120
+
+
+def shown(path: Path) -> str:
+    """A path fit for a message, whatever bytes its name holds (not UTF-8: shown escaped)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def decode(path: Path, flags: int, what: str) -> np.ndarray:
+    """Decode an image file: the bytes read by Python (OpenCV's imread crashed on a name that is
+    not UTF-8), its size checked from the header before any pixel is decoded, a JPEG without its
+    end marker refused (libjpeg decodes a truncated file silently, gray at the bottom)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{shown(path)}: cannot read this {what} ({e.strerror})") from None
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read: ours is checked below
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+            kind = probe.format
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise DataError(f"{shown(path)}: cannot read this {what} (not an image file, or a damaged one)") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{shown(path)}: {what} is {w}x{h} ({w * h / 1e6:.0f} Mpixels); the limit is "
+                        f"{MAX_PIXELS / 1e6:.0f} Mpixels: resize it first")
+    if kind == "JPEG" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        raise DataError(f"{shown(path)}: truncated JPEG (no end-of-image marker): re-export or remove it")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
-        raise DataError(f"{path}: cannot read this image (missing, truncated or not an image file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        raise DataError(f"{shown(path)}: cannot read this {what} (missing, truncated or not an image file)")
+    return img
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: Path) -> np.ndarray:
     """A binary mask as {0, 1}; accepts 0/255 or 0/1 grayscale (or identical-channel color) PNGs."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise DataError(f"{path}: cannot read this mask (missing, truncated or not an image file)")
+    m = decode(path, cv2.IMREAD_UNCHANGED, "mask")
     if m.ndim == 3:
         if m.shape[2] == 4:
             m = m[..., :3]
         if not (m == m[..., :1]).all():
-            raise DataError(f"{path}: mask is a color image with differing channels; expected a grayscale 0/255 mask")
+            raise DataError(f"{shown(path)}: mask is a color image with differing channels; expected a grayscale 0/255 mask")
         m = m[..., 0]
     values = np.unique(m)
     if set(values.tolist()) <= {0, 255}:
         return (m == 255).astype(np.uint8)
     if set(values.tolist()) <= {0, 1}:
         return m.astype(np.uint8)
-    shown = values[:8].tolist()
+    first = values[:8].tolist()
     raise DataError(
-        f"{path}: mask is not binary: it holds the values {shown}{' ...' if len(values) > 8 else ''}; "
+        f"{shown(path)}: mask is not binary: it holds the values {first}{' ...' if len(values) > 8 else ''}; "
         f"expected only 0 and 255 (or 0 and 1). Was it saved as JPEG or resized with interpolation?"
     )
 
