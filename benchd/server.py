@@ -234,8 +234,9 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 invalid, f"model is {size / 2**20:.1f} MiB; this server accepts at most {limit / 2**20:.1f} MiB "
                 f"(benchd serve --max-model-mb)"
             )
-        if self.cache.lookup(sha) is not None:  # verified: a bad cached file is removed and uploaded anew
-            return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, already_cached=True)
+        cached = self.cache.lookup(sha)  # verified: a bad cached file is removed and uploaded anew
+        if cached is not None:  # the size of what is cached, not the header's claim
+            return pb.UploadModelResponse(model_sha256=sha, size_bytes=cached, already_cached=True)
         if not self._upload_slots.acquire(blocking=False):
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{self.cfg.max_uploads} uploads are in progress; try again shortly", "busy")

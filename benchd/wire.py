@@ -63,9 +63,10 @@ def params_of(request: pb.BenchmarkRequest, *, max_runs: int, max_duration_s: fl
     def given(name: str, default: Any) -> Any:
         return getattr(request, name) if request.HasField(name) else default
 
+    runs = given("runs", DEFAULTS.runs)
     return BenchParams(
         warmup_runs=given("warmup_runs", DEFAULTS.warmup_runs),
-        runs=given("runs", DEFAULTS.runs),
+        runs=runs,
         min_duration_s=request.min_duration_s,
         max_duration_s=min(given("max_duration_s", max_duration_s), max_duration_s),
         intra_op_threads=request.intra_op_threads,
@@ -74,7 +75,9 @@ def params_of(request: pb.BenchmarkRequest, *, max_runs: int, max_duration_s: fl
         input_shapes={s.name: list(s.dims) for s in request.input_shapes},
         return_samples=request.return_samples,
         target_rel_ci=given("target_rel_ci", DEFAULTS.target_rel_ci),
-        max_runs=min(given("max_runs", DEFAULTS.max_runs), max_runs),
+        # a client that never sends max_runs (older ones) asking for more runs than its default
+        # gets those runs: the cap is for the precision chase, not a limit on what was asked
+        max_runs=min(given("max_runs", max(DEFAULTS.max_runs, runs)), max_runs),
     )
 
 

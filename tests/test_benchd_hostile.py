@@ -154,6 +154,10 @@ def test_bad_uploads(server: tuple[BenchdServer, int], client: BenchClient, stub
     assert not list(tmp_dir.iterdir())
     assert client.upload(data).uploaded
     still_serves(client, good)
+    # an upload of a model already cached answers with the cached size, not the header's claim
+    first = stub.UploadModel(iter(upload_messages(data)), metadata=AUTH, timeout=30)
+    again = stub.UploadModel(iter(upload_messages(data, size=len(data) + 999)[:1]), metadata=AUTH, timeout=30)
+    assert first.size_bytes == len(data) and again.already_cached and again.size_bytes == len(data)
 
 
 def test_stalled_uploads_are_cancelled_and_never_starve_health(server: tuple[BenchdServer, int],

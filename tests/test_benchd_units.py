@@ -173,6 +173,10 @@ def test_wire_round_trips_params_and_refuses_unknown_enums() -> None:
     assert (bare.warmup_runs, bare.runs, bare.graph_optimization, bare.target_rel_ci) == (
         runner.DEFAULTS.warmup_runs, runner.DEFAULTS.runs, "all", runner.DEFAULTS.target_rel_ci)
     assert (bare.max_runs, bare.max_duration_s) == (500, 60)
+    # an older client never sends max_runs: asking for more runs than its default is not refused
+    many = wire.params_of(pb.BenchmarkRequest(model_sha256="ab" * 32, runs=2500), max_runs=10_000, max_duration_s=60)
+    assert (many.runs, many.max_runs) == (2500, 2500)
+    many.validate()
     asked = wire.benchmark_request(runner.BenchParams(max_runs=50, max_duration_s=5.0), "ab" * 32)
     assert wire.params_of(asked, max_runs=500, max_duration_s=60).max_duration_s == 5.0
     with pytest.raises(runner.ModelInputError, match="graph_optimization=99"):
