@@ -189,6 +189,9 @@ class BenchFarm:
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
+        # devices that refused us for good (a token or certificate it rejects, TLS files we cannot
+        # use): waiting does not help, so a benchmark no other device can run ends at once
+        self._refused: dict[str, str] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(32, len(self.devices)), thread_name_prefix="benchd-farm")
 
@@ -218,8 +221,10 @@ class BenchFarm:
                 self._clients[device.name] = c
             return c
 
-    def _mark_down(self, device: FarmDevice, why: str) -> None:
+    def _mark_down(self, device: FarmDevice, why: str, permanent: bool = False) -> None:
         with self._lock:
+            if permanent:
+                self._refused[device.name] = why
             n = self._failures.get(device.name, 0) + 1
             self._failures[device.name] = n
             wait = min(self.probe_after_s * 2 ** (n - 1), self.max_probe_after_s)
@@ -229,6 +234,7 @@ class BenchFarm:
 
     def _mark_up(self, device: FarmDevice) -> None:
         with self._lock:
+            self._refused.pop(device.name, None)
             if self._failures.pop(device.name, None):
                 log.info("device %s is back", device.name)
             self._down_until.pop(device.name, None)
@@ -243,8 +249,8 @@ class BenchFarm:
     def _probe(self, device: FarmDevice) -> pb.GetStatusResponse | None:
         try:
             st = self.client(device).status(timeout_s=self.status_timeout_s, retries=0)
-        except (BenchError, ValueError) as exc:  # ValueError: unreadable token file
-            self._mark_down(device, str(exc))
+        except (BenchError, ValueError) as exc:  # ValueError: unreadable token or TLS files
+            self._mark_down(device, str(exc), permanent=isinstance(exc, (BenchAuthError, ValueError)))
             return None
         self._mark_up(device)
         return st
@@ -293,9 +299,14 @@ class BenchFarm:
                 except BenchBusy:
                     continue
                 except (BenchUnavailable, BenchCancelled, BenchAuthError) as exc:
-                    self._mark_down(device, str(exc))  # died mid-benchmark, or unusable: rerun elsewhere
+                    # died mid-benchmark, or unusable: rerun elsewhere
+                    self._mark_down(device, str(exc), permanent=isinstance(exc, BenchAuthError))
                     continue
                 return dataclasses.replace(result, farm_device=device.name, attempts=attempts)
+            with self._lock:
+                refused = {d.name: self._refused[d.name] for d in candidates if d.name in self._refused}
+            if len(refused) == len(candidates):
+                raise FarmError(f"every device that could run the benchmark refused it: {refused}")
             if time.monotonic() + pause >= deadline:
                 with self._lock:
                     errors = {d.name: self._last_error.get(d.name, "busy or not ready") for d in candidates}

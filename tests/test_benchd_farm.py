@@ -186,3 +186,24 @@ def test_inventory_validation_names_entry_and_line(tmp_path: Path) -> None:
 def test_shipped_inventory_is_valid() -> None:
     devices = load_inventory(ROOT / "clusters" / "farm.yaml")
     assert devices and all(d.device_class for d in devices)
+
+
+def test_a_device_that_refuses_our_token_ends_the_benchmark_at_once(tmp_path: Path) -> None:
+    """A permanent refusal (UNAUTHENTICATED) is not worth waiting out: with no other device, the
+    farm says so at once instead of retrying for the whole timeout (1800 s by default)."""
+    from benchd.farm import FarmDevice
+    from benchd.server import ServerConfig, create_server
+
+    server, port = create_server("127.0.0.1:0", ServerConfig(cache_dir=str(tmp_path / "cache"), token="right-token"))
+    wrong = tmp_path / "token"
+    wrong.write_text("wrong-token\n")
+    wrong.chmod(0o600)
+    farm = BenchFarm([FarmDevice("pi-a", f"127.0.0.1:{port}", "rpi4", token_file=str(wrong))])
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FarmError, match=r"refused it: \{'pi-a': .*token"):
+            farm.benchmark(fx.conv_model(tmp_path / "m.onnx"), device_class="rpi4", runs=3, timeout_s=600)
+        assert time.monotonic() - t0 < 60
+    finally:
+        farm.close()
+        server.stop(grace=1)
