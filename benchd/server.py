@@ -241,9 +241,13 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{self.cfg.max_uploads} uploads are in progress; try again shortly", "busy")
         key = id(context)
+        try:  # no free inodes or space for the .part file: the slot must not leak
+            f, tmp = self.cache.new_upload()
+        except OSError as exc:
+            self._upload_slots.release()
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store the model: {exc.strerror}", "disk") from None
         with self._state_lock:
             self._uploads[key] = (time.monotonic(), context)
-        f, tmp = self.cache.new_upload()
         digest = hashlib.sha256()
         received = 0
         try:

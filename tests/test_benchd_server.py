@@ -418,3 +418,28 @@ def test_not_serving_until_ready_and_while_throttled(tmp_path: Path) -> None:
             fx.wait_serving(c, timeout_s=5)
     finally:
         srv.stop(0)
+
+
+def test_an_upload_the_cache_cannot_store_frees_its_slot(tmp_path: Path, models: dict[str, Path]) -> None:
+    """Creating the upload's .part file failing (no free inodes, a broken cache folder) is a clear
+    RESOURCE_EXHAUSTED, and the upload slot is not leaked (with --max-uploads 1 every later upload
+    was refused as busy)."""
+    import shutil
+
+    from benchd.errors import BenchError
+
+    srv, port = start(tmp_path, max_uploads=1)
+    tmp_dir = srv.servicer.cache.tmp_dir
+    try:
+        with BenchClient(f"127.0.0.1:{port}", retries=0) as c:
+            fx.wait_serving(c)
+            shutil.rmtree(tmp_dir)
+            tmp_dir.write_text("not a folder")  # mkstemp inside it fails with an OSError
+            for _ in range(2):
+                with pytest.raises(BenchError, match="cannot store the model"):
+                    c.upload(models["conv"])
+            tmp_dir.unlink()
+            tmp_dir.mkdir()
+            assert c.upload(models["conv"]).uploaded  # the one slot is free again
+    finally:
+        srv.stop(grace=1)
