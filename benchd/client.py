@@ -187,6 +187,7 @@ class BenchClient:
         self.chunk_bytes = chunk_bytes
         self._metadata = auth_metadata(token)
         options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
+        self._tls = tls
         if tls is not None:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -216,13 +217,26 @@ class BenchClient:
             try:
                 return fn(max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as err:
-                error = from_rpc_error(err, self.target)
+                error = self._explained(from_rpc_error(err, self.target))
                 pause = self.retry_backoff_s * (2**attempt)
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= tries \
                         or time.monotonic() + pause >= deadline:
                     raise error from None
                 attempt += 1
                 time.sleep(pause)
+
+    def _explained(self, error: BenchError) -> BenchError:
+        """gRPC says only "Socket closed" when the TLS handshake fails: say what is likely wrong."""
+        if error.code != grpc.StatusCode.UNAVAILABLE or "socket closed" not in error.details.lower():
+            return error
+        if self._tls is None:
+            hint = "does this benchd serve TLS? then pass its CA (--tls-ca, or 'tls: {ca: ...}' in the inventory)"
+        elif not self._tls.cert_file:
+            hint = ("does this benchd require a client certificate (mutual TLS)? then pass --tls-cert and --tls-key "
+                    "(or 'cert' and 'key' under 'tls' in the inventory)")
+        else:
+            hint = "the server may have refused our client certificate (is it signed by the CA the server trusts?)"
+        return type(error)(f"{error.details} ({hint})", code=error.code, target=error.target, reason=error.reason)
 
     # -- API
 

@@ -371,12 +371,19 @@ def test_mutual_tls(tmp_path: Path, models: dict[str, Path]) -> None:
         with BenchClient(target, tls=good, token="tok") as c:
             fx.wait_serving(c)
             assert c.benchmark(models["conv"], **FAST).runs == 3
+        # gRPC says only "Socket closed"; the error says what is likely wrong
         with BenchClient(target, tls=ClientTls(str(certs["ca"])), token="tok", retries=0) as no_cert:
-            with pytest.raises(errors.BenchError):
+            with pytest.raises(errors.BenchError, match="require a client certificate"):
                 no_cert.info()
         with BenchClient(target, token="tok", retries=0) as plaintext:
-            with pytest.raises(errors.BenchUnavailable):
+            with pytest.raises(errors.BenchUnavailable, match="does this benchd serve TLS"):
                 plaintext.info()
+        (tmp_path / "other").mkdir()
+        foreign = fx.make_tls(tmp_path / "other")  # a client certificate of another CA
+        with BenchClient(target, tls=ClientTls(str(certs["ca"]), str(foreign["client_cert"]),
+                                               str(foreign["client_key"])), token="tok", retries=0) as stranger:
+            with pytest.raises(errors.BenchError, match="refused our client certificate"):
+                stranger.info()
     finally:
         srv.stop(0)
 
