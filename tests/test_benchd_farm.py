@@ -207,3 +207,24 @@ def test_a_device_that_refuses_our_token_ends_the_benchmark_at_once(tmp_path: Pa
     finally:
         farm.close()
         server.stop(grace=1)
+
+
+def test_a_device_with_a_missing_tls_file_is_down_and_the_rest_serve(tmp_path: Path) -> None:
+    from benchd.farm import FarmDevice
+    from benchd.security import ClientTls
+    from benchd.server import ServerConfig, create_server
+
+    server, port = create_server("127.0.0.1:0", ServerConfig(cache_dir=str(tmp_path / "cache")))
+    farm = BenchFarm([FarmDevice("broken", "127.0.0.1:1", "rpi4", tls=ClientTls(str(tmp_path / "no-ca.pem"))),
+                      FarmDevice("good", f"127.0.0.1:{port}", "rpi4")])
+    try:
+        with BenchClient(f"127.0.0.1:{port}") as c:
+            fx.wait_serving(c)
+        broken, good = farm.status()
+        assert broken.health == "DOWN" and "no-ca.pem: cannot read" in broken.error
+        assert good.health == "SERVING"
+        result = farm.benchmark(fx.conv_model(tmp_path / "m.onnx"), device_class="rpi4", runs=3, timeout_s=120)
+        assert result.farm_device == "good"
+    finally:
+        farm.close()
+        server.stop(grace=1)
