@@ -89,7 +89,9 @@ def from_rpc_error(err: grpc.RpcError, target: str = "") -> BenchError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # busy only when benchd says so: a bare RESOURCE_EXHAUSTED (a transport limit, e.g. metadata
         # too large) is the request's own problem and would fail on every device alike
-        cls: type[BenchError] = BenchBusy if reason in BUSY_REASONS else BenchResourceExhausted
+        # gRPC's own refusal of a burst over the server's maximum_concurrent_rpcs is overload too
+        overloaded = reason in BUSY_REASONS or details.startswith("Concurrent RPC limit exceeded")
+        cls: type[BenchError] = BenchBusy if overloaded else BenchResourceExhausted
     else:
         cls = _BY_CODE.get(code, BenchError)
     return cls(details, code=code, target=target, reason=reason)

@@ -413,15 +413,21 @@ def test_queue_flood_is_refused_and_the_queue_drains(server: tuple[BenchdServer,
     still_serves(client, good)
 
 
-def test_a_bare_resource_exhausted_is_not_busy() -> None:
+def test_a_bare_resource_exhausted_is_not_busy_but_grpcs_rpc_limit_is() -> None:
     class Bare(grpc.RpcError):
+        def __init__(self, details: str) -> None:
+            self._details = details
+
         def code(self) -> grpc.StatusCode:
             return Code.RESOURCE_EXHAUSTED
 
         def details(self) -> str:
-            return "received metadata size exceeds hard limit"
+            return self._details
 
         def trailing_metadata(self) -> tuple:
             return ()
 
-    assert type(errors.from_rpc_error(Bare())) is errors.BenchResourceExhausted
+    assert type(errors.from_rpc_error(Bare("received metadata size exceeds hard limit"))) is \
+        errors.BenchResourceExhausted
+    # gRPC's own answer to a burst over maximum_concurrent_rpcs: that device is overloaded, another may serve
+    assert type(errors.from_rpc_error(Bare("Concurrent RPC limit exceeded!"))) is errors.BenchBusy
