@@ -204,3 +204,19 @@ def test_replay_command_refuses_bad_input_in_one_line(tmp_path):
     assert p.returncode == 2 and "line 3: 'test_iou' is 2" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = _raysearch("replay", "--table", str(tmp_path / "bad.jsonl"), "--budgets", "1.5")
     assert p.returncode == 2 and "'1.5' is not a budget" in p.stderr
+
+
+def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
+    from raysearch.replay.compare import compare
+
+    points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
+              for a in (0.125, 0.25, 0.5) for res in (64, 96)}
+    table = make_table(tmp_path / "t.jsonl", points, epochs=2, seconds=60.0, fixed_s=0.0)
+    cmp = compare(table, methods=[METHOD_KEYS["random"]], seeds=2, workers=2, budgets=[1.0])
+    (a, b) = cmp.results[BASELINE]
+    # the grid: 6 trials x 2 epochs x 60 s = 720 s; on 2 workers the top of the time axis is 360 s
+    assert cmp.time_x[-1] == pytest.approx(0.1)
+    for r in (a, b):
+        assert r.curve[0] == r.time_curve[0] == 0.0
+        assert r.curve[-1] == pytest.approx(1.0) and r.time_curve[-1] == pytest.approx(1.0)
+        assert r.epochs_spent == 12 and r.shares == [pytest.approx(1.0)]

@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import math
 import multiprocessing as mp
 import statistics
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,7 +64,7 @@ def text_table(summary: dict[str, Any]) -> str:
     Mann-Whitney p against random sampling without stopping (* below 0.05)."""
     budgets = list(next(iter(summary["methods"].values()))["budgets"])
     width = max(len(m) for m in summary["methods"]) + 2
-    head = "method".ljust(width) + "".join(f"at {float(b) * 100:g}% of the grid's epochs".ljust(30) for b in budgets)
+    head = "method".ljust(width + 10) + "".join(f"at {float(b) * 100:g}% of the grid's epochs".ljust(30) for b in budgets)
     lines = [head, "-" * len(head)]
     for label, m in summary["methods"].items():
         cells = []
@@ -71,9 +72,11 @@ def text_table(summary: dict[str, Any]) -> str:
             c = m["budgets"][b]
             p = c["p_vs_random"]
             mark = "" if p is None else f"  p={p:.3f}" + ("*" if p < 0.05 else "")
+            if c.get("budget_spent_share", 1) < 1:  # some seeds ran out of trials before this budget
+                mark += f" ({c['budget_spent_share'] * 100:.0f}% spent it)"
             cells.append(f"{c['hv_share_mean']:.3f} +- {c['hv_share_se']:.3f}{mark}".ljust(30))
         tag = " (default)" if label == summary["default"] else ""
-        lines.append((label + tag).ljust(width) + "".join(cells))
+        lines.append((label + tag).ljust(width + 10) + "".join(cells))
     return "\n".join(lines)
 
 
@@ -102,6 +105,8 @@ class SeedResult:
     time_curve: list[float]  # at each point of the time curve
     trials: int
     stopped: int
+    epochs_spent: int  # below a budget: the search ran out of trials (num_samples) before spending it
+    repeated: int  # trials of a configuration already trained (nothing trained)
 
 
 def _one(args: tuple) -> SeedResult:
@@ -111,13 +116,17 @@ def _one(args: tuple) -> SeedResult:
     table = _cached_table(table_path)
     top = max(max(budgets), max(curve_x)) * table.grid_epochs
     # the budget ends the search; the cap only bounds a searcher that keeps proposing configurations
-    # already trained (free in epochs, not in time: a GP is refitted for every proposal)
-    num_samples = 5 * len(table.configs)
-    r = simulate(table, method.options(seed, num_samples, max_latency_ms), source=source, workers=workers,
-                 max_epochs=top)
+    # already trained (free in epochs, not in time: a GP is refitted for every proposal). A search
+    # that reaches the cap first keeps the front it has: `epochs_spent` says so.
+    num_samples = 10 * len(table.configs)
+    with warnings.catch_warnings():  # Optuna warns, per study, that (h, w) choices do not persist
+        warnings.filterwarnings("ignore", message="Choices for a categorical distribution", category=UserWarning)
+        r = simulate(table, method.options(seed, num_samples, max_latency_ms), source=source, workers=workers,
+                     max_epochs=top)
     return SeedResult([r.share_at(b * table.grid_epochs) for b in budgets],
-                      [r.share_at(x * table.grid_epochs) for x in curve_x], [r.share_at_time(t) for t in time_x],
-                      len(r.trials), sum(t.outcome == "stopped" for t in r.trials))
+                      [r.share_at(x * table.grid_epochs) for x in curve_x], [r.share_at_time(t * 3600) for t in time_x],
+                      len(r.trials), sum(t.outcome == "stopped" for t in r.trials), r.epochs_spent,
+                      sum(t.outcome == "duplicate" for t in r.trials))
 
 
 _TABLES: dict[str, Table] = {}
@@ -152,10 +161,12 @@ class Comparison:
                 per_budget[f"{b:g}"] = {
                     "hv_share_mean": round(statistics.fmean(vals), 4), "hv_share_se": round(standard_error(vals), 4),
                     "p_vs_random": None if base is None or label == BASELINE else
-                    round(p_greater(vals, [r.shares[i] for r in base]), 5)}
+                    round(p_greater(vals, [r.shares[i] for r in base]), 5),
+                    "budget_spent_share": round(sum(r.epochs_spent >= b * self.grid_epochs for r in runs) / len(runs), 3)}
             methods[label] = {"budgets": per_budget,
                               "trials_mean": round(statistics.fmean(r.trials for r in runs), 1),
-                              "stopped_mean": round(statistics.fmean(r.stopped for r in runs), 1)}
+                              "stopped_mean": round(statistics.fmean(r.stopped for r in runs), 1),
+                              "repeated_mean": round(statistics.fmean(r.repeated for r in runs), 1)}
         return {"table": self.table, "latency_source": self.source, "seeds": self.seeds, "workers": self.workers,
                 "grid_epochs": self.grid_epochs, "default": default_label(), "methods": methods}
 

@@ -209,7 +209,8 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     for _ in range(min(workers, opts.num_samples)):
         start(0.0)
     records = {t.trial_id: t for t in out.trials}
-    while events and (max_epochs is None or out.epochs_spent < max_epochs):
+    # past the budget by one epoch: a trial whose last epoch was the budget's still reports its end
+    while events and (max_epochs is None or out.epochs_spent <= max_epochs):
         now, o, trial_id, gen = heapq.heappop(events)
         out.seconds = now
         try:
