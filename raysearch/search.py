@@ -294,7 +294,11 @@ def search_name(label: str, opts: SearchOptions) -> str:
         return opts.name
     prefix = f"{label}-{opts.mode}-"
     if opts.resume:
-        states = sorted((local_root(opts) / "state").glob(prefix + "*"), key=lambda p: p.stat().st_mtime)
+        from raysearch.tracking import STATE_FILE
+
+        # a folder holding only a driver's lock never got as far as a run: nothing to resume there
+        states = sorted((p for p in (local_root(opts) / "state").glob(prefix + "*") if (p / STATE_FILE).is_file()),
+                        key=lambda p: p.stat().st_mtime)
         if not states:
             raise ValueError(f"--resume: no earlier {label} search in {opts.mode} mode under {opts.storage_path}")
         return states[-1].name

@@ -220,3 +220,13 @@ def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
         assert r.curve[0] == r.time_curve[0] == 0.0
         assert r.curve[-1] == pytest.approx(1.0) and r.time_curve[-1] == pytest.approx(1.0)
         assert r.epochs_spent == 12 and r.shares == [pytest.approx(1.0)]
+
+
+def test_the_command_line_offers_every_method_and_names_the_default():
+    from raysearch import cli
+    from raysearch.replay.compare import default_label
+
+    replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
+    methods = next(a for a in replay._actions if a.dest == "methods")
+    assert sorted(methods.choices) == sorted(METHOD_KEYS)
+    assert default_label() == "TPE + Pareto-ASHA"  # today's --mode search default (issue 21 may change it)

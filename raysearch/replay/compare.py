@@ -12,7 +12,7 @@ import math
 import multiprocessing as mp
 import statistics
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,16 +35,16 @@ class Method:
     reduction_factor: float | None = None
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> SearchOptions:
-        extra = {f.name: getattr(self, f.name) for f in fields(self)
-                 if f.name in ("grace_period", "reduction_factor") and getattr(self, f.name) is not None}
+        extra = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor))
+                 if v is not None}
         return SearchOptions(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
                              num_samples=num_samples, max_latency_ms=max_latency_ms, **extra)
 
     def is_default(self) -> bool:
-        d = SearchOptions()
-        return (self.sampler, self.scheduler) == (d.sampler, d.scheduler) and \
-            (self.grace_period or d.grace_period, self.reduction_factor or d.reduction_factor) == \
-            (d.grace_period, d.reduction_factor)
+        """Whether this is what `--mode search` runs when nothing else is asked."""
+        mine, default = self.options(seed=0, num_samples=1), SearchOptions()
+        return all(getattr(mine, k) == getattr(default, k)
+                   for k in ("sampler", "scheduler", "grace_period", "reduction_factor"))
 
 
 METHODS = (

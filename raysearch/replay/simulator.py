@@ -101,23 +101,15 @@ class Replay:
 
     def share_at(self, epochs: float) -> float:
         """The front's hypervolume share once ``epochs`` training epochs were spent."""
-        best = 0.0
-        for spent, _, hv in self.trace:
-            if spent > epochs:
-                break
-            best = hv
-        return best
+        return self._share(0, epochs)
 
     def share_at_time(self, seconds: float) -> float:
-        best = 0.0
-        for _, t, hv in self.trace:
-            if t > seconds:
-                break
-            best = hv
-        return best
+        """The front's hypervolume share after ``seconds`` of simulated time."""
+        return self._share(1, seconds)
 
-    def front_configs(self) -> list[str]:
-        return sorted({t.config for t in self.trials if t.outcome == "finished"})
+    def _share(self, axis: int, limit: float) -> float:
+        reached = [entry[2] for entry in self.trace if entry[axis] <= limit]  # the trace only grows
+        return reached[-1] if reached else 0.0
 
 
 def hv_box(table: Table, source: str) -> dict[str, float]:
