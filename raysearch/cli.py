@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -463,6 +464,9 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
         outcome = run_stage(stage, opts, epochs, args.res)
     except Exception as e:
         line = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else store_error(e, args.tracking_uri)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # every run was ended before this came up
+            line = f"no space left on the device while writing {e.filename or 'the search files'}; every open " \
+                   f"MLflow run was ended KILLED. Free some space, then continue with --resume."
         if line is None or args.verbose:
             raise
         print(f"stage{stage}: error: {line}", file=sys.stderr)

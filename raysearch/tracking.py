@@ -377,4 +377,7 @@ class SearchTracker(Callback):
                     self.client.set_terminated(run_id, status)
             except Exception as e:
                 log.warning("could not end run %s: %s", run_id, e)
-        self._save()
+        try:  # the runs have ended whatever happens here; a full disk must not keep the parent RUNNING
+            self._save()
+        except OSError as e:
+            log.warning("could not record the ended runs in %s: %s", self.state_path, e)

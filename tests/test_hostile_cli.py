@@ -240,3 +240,21 @@ def test_raysearch_train_on_bad_data(tiny_folder, tmp_path, kind):
     else:
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert "Premature end of JPEG" not in p.stderr
+
+
+def test_a_state_file_that_cannot_be_written_does_not_keep_runs_open(tmp_path):
+    """A full disk (here: a state folder that is a file) when the search closes its runs: the runs
+    end KILLED all the same (the state write came first and raised, leaving the parent RUNNING)."""
+    from raysearch.tracking import SearchTracker
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("x")
+    parent = client.create_run(exp).info.run_id
+    child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state folder should be")
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", exp, parent, "stage7", blocked / "state.json",
+                            lambda c: None, None)
+    tracker.runs = {"trial-1": child}
+    tracker.close("KILLED")  # must not raise
+    assert client.get_run(child).info.status == "KILLED"
