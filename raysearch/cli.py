@@ -735,9 +735,13 @@ def store_error(e: BaseException, uri: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose)
-    if args.command in ("pick", "report"):  # reading back: a store that does not answer is said in seconds
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # reading back (pick, report): a store that does not answer is said in seconds. Only for the
+    # call: this process may start searches afterwards (tests, the rehearsal), and a search must ride
+    # out a tracking server that is down for a while, as MLflow's default retries do.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"} \
+        if args.command in ("pick", "report") else {}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # one clear line, no traceback (-v for one)
@@ -756,6 +760,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; run the same command again to continue (--fresh to start over)" if args.command == "optimize" else ""
         print(f"raysearch {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 if __name__ == "__main__":

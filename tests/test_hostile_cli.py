@@ -102,7 +102,12 @@ def _garbage_db(tmp_path):
     (["report", "--run-id", "UNKNOWN"], "Run with id=UNKNOWN not found (tracking store sqlite:///"),
 ])
 def test_unknown_run_ids_are_one_line(tmp_path, capsys, argv, says):
+    import os
+
     assert cli.main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    # read-back's short MLflow timeouts are for that call only: a search started later by this
+    # process (the rehearsal's driver inherits its environment) must keep MLflow's retries
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1, err
 
