@@ -723,6 +723,8 @@ def store_error(e: BaseException, uri: str | None) -> str | None:
 
     from raysearch.tracking import tracking_uri
 
+    if not isinstance(e, (SQLAlchemyError, MlflowException)):
+        return None
     store = tracking_uri(uri)
     if isinstance(e, SQLAlchemyError):
         cause = str(getattr(e, "orig", None) or e).splitlines()[0]
