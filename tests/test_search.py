@@ -285,18 +285,7 @@ def test_ctrl_c_before_the_first_trial_is_an_interruption(tmp_path):
 
 
 def test_a_dead_benchd_device_loses_no_trial(tmp_path):
-    servers, ports = [], []
-    for i in range(2):
-        port_file = tmp_path / f"port{i}"
-        servers.append(subprocess.Popen(
-            [sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--port-file", str(port_file),
-             "--device-name", f"dev{i}", "--device-class", "test", "--cache-dir", str(tmp_path / f"cache{i}")],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.time() + 60
-        while not port_file.is_file() or not port_file.read_text().strip():
-            assert time.time() < deadline, "benchd did not start"
-            time.sleep(0.2)
-        ports.append(int(port_file.read_text()))
+    servers, ports = zip(*(_serve_benchd(tmp_path, f"dev{i}") for i in range(2)))
     farm = tmp_path / "farm.yaml"
     farm.write_text("devices:\n" + "".join(
         f"  - name: dev{i}\n    address: 127.0.0.1:{p}\n    class: test\n" for i, p in enumerate(ports)))
@@ -374,18 +363,50 @@ def test_stage1_on_the_real_data(packages_dir, tmp_path):
     assert list(remote.glob("latency_cache/*.json")) and list(remote.glob("*/stage1_weights.pt"))
 
 
+def _serve_benchd(tmp_path: Path, name: str, *flags: str) -> tuple[subprocess.Popen, int]:
+    """A real benchd on loopback (``benchd serve --port 0``), its port read from --port-file."""
+    port_file = tmp_path / f"{name}.port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--port-file", str(port_file),
+         "--device-name", name, "--device-class", "test", "--cache-dir", str(tmp_path / f"{name}-cache"), *flags],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not port_file.is_file() or not port_file.read_text().strip():
+        assert time.time() < deadline and server.poll() is None, "benchd did not start"
+        time.sleep(0.2)
+    return server, int(port_file.read_text())
+
+
 def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
+    """A device that refuses the widest models (benchd --max-model-mb): those trials end FAILED with
+    the server's reason, the others finish, the search says how many failed."""
+    from raysearch.models import build_model
+    from raysearch.models.spec import ModelSpec
+    from raysearch.search import SearchOptions
+    from raysearch.stages import stage_space
+
+    cap_mb = 0.7
+    space = stage_space(4, SearchOptions(quick=True), res=[64])
+    sizes = {(a, t): sum(p.numel() for p in build_model(ModelSpec(**{**space.fixed, "a": a, "t": t})).parameters())
+             * 4 / 2**20 for a in space.grid["a"] for t in space.grid["t"]}
+    assert all(abs(mb - cap_mb) > 0.2 for mb in sizes.values())  # the ONNX file is the weights + a little graph
+    too_big = {k for k, mb in sizes.items() if mb > cap_mb}
+    assert 0 < len(too_big) < len(sizes)
+    server, port = _serve_benchd(tmp_path, "small", "--max-model-mb", str(cap_mb))
     store = Store(tmp_path)
-    p = store.stage(2, "--quick", "--res", "100", "64", "--epochs", "1", "--bench-runs", "5", "--max-failures", "0",
-                    check=False)
-    assert p.returncode == 1  # the search finished, one trial failed for good
-    (parent,) = store.parents("stage2")
-    assert parent.info.status == "FINISHED" and parent.data.tags["trial_errors"] == "1"
-    kids = {k.data.tags["raysearch.spec"] if "raysearch.spec" in k.data.tags else k.info.run_name: k
-            for k in store.children(parent.info.run_id)}
-    failed = [k for k in kids.values() if k.info.status == "FAILED"]
-    assert len(failed) == 1 and "100x100" in failed[0].data.tags["error"]  # the bad value, named
-    assert sum(k.info.status == "FINISHED" for k in kids.values()) == 1
+    try:
+        p = store.stage(4, "--quick", "--res", "64", "--epochs", "1", "--farm", f"127.0.0.1:{port}",
+                        "--device-class", "test", "--bench-runs", "5", "--max-failures", "0", check=False)
+    finally:
+        server.kill()
+    assert p.returncode == 1, p.stderr[-3000:]  # the search finished; some trials failed for good
+    (parent,) = store.parents("stage4")
+    assert parent.info.status == "FINISHED" and parent.data.tags["trial_errors"] == str(len(too_big))
+    kids = store.children(parent.info.run_id)
+    failed = {(float(k.data.params["a"]), int(k.data.params["t"])): k for k in kids if k.info.status == "FAILED"}
+    assert set(failed) == too_big
+    assert all(f"at most {cap_mb} MiB" in k.data.tags["error"] for k in failed.values())  # the server's reason
+    assert sum(k.info.status == "FINISHED" for k in kids) == len(sizes) - len(too_big)
 
 
 def _raysearch(*args: str) -> subprocess.CompletedProcess:
