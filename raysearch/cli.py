@@ -421,16 +421,19 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "fp32, as the study trained; logged as the amp param and part of the result cache key)")
     g.add_argument("--max-failures", type=COUNT, default=1, help="retries of a failed trial (default %(default)s)")
     g = p.add_argument_group("search (--mode search)")
-    g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                   help="tpe: Optuna's multi-objective TPE, best for tens of expensive trials (it models the "
-                        "objectives from the first results); gp: Optuna's Gaussian-process sampler (LogEHVI), for "
-                        "budgets of tens of trials; nsga2: a genetic algorithm, worth it from about a hundred "
-                        "trials; random: the baseline, fine for tiny spaces (default %(default)s; seeded by --seed)")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="pareto-asha",
-                   help="early stopping. pareto-asha: successive halving that ranks the trials at each rung by "
-                        "validation IoU and measured latency together, so fast, less accurate models are not "
-                        "stopped for their IoU alone; asha: Ray Tune's ASHA on validation IoU only (for "
-                        "comparison); none: every trial to the end (default %(default)s)")
+    g.add_argument("--sampler", choices=SAMPLERS, default="latency-first",
+                   help="latency-first: measure every configuration's latency before training (seconds each on "
+                        "the farm), then train next the configuration expected to add the most hypervolume to the "
+                        "front, each once; it beat every other method at every budget on the recorded tables "
+                        "(BENCHMARKS.md). tpe: Optuna's multi-objective TPE; gp: Optuna's Gaussian-process sampler "
+                        "(LogEHVI); nsga2: a genetic algorithm, from about a hundred trials; random: the baseline "
+                        "(default %(default)s; seeded by --seed)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="early stopping. none: every trial to the end (the default: with latency-first it scored "
+                        "best); front: stop a trial once its validation IoU, plus the most a finished trial gained "
+                        "after that epoch, cannot beat a faster trained model; pareto-asha: successive halving "
+                        "that ranks the trials at each rung by validation IoU and measured latency together; asha: "
+                        "Ray Tune's ASHA on validation IoU only (for comparison) (default %(default)s)")
     g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "
                                                                "%(default)s); rungs at grace x factor^k epochs")
     g.add_argument("--reduction-factor", type=number(float, 1, lo_open=True), default=3.0,
@@ -693,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "(default %(default)s)")
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
     s.add_argument("--methods", nargs="+", choices=["random", "random-pasha", "tpe-asha", "tpe-pasha", "nsga2-pasha",
-                                                    "gp", "gp-pasha"],
+                                                    "gp", "gp-pasha", "latency-first",
+                                                    "latency-first-front", "random-front"],
                    help="the methods to compare (default: all)")
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
     s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")

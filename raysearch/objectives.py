@@ -62,6 +62,10 @@ HYPERVOLUME_NORMALIZED = "hypervolume_normalized"  # the share (0..1) of its box
 FINAL_HYPERVOLUME = "final_hypervolume"
 FINAL_HYPERVOLUME_NORMALIZED = "final_hypervolume_normalized"
 HV_REFERENCE_LATENCY = "hv_reference_latency_ms"
+# on a search's parent run (--mode search): how its searcher works
+PARAM_STARTUP_TRIALS = "startup_trials"  # trials proposed before the searcher's model is used
+PARAM_STOPPED_TRIALS = "stopped_trials_tell_searcher"  # what a trial stopped early tells the searcher
+PARAM_SEARCHER_PRIOR = "searcher_prior"
 N_PARETO = "n_pareto"
 EPOCHS_SPENT = "epochs_spent"
 

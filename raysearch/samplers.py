@@ -20,7 +20,8 @@ from typing import Any
 
 import optuna
 
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
+OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2", "random")
+SAMPLERS = ("latency-first", *OPTUNA_SAMPLERS)  # latency-first: `raysearch.latency_first`, not Optuna
 
 
 class _FreshLocks:
@@ -39,10 +40,10 @@ class PicklableNSGAIISampler(_FreshLocks, optuna.samplers.NSGAIISampler):
 
 
 def make_sampler(name: str, *, seed: int, num_samples: int, startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler ``name`` (one of `SAMPLERS`), seeded. ``startup_trials``: random trials before
+    """The Optuna sampler ``name`` (one of `OPTUNA_SAMPLERS`), seeded. ``startup_trials``: random trials before
     the model-based ones (TPE, GP; Optuna's default 10 when None)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"--sampler {name!r} is not one of {SAMPLERS}")
+    if name not in OPTUNA_SAMPLERS:
+        raise ValueError(f"{name!r} is not one of Optuna's samplers {OPTUNA_SAMPLERS}")
     startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     if name == "nsga2":  # generations of a small population: tens of trials make a few
         return PicklableNSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))

@@ -194,3 +194,113 @@ class ParetoASHA(FIFOScheduler):
     def debug_string(self) -> str:
         return "Pareto-ASHA: " + ", ".join(f"epoch {m}: {len(r)} recorded" for m, r in self.rungs.items()) + \
             f"; {len(self.stopped)} stopped"
+
+
+# ---- stopping what cannot reach the front --------------------------------------------------------
+def front_level(finished: Sequence[Point], latency: float) -> float:
+    """The front's IoU at ``latency``: the best final IoU of the trials at most that slow (0: none)."""
+    return max((iou for iou, lat in finished if lat <= latency), default=0.0)
+
+
+class FrontStopping(FIFOScheduler):
+    """``--scheduler front``: stop a trial once it cannot join the front.
+
+    A trial's latency is known before its first epoch, so the IoU it must beat is known too: the
+    best final IoU among the finished trials at most as slow (`front_level`). Whether it can still
+    get there is read from the trials that finished: the most any of them gained from its
+    validation IoU at this epoch to its final test IoU (``gain``). A trial whose validation IoU
+    plus that gain plus ``margin`` is below the level stops. Until ``min_finished`` trials have
+    finished with a validation IoU at this epoch, nothing stops (no evidence of the gain yet); the
+    fast end of the front is never cut, since nothing faster has to be beaten there.
+
+    Unlike successive halving it keeps no quota: a search of promising configurations (what
+    `raysearch.latency_first` proposes) loses none of them, and a dominated one is stopped at its
+    first decision. The state (finished points, every trial's validation curve) is written to
+    ``state_path`` after every finished trial and read back on restore, as `ParetoASHA` does."""
+
+    def __init__(self, *, grace_period: int = 1, margin: float = 0.01, min_finished: int = 2,
+                 state_path: str | Path | None = None) -> None:
+        if grace_period < 1 or margin < 0 or min_finished < 1:
+            raise ValueError(f"front: need grace_period >= 1 (got {grace_period}), margin >= 0 (got {margin}), "
+                             f"min_finished >= 1 (got {min_finished})")
+        super().__init__()
+        self._args = dict(grace_period=grace_period, margin=margin, min_finished=min_finished,
+                          state_path=None if state_path is None else str(state_path))
+        self.grace_period, self.margin, self.min_finished = grace_period, margin, min_finished
+        self.state_path = None if state_path is None else Path(state_path)
+        self.curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> validation IoU
+        self.latency: dict[str, float] = {}
+        self.finished: dict[str, Point] = {}  # trial id -> (final test IoU, latency)
+        self.stopped: dict[str, int] = {}
+        if self.state_path is not None and self.state_path.is_file():
+            self._load(json.loads(self.state_path.read_text()))
+
+    def __getstate__(self) -> dict:
+        return {"args": self._args, "state": self._state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["args"])
+        if self.state_path is None:
+            self._load(state["state"])
+
+    def _state(self) -> dict:
+        return {"curves": {k: {str(e): v for e, v in c.items()} for k, c in self.curves.items()},
+                "latency": self.latency, "finished": {k: list(p) for k, p in self.finished.items()},
+                "stopped": self.stopped}
+
+    def _load(self, state: dict) -> None:
+        self.curves.update({k: {int(e): v for e, v in c.items()} for k, c in state.get("curves", {}).items()})
+        self.latency.update(state.get("latency", {}))
+        self.finished.update({k: (p[0], p[1]) for k, p in state.get("finished", {}).items()})
+        self.stopped.update(state.get("stopped", {}))
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            write_atomic(self.state_path, json.dumps(self._state()))
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def gain(self, epoch: int) -> float | None:
+        """The most a finished trial gained from its validation IoU at ``epoch`` to its final IoU
+        (None: fewer than ``min_finished`` finished trials reported that epoch)."""
+        gains = [self.finished[k][0] - self.curves[k][epoch] for k in self.finished
+                 if epoch in self.curves.get(k, {})]
+        return max(gains) if len(gains) >= self.min_finished else None
+
+    def decide(self, trial_id: str, epoch: int, iou: float | None, latency: float | None) -> str:
+        if latency is not None:
+            self.latency.setdefault(trial_id, latency)
+        latency = self.latency.get(trial_id)
+        if iou is None or latency is None:
+            return TrialScheduler.CONTINUE
+        self.curves.setdefault(trial_id, {})[epoch] = iou
+        if epoch < self.grace_period or (gain := self.gain(epoch)) is None:
+            return TrialScheduler.CONTINUE
+        if iou + gain + self.margin < front_level(list(self.finished.values()), latency):
+            self.stopped[trial_id] = epoch
+            self._save()
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(obj.FINAL):
+            self._finish(trial.trial_id, result)
+            return TrialScheduler.CONTINUE
+        if obj.EPOCH not in result:
+            return TrialScheduler.CONTINUE
+        return self.decide(trial.trial_id, int(result[obj.EPOCH]), finite(result.get(obj.VAL_IOU.name)),
+                           finite(result.get(obj.LATENCY_MS.name)))
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if result and result.get(obj.FINAL):
+            self._finish(trial.trial_id, result)
+
+    def _finish(self, trial_id: str, result: dict) -> None:
+        iou, latency = finite(result.get(obj.IOU.name)), finite(result.get(obj.LATENCY_MS.name))
+        if iou is not None and latency is not None and not result.get(obj.PRUNED) and trial_id not in self.finished:
+            self.finished[trial_id] = (iou, latency)
+            self._save()
+
+    def debug_string(self) -> str:
+        return f"front stopping: {len(self.finished)} finished, {len(self.stopped)} stopped"

@@ -1,12 +1,13 @@
-"""The search driver: Ray Tune (grid, or a multi-objective Optuna search with Pareto-aware
-early stopping), a benchd farm for latency, MLflow for everything, the Pareto front at the end.
+"""The search driver: Ray Tune (grid, or a multi-objective search with optional early stopping),
+a benchd farm for latency, MLflow for everything, the Pareto front at the end.
 
-Searchers (``--sampler``): Optuna's TPESampler in its multi-objective form (MOTPE, the default):
-our searches are small (tens of trials, each expensive) and TPE models the objectives from the
-first few trials on; NSGA-II needs several generations of a population before it beats random
-sampling, so it pays off from about a hundred trials; random sampling is the baseline, and the
-safe choice when the space is tiny. Schedulers (``--scheduler``): `raysearch.scheduler.ParetoASHA`
-(the default), Ray Tune's ASHA on validation IoU alone (for comparison), or none.
+Searchers (``--sampler``): `raysearch.latency_first` (the default) measures every configuration's
+latency before training and trains the configuration with the largest expected hypervolume gain
+next; Optuna's TPE (MOTPE), GP (LogEHVI), NSGA-II and random samplers are the alternatives.
+Schedulers (``--scheduler``): none (the default: every trial to the end), front
+(`raysearch.scheduler.FrontStopping`: stop what cannot join the front), pareto-asha
+(`raysearch.scheduler.ParetoASHA`), or Ray Tune's ASHA on validation IoU alone (for comparison).
+The defaults are what won the replays of the recorded tables (`raysearch replay`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from raysearch.presets import preset
 from raysearch.results import Requirement, TrialRow
 from raysearch.samplers import SAMPLERS
 from raysearch.storage import delete_tree
-from raysearch.trial import TrialSettings, run_trial
+from raysearch.trial import TrialSettings, run_trial, sweep_latencies
 
 log = logging.getLogger(__name__)
 
 MODES = ("grid", "search")
-SCHEDULERS = ("pareto-asha", "asha", "none")  # pareto-asha: on (val IoU, latency); asha: Ray's, on val IoU
+SWEEP_LIMIT = 2000  # configurations latency-first measures before training (seconds each on a device)
+SCHEDULERS = ("pareto-asha", "front", "asha", "none")  # pareto-asha: on (val IoU, latency); front: stop what cannot
+# join the front; asha: Ray's, on val IoU
 
 
 @dataclass
@@ -67,8 +70,8 @@ class SearchOptions:
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     amp: bool = False  # mixed precision for trials on a GPU (the study trained in fp32)
     max_failures: int = 1
-    scheduler: str = "pareto-asha"
-    sampler: str = "tpe"
+    scheduler: str = "none"  # measured on the recorded tables: latency-first without stopping wins (BENCHMARKS.md)
+    sampler: str = "latency-first"
     grace_period: int = 1
     reduction_factor: float = 3.0
     logit_threshold: float = 0.0
@@ -326,6 +329,9 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     from raysearch.data import check_data
 
     space.check()  # bad input, one line each, before Ray starts
+    if opts.mode == "search" and opts.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
+        raise ValueError(f"--sampler latency-first measures every configuration's latency before training: this space "
+                         f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --sampler tpe")
     check_data(opts.data, limit=opts.limit, seed=opts.seed)
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
@@ -430,14 +436,22 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
                 tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
                       **(tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
-                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency})
+                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency,
+                        **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
                                     hv_latency, space.size() if opts.mode == "grid" else opts.num_samples)
             trainable = tune.with_resources(tune.with_parameters(trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
+            latencies = None
+            if opts.mode == "search" and opts.sampler == "latency-first":  # every latency before any training
+                from raysearch.latency_first import grid_configs
+
+                log.info("--sampler latency-first: measuring the latency of all %d configurations before training",
+                         space.size())
+                latencies = sweep_latencies(grid_configs(space.grid), settings)
             tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
-                           state_path.with_name("scheduler.json"))
+                           state_path.with_name("scheduler.json"), latencies)
             if INTERRUPTS.count:  # a Ctrl-C that some library swallowed on the way here
                 raise KeyboardInterrupt
             INTERRUPTS.in_fit = True
@@ -542,15 +556,39 @@ def _sampler(opts: SearchOptions):
     return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
 
-def make_searcher(opts: SearchOptions, first: list[dict] | None = None):
-    """The searcher of ``--mode search``: Optuna's sampler behind Ray Tune's `OptunaSearch`, told
-    the objectives (metric/mode only here: TuneConfig(metric=...) would make it single-objective).
-    A trial the scheduler stops is told to it with its last report (IoU at the stop, latency).
+def make_searcher(opts: SearchOptions, first: list[dict] | None = None, latencies: dict[str, float] | None = None):
+    """The searcher of ``--mode search``. ``--sampler latency-first``: `LatencyFirstSearch` over
+    ``latencies`` (`config_key` -> ms, every configuration's, measured before the search). Else
+    Optuna's sampler behind Ray Tune's `OptunaSearch`, told the objectives (metric/mode only here:
+    TuneConfig(metric=...) would make it single-objective); a trial the scheduler stops is told to
+    it with its last report (IoU at the stop, latency).
     ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
+    if opts.sampler == "latency-first":
+        from raysearch.latency_first import LatencyFirstSearch
+
+        if latencies is None:
+            raise ValueError("--sampler latency-first needs every configuration's latency before the search")
+        return LatencyFirstSearch(latencies, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
+                                  points_to_evaluate=first)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts),
                         points_to_evaluate=first)
+
+
+def method_params(opts: SearchOptions) -> dict[str, Any]:
+    """How ``--mode search``'s searcher works, for the parent run's params (beside ``sampler``,
+    ``scheduler``, ``grace_period`` and ``reduction_factor``, logged from the options)."""
+    if opts.mode != "search":
+        return {}
+    if opts.sampler == "latency-first":
+        from raysearch import latency_first as lf
+
+        return {obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
+                obj.PARAM_SEARCHER_PRIOR: f"intercept {lf.PRIOR_INTERCEPT}, knob {lf.PRIOR_KNOB}, log latency "
+                                          f"{lf.PRIOR_LOG_LATENCY}, noise {lf.NOISE_SD}"}
+    startup = 10 if opts.sampler in ("tpe", "gp") else 0  # Optuna's default n_startup_trials
+    return {obj.PARAM_STARTUP_TRIALS: startup, obj.PARAM_STOPPED_TRIALS: "COMPLETE with its last report (OptunaSearch)"}
 
 
 def param_space(space: Space, mode: str) -> dict[str, Any]:
@@ -568,6 +606,10 @@ def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
 
         return ParetoASHA(epochs=max(1, epochs), grace_period=opts.grace_period,
                           reduction_factor=opts.reduction_factor, state_path=state_path)
+    if opts.scheduler == "front":
+        from raysearch.scheduler import FrontStopping
+
+        return FrontStopping(grace_period=opts.grace_period, state_path=state_path)
     if opts.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -578,7 +620,7 @@ def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
 
 
 def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str, exp_path: str,
-           tracker, scheduler_state: Path):
+           tracker, scheduler_state: Path, latencies: dict[str, float] | None):
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -590,7 +632,7 @@ def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name
     if opts.mode == "grid":  # the study's grid: every trial to the end
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
     else:
-        tune_config = tune.TuneConfig(search_alg=make_searcher(opts), scheduler=make_scheduler(opts, epochs, scheduler_state),
+        tune_config = tune.TuneConfig(search_alg=make_searcher(opts, latencies=latencies), scheduler=make_scheduler(opts, epochs, scheduler_state),
                                       num_samples=opts.num_samples, max_concurrent_trials=opts.concurrency)
     return tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
                       run_config=run_config)

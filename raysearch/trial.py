@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -149,13 +150,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         shape = {obj.PARAMS_TOTAL: summ.params_total, "params_executed": summ.params_executed, obj.MACS: summ.macs}
 
         # 1. latency first: the untrained model has the trained model's latency
-        cache = DocumentStore(settings.latency_cache)
-        key = settings.bench.cache_key(spec)
-        first = cache.get(key)
-        if first is None:
-            path = _export(untrained, work / "untrained.onnx", settings, calibration)
-            first = measure(path, settings.bench)
-            cache.put(key, first)
+        first = untrained_latency(spec, settings, work, calibration, untrained)
         latency = float(first[obj.LATENCY_MS.name])
         if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
             final = work / FINAL_DIR
@@ -299,6 +294,47 @@ class TrialState:
             delete(self.uri)
         except OSError as e:  # only storage is wasted
             log.warning("could not remove the trial state %s: %s", self.uri, e)
+
+
+def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, calibration: Callable[[], list],
+                      model=None) -> dict:
+    """The benchmark reply for ``spec``'s untrained model (its latency is the trained model's):
+    from the latency cache, or exported to ``work``, measured on the farm and cached."""
+    cache = DocumentStore(settings.latency_cache)
+    key = settings.bench.cache_key(spec)
+    reply = cache.get(key)
+    if reply is None:
+        from raysearch.models import build_model
+
+        path = _export(model if model is not None else build_model(spec), work / "untrained.onnx", settings,
+                       calibration)
+        reply = measure(path, settings.bench)
+        cache.put(key, reply)
+    return reply
+
+
+def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, float]:
+    """Every configuration's latency before any training (`--sampler latency-first`), as
+    `raysearch.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
+    from raysearch.data import open_split
+    from raysearch.latency_first import config_key
+    from raysearch.quantize import calibration_inputs
+
+    out: dict[str, float] = {}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="raysearch-sweep-") as work:
+        for n, config in enumerate(configs, 1):
+            spec = settings.spec_for(config)
+
+            def calibration(spec=spec) -> list:
+                return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed,
+                                                     limit=settings.limit), spec)
+
+            out[config_key(config)] = float(untrained_latency(spec, settings, Path(work), calibration)
+                                            [obj.LATENCY_MS.name])
+            log.info("latency sweep %d/%d: %s %.3f ms", n, len(configs), spec.name, out[config_key(config)])
+    log.info("latency sweep: %d configurations in %.0f s", len(configs), time.time() - t0)
+    return out
 
 
 def _export(model, path: Path, settings: TrialSettings, calibration: Callable[[], list]) -> Path:

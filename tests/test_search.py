@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO
 from raysearch.pareto import normalized_hypervolume
 from raysearch.report import interruption as interruption_note
+from raysearch.samplers import SAMPLERS
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -140,12 +141,9 @@ def test_latency_budget_prunes_before_training(tmp_path):
     assert "1 pruned by latency before training" in out.stdout
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_real_search(tmp_path, sampler):
     """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle)."""
-    from raysearch.samplers import SAMPLERS
-
-    assert sampler in SAMPLERS
     store = Store(tmp_path)
     out = store.stage(7, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1",
                       "--bench-runs", "3", "--sampler", sampler)
@@ -153,6 +151,10 @@ def test_every_sampler_runs_a_real_search(tmp_path, sampler):
     assert parent.data.params["sampler"] == sampler and parent.info.status == "FINISHED"
     kids = store.children(parent.info.run_id)
     assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), out.stdout[-3000:]
+    assert parent.data.params["stopped_trials_tell_searcher"] and "startup_trials" in parent.data.params
+    if sampler == "latency-first":  # the 3 configurations' latencies before any training, each trained once
+        assert "latency sweep: 3 configurations" in out.stdout + out.stderr
+        assert len({k.data.tags["raysearch.spec"] for k in kids}) == 3
 
 
 @pytest.mark.parametrize("scheduler", ["pareto-asha", "asha"])
@@ -194,7 +196,7 @@ def test_search_mode_stops_some_trials(tmp_path, scheduler):
 def test_pareto_asha_search_resumes_after_sigterm(tmp_path):
     store = Store(tmp_path)
     args = ("--quick", "--mode", "search", "--num-samples", "3", "--res", "96", "64", "--epochs", "6",
-            "--concurrency", "1", "--bench-runs", "5", "--sampler", "random")
+            "--concurrency", "1", "--bench-runs", "5", "--sampler", "random", "--scheduler", "pareto-asha")
     proc = store.popen(6, *args)
     deadline = time.time() + 300
     while time.time() < deadline:  # until the scheduler has recorded a trial at a rung
@@ -491,7 +493,8 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
                                 resolutions=(64,)), replace=True)
     store = Store(tmp_path)
-    opts = SearchOptions(mode="search", num_samples=4, data="synthetic:40", quick=True, bench_runs=3,
+    opts = SearchOptions(mode="search", sampler="tpe", scheduler="pareto-asha", num_samples=4, data="synthetic:40",
+                         quick=True, bench_runs=3,
                          concurrency=1, max_failures=1, storage_path=store.storage, tracking_uri=store.uri)
     try:
         out = run_search("flaky", Space({"a": [1.0, 0.5]}, {"arch": "flaky", "input_hw": 64}), opts, epochs=3)

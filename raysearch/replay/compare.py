@@ -55,6 +55,9 @@ METHODS = (
     Method("nsga2-pasha", "NSGA-II + Pareto-ASHA", "nsga2", "pareto-asha"),
     Method("gp", "GP, no stopping", "gp", "none"),
     Method("gp-pasha", "GP + Pareto-ASHA", "gp", "pareto-asha"),
+    Method("latency-first", "latency-first, no stopping", "latency-first", "none"),
+    Method("latency-first-front", "latency-first + front stopping", "latency-first", "front"),
+    Method("random-front", "random + front stopping", "random", "front"),
 )
 METHOD_KEYS = {m.key: m for m in METHODS}
 

@@ -141,7 +141,12 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     space = space or table_space(table)
     to_id = ConfigIndex(table, space)
     rng = random.Random(opts.seed)
-    searcher = make_searcher(opts, first)
+    latencies = None
+    if opts.sampler == "latency-first":  # the product measures every configuration before the search
+        from raysearch.latency_first import config_key, grid_configs
+
+        latencies = {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
+    searcher = make_searcher(opts, first, latencies)
     searcher.set_search_properties(None, None, param_space(space, "search"))  # as Tune's controller does
     scheduler = make_scheduler(opts, table.epochs, None)
     ref = hv_box(table, source)
@@ -153,11 +158,16 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     order = 0
     created = 0
 
+    finished = False  # the searcher has nothing left to propose (a finite space, exhausted)
+
     def start(now: float) -> None:
-        nonlocal created, order
+        nonlocal created, order, finished
         trial_id = f"replay_{created:05d}"
-        created += 1
         config = searcher.suggest(trial_id)
+        if config is None or config == "FINISHED":  # Searcher.FINISHED
+            finished = True
+            return
+        created += 1
         trial = SimTrial(trial_id, config)
         if scheduler is not None:
             scheduler.on_trial_add(None, trial)
@@ -214,7 +224,7 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
                 hv = hypervolume(front_points, ref) / grid_hv if grid_hv > 0 else 0.0
                 if not out.trace or hv > out.trace[-1][2]:
                     out.trace.append((out.epochs_spent, now, hv))
-            if created < opts.num_samples:
+            if created < opts.num_samples and not finished:
                 start(now)
             continue
         heapq.heappush(events, (now + wait, o, trial_id, gen))
