@@ -697,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
     s.add_argument("--methods", nargs="+", choices=["random", "random-pasha", "tpe-asha", "tpe-pasha", "nsga2-pasha",
                                                     "gp", "gp-pasha", "latency-first",
-                                                    "latency-first-front", "random-front"],
+                                                    "latency-first-front", "random-front", "moasha"],
                    help="the methods to compare (default: all)")
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
     s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from raysearch.optimize import OptimizeOptions
 
 EFFORTS = ("entry", "intermediate", "expert")
-GRID_LIMIT = 16  # a stage with more points is searched (Optuna + a scheduler) instead of run as a grid
+GRID_LIMIT = 16  # a stage with more points is searched (--sampler: latency-first by default) instead of run as a grid
 MAX_TOPOLOGIES = 6  # Pareto topologies carried into the cross stage (the study carried six)
 MAX_INT8 = 8  # candidates quantized in the int8 stage
 

@@ -440,7 +440,7 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
                         **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
-                                    hv_latency, space.size() if opts.mode == "grid" else opts.num_samples)
+                                    hv_latency, planned_trials(space, opts))
             trainable = tune.with_resources(tune.with_parameters(trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
             latencies = None
@@ -574,6 +574,14 @@ def make_searcher(opts: SearchOptions, first: list[dict] | None = None, latencie
 
     return OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts),
                         points_to_evaluate=first)
+
+
+def planned_trials(space: Space, opts: SearchOptions) -> int:
+    """Trials the search will run at most: the grid, or --num-samples (latency-first proposes each
+    configuration once, so no more than the space holds)."""
+    if opts.mode == "grid":
+        return space.size()
+    return min(opts.num_samples, space.size()) if opts.sampler == "latency-first" else opts.num_samples
 
 
 def method_params(opts: SearchOptions) -> dict[str, Any]:

@@ -27,3 +27,18 @@ def test_each_sampler_pickles_and_still_samples(name):
 def test_unknown_sampler_is_named():
     with pytest.raises(ValueError, match="'cmaes' is not one of Optuna's samplers"):
         make_sampler("cmaes", seed=0, num_samples=3)
+
+
+def test_what_optuna_is_told_of_a_trial_the_scheduler_stopped():
+    """Ray Tune hands a stopped trial's last report to `OptunaSearch.on_trial_complete`, which tells
+    Optuna the trial COMPLETED with those values: an epoch-1 validation IoU stands in the study as a
+    final result (why `--sampler latency-first` fits only final reports)."""
+    from raysearch import objectives as obj
+    from raysearch.search import SearchOptions, Space, make_searcher, param_space
+
+    searcher = make_searcher(SearchOptions(mode="search", sampler="tpe", num_samples=3))
+    searcher.set_search_properties(None, None, param_space(Space({"a": [0.5, 0.25]}), "search"))
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {obj.IOU.name: 0.0, obj.LATENCY_MS.name: 2.0, obj.EPOCH: 1})  # stopped at epoch 1
+    (trial,) = searcher._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [0.0, 2.0]

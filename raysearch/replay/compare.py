@@ -33,6 +33,7 @@ class Method:
     scheduler: str
     grace_period: int | None = None
     reduction_factor: float | None = None
+    peer: str | None = None  # a peer's own search (`raysearch.replay.peers`) instead of sampler + scheduler
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> SearchOptions:
         extra = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor))
@@ -58,6 +59,7 @@ METHODS = (
     Method("latency-first", "latency-first, no stopping", "latency-first", "none"),
     Method("latency-first-front", "latency-first + front stopping", "latency-first", "front"),
     Method("random-front", "random + front stopping", "random", "front"),
+    Method("moasha", "Syne Tune MOASHA (peer)", "random", "none", peer="moasha"),
 )
 METHOD_KEYS = {m.key: m for m in METHODS}
 
@@ -124,8 +126,14 @@ def _one(args: tuple) -> SeedResult:
     num_samples = 10 * len(table.configs)
     with warnings.catch_warnings():  # Optuna warns, per study, that (h, w) choices do not persist
         warnings.filterwarnings("ignore", message="Choices for a categorical distribution", category=UserWarning)
+        objects = None
+        if method.peer is not None:
+            from raysearch.replay.peers import make_peer
+            from raysearch.replay.simulator import table_space
+
+            objects = make_peer(method.peer, table_space(table), epochs=table.epochs, seed=seed)
         r = simulate(table, method.options(seed, num_samples, max_latency_ms), source=source, workers=workers,
-                     max_epochs=top)
+                     max_epochs=top, objects=objects)
     return SeedResult([r.share_at(b * table.grid_epochs) for b in budgets],
                       [r.share_at(x * table.grid_epochs) for x in curve_x], [r.share_at_time(t * 3600) for t in time_x],
                       len(r.trials), sum(t.outcome == "stopped" for t in r.trials), r.epochs_spent,
@@ -156,6 +164,7 @@ class Comparison:
     def summary(self) -> dict[str, Any]:
         """The JSON document of `raysearch replay --json`."""
         base = self.results.get(BASELINE)
+        default = self.results.get(default_label() or "")
         methods = {}
         for label, runs in self.results.items():
             per_budget = {}
@@ -165,7 +174,11 @@ class Comparison:
                     "hv_share_mean": round(statistics.fmean(vals), 4), "hv_share_se": round(standard_error(vals), 4),
                     "p_vs_random": None if base is None or label == BASELINE else
                     round(p_greater(vals, [r.shares[i] for r in base]), 5),
-                    "budget_spent_share": round(sum(r.epochs_spent >= b * self.grid_epochs for r in runs) / len(runs), 3)}
+                    # one-sided Mann-Whitney U of "the default's shares are larger than this method's"
+                    "p_default_ahead": None if default is None or default is runs else
+                    round(p_greater([r.shares[i] for r in default], vals), 5),
+                    "budget_spent_share": round(sum(r.epochs_spent >= b * self.grid_epochs for r in runs) / len(runs), 3),
+                    "hv_shares": [round(v, 4) for v in vals]}
             methods[label] = {"budgets": per_budget,
                               "trials_mean": round(statistics.fmean(r.trials for r in runs), 1),
                               "stopped_mean": round(statistics.fmean(r.stopped for r in runs), 1),

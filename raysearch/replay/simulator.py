@@ -1,7 +1,9 @@
 """Replay our own search against a recorded table: the product's searcher (`make_searcher`:
-Optuna's sampler behind Ray Tune's `OptunaSearch`) and scheduler (`make_scheduler`: `ParetoASHA`,
-Ray Tune's `ASHAScheduler`, or none), driven through the calls Ray Tune's controller makes, on a
-simulated cluster of ``workers`` slots whose trials take the recorded time.
+`LatencyFirstSearch` over the table's latencies, or Optuna's sampler behind Ray Tune's
+`OptunaSearch`) and scheduler (`make_scheduler`: `FrontStopping`, `ParetoASHA`, Ray Tune's
+`ASHAScheduler`, or none), driven through the calls Ray Tune's controller makes, on a simulated
+cluster of ``workers`` slots whose trials take the recorded time. A searcher that answers
+FINISHED (a finite space exhausted) gets no more trials.
 
 What Ray Tune does, and so what this does (ray/tune/execution/tune_controller.py):
 - a free slot asks the searcher for a config (``suggest``), the scheduler is told the trial
@@ -130,25 +132,30 @@ def grid_hypervolume(table: Table, source: str) -> float:
 
 
 def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers: int = 4,
-             max_epochs: float | None = None, space: Space | None = None, first: list[dict] | None = None) -> Replay:
+             max_epochs: float | None = None, space: Space | None = None, first: list[dict] | None = None,
+             objects: tuple[Any, Any] | None = None) -> Replay:
     """Replay one search (``opts``: mode, sampler, scheduler, grace period, factor, seed,
     num_samples, max_latency_ms) on ``table`` with ``workers`` parallel trials, until
     ``opts.num_samples`` trials ran or ``max_epochs`` training epochs were spent. ``first``:
-    configs the searcher proposes before its sampler's own (as `make_searcher` takes them)."""
+    configs the searcher proposes before its sampler's own (as `make_searcher` takes them).
+    ``objects``: (searcher, scheduler) to replay instead of the product's (a peer's search)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study: noise across hundreds of replays
     space = space or table_space(table)
     to_id = ConfigIndex(table, space)
     rng = random.Random(opts.seed)
-    latencies = None
-    if opts.sampler == "latency-first":  # the product measures every configuration before the search
-        from raysearch.latency_first import config_key, grid_configs
+    if objects is not None:
+        searcher, scheduler = objects
+    else:
+        latencies = None
+        if opts.sampler == "latency-first":  # the product measures every configuration before the search
+            from raysearch.latency_first import config_key, grid_configs
 
-        latencies = {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
-    searcher = make_searcher(opts, first, latencies)
+            latencies = {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
+        searcher = make_searcher(opts, first, latencies)
+        scheduler = make_scheduler(opts, table.epochs, None)
     searcher.set_search_properties(None, None, param_space(space, "search"))  # as Tune's controller does
-    scheduler = make_scheduler(opts, table.epochs, None)
     ref = hv_box(table, source)
     grid_hv = grid_hypervolume(table, source)
     out = Replay()
@@ -157,7 +164,6 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     events: list[tuple[float, int, str, Iterator]] = []  # (time, order, trial id, its steps)
     order = 0
     created = 0
-
     finished = False  # the searcher has nothing left to propose (a finite space, exhausted)
 
     def start(now: float) -> None:
