@@ -282,7 +282,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from raysearch.replay.compare import METHOD_KEYS, compare, plot, text_table
+    from raysearch.replay.compare import compare, plot, text_table
+    from raysearch.replay.methods import METHOD_KEYS
 
     from raysearch.replay.table import load
 
@@ -352,8 +353,8 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
     g.add_argument("--mode", choices=MODES, default="grid",
-                   help="grid: the study's exact grid, every trial to the end; search: multi-objective Optuna "
-                        "search over the same space with Pareto-aware early stopping (default %(default)s)")
+                   help="grid: the study's exact grid, every trial to the end; search: a multi-objective search "
+                        "over the same space, --sampler and --scheduler below (default %(default)s)")
     g.add_argument("--num-samples", type=POSITIVE, default=10, help="trials of --mode search (default %(default)s)")
     g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
     g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
@@ -581,6 +582,8 @@ def optimize_options(args: argparse.Namespace):
 
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from raysearch.replay.methods import METHOD_KEYS
+
     p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -695,10 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=POSITIVE, default=4, help="parallel trials of the simulated cluster "
                                                                    "(default %(default)s)")
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
-    s.add_argument("--methods", nargs="+", choices=["random", "random-pasha", "tpe-asha", "tpe-pasha", "nsga2-pasha",
-                                                    "gp", "gp-pasha", "latency-first",
-                                                    "latency-first-front", "random-front", "moasha"],
-                   help="the methods to compare (default: all)")
+    s.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS), metavar="METHOD",
+                   help="the methods to compare, of: " + ", ".join(METHOD_KEYS) + " (default: all)")
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
     s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")
     s.add_argument("--plot", help="the anytime-curve plot (default replay-TABLE-SOURCE.png)")

@@ -108,8 +108,46 @@ def rung_milestones(grace_period: int, eta: float, epochs: int) -> list[int]:
     return out
 
 
-# ---- the Ray Tune scheduler ------------------------------------------------------------------
-class ParetoASHA(FIFOScheduler):
+# ---- the Ray Tune schedulers ------------------------------------------------------------------
+class _StatefulScheduler(FIFOScheduler):
+    """A scheduler whose decisions depend on what it saw. Its state lives in a JSON file
+    (``state_path``; None: in memory only) rewritten after every change: Ray Tune pickles a
+    scheduler into the experiment when the search starts and brings back that copy on restore, so
+    the copy is rebuilt from its arguments and its state file. Subclasses give ``_state`` and ``_load``."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        super().__init__()
+        self._args = args
+        state_path = args.get("state_path")
+        self.state_path = None if state_path is None else Path(state_path)
+
+    def _restore_file(self) -> None:
+        if self.state_path is not None and self.state_path.is_file():
+            self._load(json.loads(self.state_path.read_text()))
+
+    def __getstate__(self) -> dict:
+        return {"args": self._args, "state": self._state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["args"])
+        if self.state_path is None:
+            self._load(state["state"])
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _load(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            write_atomic(self.state_path, json.dumps(self._state()))
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # it decides by its own metrics, whatever single metric Tune passes
+
+
+class ParetoASHA(_StatefulScheduler):
     """Asynchronous successive halving on (validation IoU, latency); see the module doc.
 
     ``epochs``: the trials' training epochs (no rung at or past the last one; the trial ends by
@@ -121,29 +159,16 @@ class ParetoASHA(FIFOScheduler):
         if grace_period < 1 or reduction_factor <= 1 or epochs < 1:
             raise ValueError(f"pareto-asha: need grace_period >= 1 (got {grace_period}), reduction factor > 1 "
                              f"(got {reduction_factor}) and epochs >= 1 (got {epochs})")
-        super().__init__()
-        self._args = dict(epochs=epochs, grace_period=grace_period, reduction_factor=reduction_factor,
-                          time_attr=time_attr, iou_metric=iou_metric, latency_metric=latency_metric,
-                          state_path=None if state_path is None else str(state_path))
+        super().__init__(dict(epochs=epochs, grace_period=grace_period, reduction_factor=reduction_factor,
+                              time_attr=time_attr, iou_metric=iou_metric, latency_metric=latency_metric,
+                              state_path=None if state_path is None else str(state_path)))
         self.eta, self.time_attr = reduction_factor, time_attr
         self.iou_metric, self.latency_metric = iou_metric, latency_metric
         self.milestones = rung_milestones(grace_period, reduction_factor, epochs)
-        self.state_path = None if state_path is None else Path(state_path)
         self.rungs: dict[int, dict[str, Point]] = {m: {} for m in self.milestones}
         self.latency: dict[str, float] = {}
         self.stopped: dict[str, int] = {}  # trial id -> the epoch it was stopped at
-        if self.state_path is not None and self.state_path.is_file():
-            self._load(json.loads(self.state_path.read_text()))
-
-    # Ray Tune pickles the scheduler into the experiment when the search starts and brings back
-    # that copy on restore: rebuild it from its arguments and its state file instead.
-    def __getstate__(self) -> dict:
-        return {"args": self._args, "state": self._state()}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state["args"])
-        if self.state_path is None:
-            self._load(state["state"])
+        self._restore_file()
 
     def _state(self) -> dict:
         return {"rungs": {str(m): {k: list(p) for k, p in r.items()} for m, r in self.rungs.items()},
@@ -154,13 +179,6 @@ class ParetoASHA(FIFOScheduler):
             self.rungs.setdefault(int(m), {}).update({k: (p[0], p[1]) for k, p in recorded.items()})
         self.latency.update(state.get("latency", {}))
         self.stopped.update(state.get("stopped", {}))
-
-    def _save(self) -> None:
-        if self.state_path is not None:
-            write_atomic(self.state_path, json.dumps(self._state()))
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return True  # it ranks by its own two metrics, whatever single metric Tune passes
 
     # ---- decisions -------------------------------------------------------------------------
     def decide(self, trial_id: str, epoch: float, iou: float | None, latency: float | None) -> str:
@@ -202,7 +220,7 @@ def front_level(finished: Sequence[Point], latency: float) -> float:
     return max((iou for iou, lat in finished if lat <= latency), default=0.0)
 
 
-class FrontStopping(FIFOScheduler):
+class FrontStopping(_StatefulScheduler):
     """``--scheduler front``: stop a trial once it cannot join the front.
 
     A trial's latency is known before its first epoch, so the IoU it must beat is known too: the
@@ -223,25 +241,14 @@ class FrontStopping(FIFOScheduler):
         if grace_period < 1 or margin < 0 or min_finished < 1:
             raise ValueError(f"front: need grace_period >= 1 (got {grace_period}), margin >= 0 (got {margin}), "
                              f"min_finished >= 1 (got {min_finished})")
-        super().__init__()
-        self._args = dict(grace_period=grace_period, margin=margin, min_finished=min_finished,
-                          state_path=None if state_path is None else str(state_path))
+        super().__init__(dict(grace_period=grace_period, margin=margin, min_finished=min_finished,
+                              state_path=None if state_path is None else str(state_path)))
         self.grace_period, self.margin, self.min_finished = grace_period, margin, min_finished
-        self.state_path = None if state_path is None else Path(state_path)
         self.curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> validation IoU
         self.latency: dict[str, float] = {}
         self.finished: dict[str, Point] = {}  # trial id -> (final test IoU, latency)
         self.stopped: dict[str, int] = {}
-        if self.state_path is not None and self.state_path.is_file():
-            self._load(json.loads(self.state_path.read_text()))
-
-    def __getstate__(self) -> dict:
-        return {"args": self._args, "state": self._state()}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state["args"])
-        if self.state_path is None:
-            self._load(state["state"])
+        self._restore_file()
 
     def _state(self) -> dict:
         return {"curves": {k: {str(e): v for e, v in c.items()} for k, c in self.curves.items()},
@@ -253,13 +260,6 @@ class FrontStopping(FIFOScheduler):
         self.latency.update(state.get("latency", {}))
         self.finished.update({k: (p[0], p[1]) for k, p in state.get("finished", {}).items()})
         self.stopped.update(state.get("stopped", {}))
-
-    def _save(self) -> None:
-        if self.state_path is not None:
-            write_atomic(self.state_path, json.dumps(self._state()))
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return True
 
     def gain(self, epoch: int) -> float | None:
         """The most a finished trial gained from its validation IoU at ``epoch`` to its final IoU

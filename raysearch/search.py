@@ -25,6 +25,7 @@ from typing import Any, Callable
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.presets import preset
+from raysearch.ray_console import quiet_worker_exits
 from raysearch.results import Requirement, TrialRow
 from raysearch.samplers import SAMPLERS
 from raysearch.storage import delete_tree
@@ -227,6 +228,7 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
             os.sched_setaffinity(0, mask)
     else:
         ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+    quiet_worker_exits()  # a retired worker's SIGTERM is not a traceback for the user
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
         # search like Ctrl-C, so every MLflow run gets a status and --resume can continue

@@ -128,11 +128,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     result_key = settings.result_key(spec, init_checkpoint)
     results = DocumentStore(settings.results_cache) if settings.results_cache else None
 
-    @functools.cache
-    def calibration() -> list:  # int8 only; read once for both exports of the trial
-        from raysearch.quantize import calibration_inputs
-
-        return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
+    calibration = functools.cache(calibration_for(spec, settings))  # read once for both exports of the trial
 
     trial_id = tune.get_context().get_trial_id()
     work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
@@ -296,6 +292,18 @@ class TrialState:
             log.warning("could not remove the trial state %s: %s", self.uri, e)
 
 
+def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], list]:
+    """The int8 calibration inputs of ``spec`` (validation images fed as at inference), read when
+    first called: an fp32 export never reads them."""
+    def calibration() -> list:
+        from raysearch.data import open_split
+        from raysearch.quantize import calibration_inputs
+
+        return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
+
+    return calibration
+
+
 def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, calibration: Callable[[], list],
                       model=None) -> dict:
     """The benchmark reply for ``spec``'s untrained model (its latency is the trained model's):
@@ -316,22 +324,15 @@ def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, cali
 def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, float]:
     """Every configuration's latency before any training (`--sampler latency-first`), as
     `raysearch.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
-    from raysearch.data import open_split
     from raysearch.latency_first import config_key
-    from raysearch.quantize import calibration_inputs
 
     out: dict[str, float] = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="raysearch-sweep-") as work:
         for n, config in enumerate(configs, 1):
             spec = settings.spec_for(config)
-
-            def calibration(spec=spec) -> list:
-                return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed,
-                                                     limit=settings.limit), spec)
-
-            out[config_key(config)] = float(untrained_latency(spec, settings, Path(work), calibration)
-                                            [obj.LATENCY_MS.name])
+            out[config_key(config)] = float(untrained_latency(spec, settings, Path(work),
+                                                              calibration_for(spec, settings))[obj.LATENCY_MS.name])
             log.info("latency sweep %d/%d: %s %.3f ms", n, len(configs), spec.name, out[config_key(config)])
     log.info("latency sweep: %d configurations in %.0f s", len(configs), time.time() - t0)
     return out

@@ -13,7 +13,8 @@ import sys
 import pytest
 from replay_tables import make_table
 
-from raysearch.replay.compare import BASELINE, METHOD_KEYS, p_greater, standard_error
+from raysearch.replay.compare import p_greater, standard_error
+from raysearch.replay.methods import BASELINE, METHOD_KEYS
 from raysearch.replay.simulator import grid_hypervolume, simulate
 from raysearch.replay.table import TableError, load
 from raysearch.search import SearchOptions
@@ -259,7 +260,7 @@ def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
 
 def test_the_command_line_offers_every_method_and_names_the_default():
     from raysearch import cli
-    from raysearch.replay.compare import default_label
+    from raysearch.replay.methods import default_label
 
     replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
     methods = next(a for a in replay._actions if a.dest == "methods")

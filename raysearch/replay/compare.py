@@ -16,52 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from raysearch.replay.methods import BASELINE, METHODS, Method, default_label
 from raysearch.replay.table import Table, load
-from raysearch.search import SearchOptions
 
-BASELINE = "random, no stopping"
 CURVE_POINTS = 41  # budgets 0 .. the largest, evenly, for the anytime curves
-
-
-@dataclass(frozen=True)
-class Method:
-    """A search method: the product's options that make it (the rest are `SearchOptions`'s defaults)."""
-
-    key: str  # for the command line (`raysearch replay --methods`)
-    label: str
-    sampler: str
-    scheduler: str
-    grace_period: int | None = None
-    reduction_factor: float | None = None
-    peer: str | None = None  # a peer's own search (`raysearch.replay.peers`) instead of sampler + scheduler
-
-    def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> SearchOptions:
-        extra = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor))
-                 if v is not None}
-        return SearchOptions(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
-                             num_samples=num_samples, max_latency_ms=max_latency_ms, **extra)
-
-    def is_default(self) -> bool:
-        """Whether this is what `--mode search` runs when nothing else is asked."""
-        mine, default = self.options(seed=0, num_samples=1), SearchOptions()
-        return all(getattr(mine, k) == getattr(default, k)
-                   for k in ("sampler", "scheduler", "grace_period", "reduction_factor"))
-
-
-METHODS = (
-    Method("random", BASELINE, "random", "none"),
-    Method("random-pasha", "random + Pareto-ASHA", "random", "pareto-asha"),
-    Method("tpe-asha", "TPE + ASHA(IoU)", "tpe", "asha"),
-    Method("tpe-pasha", "TPE + Pareto-ASHA", "tpe", "pareto-asha"),
-    Method("nsga2-pasha", "NSGA-II + Pareto-ASHA", "nsga2", "pareto-asha"),
-    Method("gp", "GP, no stopping", "gp", "none"),
-    Method("gp-pasha", "GP + Pareto-ASHA", "gp", "pareto-asha"),
-    Method("latency-first", "latency-first, no stopping", "latency-first", "none"),
-    Method("latency-first-front", "latency-first + front stopping", "latency-first", "front"),
-    Method("random-front", "random + front stopping", "random", "front"),
-    Method("moasha", "Syne Tune MOASHA (peer)", "random", "none", peer="moasha"),
-)
-METHOD_KEYS = {m.key: m for m in METHODS}
 
 
 def text_table(summary: dict[str, Any]) -> str:
@@ -83,10 +41,6 @@ def text_table(summary: dict[str, Any]) -> str:
         tag = " (default)" if label == summary["default"] else ""
         lines.append((label + tag).ljust(width + 10) + "".join(cells))
     return "\n".join(lines)
-
-
-def default_label(methods: Sequence[Method] = METHODS) -> str | None:
-    return next((m.label for m in methods if m.is_default()), None)
 
 
 def standard_error(values: Sequence[float]) -> float:

@@ -32,6 +32,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from ray.tune.search import Searcher
+
 from raysearch import objectives as obj
 from raysearch.models import ModelSpec
 from raysearch.pareto import hypervolume
@@ -170,7 +172,7 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
         nonlocal created, order, finished
         trial_id = f"replay_{created:05d}"
         config = searcher.suggest(trial_id)
-        if config is None or config == "FINISHED":  # Searcher.FINISHED
+        if config is None or config == Searcher.FINISHED:
             finished = True
             return
         created += 1
