@@ -26,7 +26,6 @@ import yaml
 
 from benchd import wire
 from benchd.client import BenchClient, BenchResult, Model
-from benchd.runner import BenchParams
 from benchd.errors import (
     BenchAuthError,
     BenchBusy,
@@ -35,6 +34,7 @@ from benchd.errors import (
     BenchUnavailable,
     FarmError,
 )
+from benchd.runner import BenchParams
 from benchd.security import ClientTls, split_address
 from benchd.v1 import benchd_pb2 as pb
 

@@ -23,15 +23,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from benchd import __version__, sysinfo
+from benchd import __version__, runner, sysinfo, wire
 from benchd.cache import CacheError, ModelCache, check_sha
 from benchd.devicelock import DeviceLock, QueueAbandoned, QueueFull, QueueTimeout
 from benchd.errors import REASON_KEY
 from benchd.metrics import Metrics
-from benchd import runner, wire
 from benchd.runner import BenchmarkError, BenchParams
-from benchd.security import (MalformedRequestInterceptor, ServerTls, TlsFilesError, TokenInterceptor, is_loopback,
-                             split_address)
+from benchd.security import (
+    MalformedRequestInterceptor,
+    ServerTls,
+    TlsFilesError,
+    TokenInterceptor,
+    is_loopback,
+    split_address,
+)
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
 from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle

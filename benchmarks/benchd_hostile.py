@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import benchd_fixtures as fx  # noqa: E402
-from common import machine  # noqa: E402
-
 from benchd.client import BenchClient  # noqa: E402
 from benchd.errors import BenchError  # noqa: E402
 from benchd.v1 import benchd_pb2 as pb  # noqa: E402
 from benchd.v1 import benchd_pb2_grpc as pb_grpc  # noqa: E402
+from common import machine  # noqa: E402
 
 TOKEN = "hostile-benchmark-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-
 from raysearch.data import open_split  # noqa: E402
 from raysearch.evaluate import evaluate_onnx  # noqa: E402
 from raysearch.export import export_onnx  # noqa: E402

@@ -9,12 +9,13 @@ hypervolume share against the replay's 5-95% band for the same method, budget an
 Each live search is `python raysearch/stage7.py --mode search` with the product's defaults (sampler,
 scheduler, a local benchd on its reserved core, a local Ray on the other cores) and the table's
 scale: the study's data with `--limit 120`, 20 epochs, the table's latency settings (1 thread,
-+-1% precision, 2-30 s per model). It stops once it has spent the largest budget (a share of the
-grid's epochs: 36 x 20 = 720), so a search without early stopping runs ceil(share x 36) trials.
++-1% precision, 2-30 s per model). It is interrupted (as Ctrl-C interrupts it) once it has spent
+more than the largest budget (a share of the grid's epochs: 36 x 20 = 720): nothing after that counts.
 
-Resumable: a search that finished is read back from MLflow, an interrupted one is resumed
-(`--resume`), one never started is started. Everything goes to `runs/live-confirm/` (MLflow
-SQLite store, Ray storage); the figures go to `benchmarks/results/live-A-host.json`.
+Resumable: a search that finished or spent the budget is read back from MLflow, one interrupted
+before is resumed (`--resume`), one never started is started. Everything goes to
+`runs/live-confirm/` (MLflow SQLite store, Ray storage); the figures go to
+`benchmarks/results/live-A-host.json`.
 
 How a live search is scored, as the replay scores one (`raysearch.replay.simulator`): its front after
 each trial that ended trained to the end, in the table's box (IoU 0..1 x latency 0..the table's slowest
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +38,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-
 from raysearch import objectives as obj  # noqa: E402
 from raysearch.pareto import hypervolume  # noqa: E402
 from raysearch.replay.compare import compare  # noqa: E402
@@ -71,12 +72,26 @@ def find_parent(client, name: str):
     return runs[0] if runs else None
 
 
-def run_search(client, seed: int, trials: int, concurrency: int) -> None:
+def epochs_spent(client, parent) -> int:
+    """Training epochs the search's trials reported so far (MLflow's per-epoch validation IoU)."""
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`{obj.TAG_PARENT}` = '{parent.info.run_id}'")
+    return sum(len({m.step for m in client.get_metric_history(k.info.run_id, obj.VAL_IOU.name) if m.step >= 1})
+               for k in kids)
+
+
+def done(client, parent, budget: int) -> bool:
+    return parent is not None and (parent.info.status == "FINISHED" or epochs_spent(client, parent) > budget)
+
+
+def run_search(client, seed: int, budget: int, concurrency: int) -> None:
+    """The live search of ``seed``, until it has spent more than ``budget`` epochs (then it is
+    interrupted as Ctrl-C interrupts it: nothing it does after that can count) or ran out of
+    configurations."""
     parent = find_parent(client, search_name(seed))
-    if parent is not None and parent.info.status == "FINISHED":
-        print(f"seed {seed}: {search_name(seed)} already finished", flush=True)
+    if done(client, parent, budget):
+        print(f"seed {seed}: {search_name(seed)} already ran", flush=True)
         return
-    cmd = [sys.executable, str(REPO / "raysearch" / "stage7.py"), "--mode", "search", "--num-samples", str(trials),
+    cmd = [sys.executable, str(REPO / "raysearch" / "stage7.py"), "--mode", "search", "--num-samples", "36",
            "--epochs", "20", "--data", str(DATA), "--limit", "120", "--seed", str(seed),
            "--name", search_name(seed), "--experiment", EXPERIMENT, "--tracking-uri", tracking_uri(),
            "--storage-path", str(WORK / "ray"), "--concurrency", str(concurrency),
@@ -86,8 +101,15 @@ def run_search(client, seed: int, trials: int, concurrency: int) -> None:
         cmd.append("--resume")
     print(f"seed {seed}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    print(f"seed {seed}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    while proc.poll() is None:
+        time.sleep(15)
+        parent = find_parent(client, search_name(seed))
+        if parent is not None and epochs_spent(client, parent) > budget:
+            print(f"seed {seed}: past {budget} epochs: interrupting the search", flush=True)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=600)
+    print(f"seed {seed}: done in {(time.time() - t0) / 60:.1f} min (exit {proc.returncode})", flush=True)
 
 
 def live_trace(client, parent, table) -> dict:
@@ -130,12 +152,12 @@ def main() -> int:
     from mlflow import MlflowClient
 
     table = load(TABLE)
-    trials = math.ceil(max(BUDGETS) * table.grid_epochs / table.epochs) + args.concurrency - 1
+    budget = round(max(BUDGETS) * table.grid_epochs)
     WORK.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri())
     if not args.report_only:
         for seed in args.seeds:
-            run_search(client, seed, trials, args.concurrency)
+            run_search(client, seed, budget, args.concurrency)
 
     method = next(m for m in METHOD_KEYS.values() if m.label == default_label())
     cmp = compare(TABLE, methods=[method], seeds=args.replay_seeds, workers=args.concurrency, budgets=BUDGETS)
@@ -147,12 +169,13 @@ def main() -> int:
     live = {}
     for seed in args.seeds:
         parent = find_parent(client, search_name(seed))
-        if parent is None or parent.info.status != "FINISHED":
-            print(f"seed {seed}: no finished search ({search_name(seed)}); left out", flush=True)
+        if not done(client, parent, budget):
+            print(f"seed {seed}: no search that spent the budget ({search_name(seed)}); left out", flush=True)
             continue
         tr = live_trace(client, parent, table)
         shares = {f"{b:g}": round(share_at(tr["trace"], b * table.grid_epochs), 4) for b in BUDGETS}
-        live[seed] = {"shares": shares, **tr, "minutes": round((parent.info.end_time - parent.info.start_time) / 6e4, 1)}
+        live[seed] = {"shares": shares, **tr, "status": parent.info.status,
+                      "minutes": round(((parent.info.end_time or 0) - parent.info.start_time) / 6e4, 1)}
 
     print(f"\nmethod: {method.label}; {args.concurrency} trial(s) at once; replay band over {args.replay_seeds} seeds")
     print("| budget | replay 5% | replay mean | replay 95% | " + " | ".join(f"live seed {s}" for s in live) + " | inside |")

@@ -18,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine
 from mlflow.tracking import MlflowClient
 
+from common import machine
 from raysearch.optimize import OptimizeOptions, optimize
 from raysearch.report import row_from_run
 from raysearch.results import Requirement
 from raysearch.search import SearchOptions, run_search
-from raysearch.stages import stage_space, stage7_space
+from raysearch.stages import stage7_space, stage_space
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 

@@ -51,9 +51,11 @@ def main() -> None:
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             x = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
             xt = torch.from_numpy(x)
-            ort_t = stats_ms(time_calls(lambda: sess.run(None, {"input": x}), runs=args.runs, min_seconds=args.min_seconds))
+            ort_t = stats_ms(time_calls(lambda sess=sess, x=x: sess.run(None, {"input": x}), runs=args.runs,
+                                        min_seconds=args.min_seconds))
             with torch.inference_mode():
-                pt_t = stats_ms(time_calls(lambda: model(xt), runs=args.runs, min_seconds=args.min_seconds))
+                pt_t = stats_ms(time_calls(lambda model=model, xt=xt: model(xt), runs=args.runs,
+                                           min_seconds=args.min_seconds))
             rows.append({"model": label, "res": res, "ort_p50_ms": round(ort_t["p50_ms"], 3),
                          "torch_p50_ms": round(pt_t["p50_ms"], 3), "ort_mean_ms": round(ort_t["mean_ms"], 3),
                          "torch_mean_ms": round(pt_t["mean_ms"], 3),

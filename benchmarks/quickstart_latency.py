@@ -40,8 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import machine  # noqa: E402
 from precision_runs import Watcher, cpu_times, steal_between, wait_for_quiet  # noqa: E402
+
+from common import machine  # noqa: E402
 
 # what scripts/quickstart.sh runs once set up (its last python line); checked against the script
 QUICKSTART = ["raysearch/stage7.py", "--quick"]
@@ -143,7 +144,7 @@ def measure_idle(rows: list[dict[str, Any]], repeats: int, seed: int, wait_s: fl
     with local_benchd("local", cpus=reservation.benchd if reservation else ()) as target:
         settings = bench_settings(SearchOptions(quick=True), target, reservation)  # the quickstart's own
         print(f"idle reference: {settings}", flush=True)
-        for rep in range(repeats):
+        for _ in range(repeats):
             wait_for_quiet(wait_s, quiet)
             order = list(specs)
             rng.shuffle(order)

@@ -36,7 +36,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-
 from raysearch.models import ModelSpec  # noqa: E402
 from raysearch.replay.table import FORMAT, VERSION, Epoch, Latency, Run, Table, TableError, load  # noqa: E402
 

@@ -284,7 +284,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from raysearch.replay.compare import compare, plot, text_table
     from raysearch.replay.methods import METHOD_KEYS
-
     from raysearch.replay.table import load
 
     table = _table_path(args.table)
@@ -429,10 +428,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "(BENCHMARKS.md). tpe: Optuna's multi-objective TPE; gp: Optuna's Gaussian-process sampler "
                         "(LogEHVI); nsga2: a genetic algorithm, from about a hundred trials; random: the baseline "
                         "(default %(default)s; seeded by --seed)")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="none",
-                   help="early stopping. none: every trial to the end (the default: with latency-first it scored "
-                        "best); front: stop a trial once its validation IoU, plus the most a finished trial gained "
-                        "after that epoch, cannot beat a faster trained model; pareto-asha: successive halving "
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="front",
+                   help="early stopping. front: stop a trial once its validation IoU, plus the most a finished trial "
+                        "gained after that epoch, cannot beat a faster trained model (the default: with latency-first "
+                        "it scored best); none: every trial to the end; pareto-asha: successive halving "
                         "that ranks the trials at each rung by validation IoU and measured latency together; asha: "
                         "Ray Tune's ASHA on validation IoU only (for comparison) (default %(default)s)")
     g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "

@@ -66,6 +66,8 @@ HV_REFERENCE_LATENCY = "hv_reference_latency_ms"
 PARAM_STARTUP_TRIALS = "startup_trials"  # trials proposed before the searcher's model is used
 PARAM_STOPPED_TRIALS = "stopped_trials_tell_searcher"  # what a trial stopped early tells the searcher
 PARAM_SEARCHER_PRIOR = "searcher_prior"
+PARAM_FRONT_MARGIN = "front_margin"  # --scheduler front: the IoU margin of its stopping rule
+PARAM_FRONT_MIN_FINISHED = "front_min_finished"  # --scheduler front: finished trials before it stops any
 N_PARETO = "n_pareto"
 EPOCHS_SPENT = "epochs_spent"
 

@@ -31,8 +31,7 @@ from raysearch.pareto import pareto_front
 from raysearch.planning import EFFORTS, grid_or_search, plan, stage_space
 from raysearch.presets import preset
 from raysearch.results import PRUNED, Requirement, TrialRow, candidates
-from raysearch.search import BudgetExpired, SearchOptions, Space, local_root, run_search, search_state_path, \
-    storage_uri
+from raysearch.search import BudgetExpired, SearchOptions, Space, local_root, run_search, search_state_path, storage_uri
 from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from raysearch.objectives import IOU, LATENCY_MS
 from raysearch.pareto import pareto_front
 from raysearch.results import Requirement, finite, point_value
 
+
 def _fps_iou(rows: Sequence[Any]) -> list[tuple[float, float, Any]]:
     """(fps, IoU, row) of the rows with a usable IoU and latency."""
     out = []

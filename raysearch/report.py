@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raysearch import objectives as obj
-from raysearch.objectives import FPS, IOU, LATENCY_MS, MACS, OBJECTIVES, PARAMS_TOTAL, Objective
 from raysearch.models import ModelSpec
+from raysearch.objectives import FPS, IOU, LATENCY_MS, MACS, OBJECTIVES, PARAMS_TOTAL, Objective
 from raysearch.pareto import default_reference, dominates, hypervolume, normalized_hypervolume, pareto_front
 from raysearch.plots import plot_front, plot_hypervolume
 from raysearch.results import STATUSES, STOPPED, TRAINED, Requirement, TrialRow, candidates, point_value

@@ -4,8 +4,8 @@ a benchd farm for latency, MLflow for everything, the Pareto front at the end.
 Searchers (``--sampler``): `raysearch.latency_first` (the default) measures every configuration's
 latency before training and trains the configuration with the largest expected hypervolume gain
 next; Optuna's TPE (MOTPE), GP (LogEHVI), NSGA-II and random samplers are the alternatives.
-Schedulers (``--scheduler``): none (the default: every trial to the end), front
-(`raysearch.scheduler.FrontStopping`: stop what cannot join the front), pareto-asha
+Schedulers (``--scheduler``): front (the default, `raysearch.scheduler.FrontStopping`: stop
+what cannot join the front), none (every trial to the end), pareto-asha
 (`raysearch.scheduler.ParetoASHA`), or Ray Tune's ASHA on validation IoU alone (for comparison).
 The defaults are what won the replays of the recorded tables (`raysearch replay`, BENCHMARKS.md).
 """
@@ -71,7 +71,7 @@ class SearchOptions:
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     amp: bool = False  # mixed precision for trials on a GPU (the study trained in fp32)
     max_failures: int = 1
-    scheduler: str = "none"  # measured on the recorded tables: latency-first without stopping wins (BENCHMARKS.md)
+    scheduler: str = "front"  # measured on the recorded tables: latency-first + front stopping (BENCHMARKS.md)
     sampler: str = "latency-first"
     grace_period: int = 1
     reduction_factor: float = 3.0
@@ -88,7 +88,7 @@ class SearchOptions:
             raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not one of {SAMPLERS}")
-        self.requirement  # validates the pair, naming the bad value
+        _ = self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
         elif self.farm:
@@ -591,14 +591,20 @@ def method_params(opts: SearchOptions) -> dict[str, Any]:
     ``scheduler``, ``grace_period`` and ``reduction_factor``, logged from the options)."""
     if opts.mode != "search":
         return {}
+    out: dict[str, Any] = {}
+    if opts.scheduler == "front":
+        from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
+
+        out = {obj.PARAM_FRONT_MARGIN: FRONT_MARGIN, obj.PARAM_FRONT_MIN_FINISHED: FRONT_MIN_FINISHED}
     if opts.sampler == "latency-first":
         from raysearch import latency_first as lf
 
-        return {obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
+        return {**out, obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
                 obj.PARAM_SEARCHER_PRIOR: f"intercept {lf.PRIOR_INTERCEPT}, knob {lf.PRIOR_KNOB}, log latency "
                                           f"{lf.PRIOR_LOG_LATENCY}, noise {lf.NOISE_SD}"}
     startup = 10 if opts.sampler in ("tpe", "gp") else 0  # Optuna's default n_startup_trials
-    return {obj.PARAM_STARTUP_TRIALS: startup, obj.PARAM_STOPPED_TRIALS: "COMPLETE with its last report (OptunaSearch)"}
+    return {**out, obj.PARAM_STARTUP_TRIALS: startup,
+            obj.PARAM_STOPPED_TRIALS: "COMPLETE with its last report (OptunaSearch)"}
 
 
 def param_space(space: Space, mode: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import numpy as np
 
 from raysearch import objectives as obj
 from raysearch.latency import BenchSettings, measure, precision_metrics
-from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 from raysearch.models import ModelSpec
+from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchd_fixtures as fx  # noqa: E402
-
 from benchd.client import BenchClient, BenchResult  # noqa: E402
 from benchd.errors import FarmError  # noqa: E402
 from benchd.farm import BenchFarm, FarmConfigError, load_inventory  # noqa: E402

@@ -21,7 +21,6 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchd_fixtures as fx  # noqa: E402
-
 from benchd import errors  # noqa: E402
 from benchd.client import BenchClient  # noqa: E402
 from benchd.server import BenchdServer, ServerConfig, create_server  # noqa: E402
@@ -314,7 +313,7 @@ def test_absurd_dims_in_the_model_itself(client: BenchClient, good: Path, tmp_pa
 
 
 def test_models_that_cannot_be_fed_loaded_or_afforded(client: BenchClient, good: Path, tmp_path: Path) -> None:
-    for name, (path, error, words) in fx.hostile_models(tmp_path).items():
+    for path, error, words in fx.hostile_models(tmp_path).values():
         with pytest.raises(error, match=words):
             client.benchmark(path, **FIXED)
         still_serves(client, good)  # after each: the worker is back

@@ -17,7 +17,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchd_fixtures as fx  # noqa: E402
-
 from benchd import errors  # noqa: E402
 from benchd.client import BenchClient  # noqa: E402
 from benchd.security import ClientTls, ServerTls  # noqa: E402

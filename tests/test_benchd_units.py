@@ -16,7 +16,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchd_fixtures as fx  # noqa: E402
-
 from benchd import runner  # noqa: E402
 from benchd.cache import CacheError, check_onnx_framing  # noqa: E402
 from benchd.devicelock import DeviceLock, QueueFull, QueueTimeout  # noqa: E402

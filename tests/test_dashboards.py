@@ -31,7 +31,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchd_fixtures as fx  # noqa: E402
-
 from benchd.client import BenchClient  # noqa: E402
 from benchd.server import BenchdServer, ServerConfig, create_server  # noqa: E402
 from benchd.sysinfo import Sensors, Throttle  # noqa: E402

@@ -5,14 +5,19 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import write_pair
 from raysearch.data import DataError, open_split
 from raysearch.data.dataset import SegDataset, resolution_factor
 from raysearch.data.folder import FolderSource
-from raysearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ShiftScaleRotate, build_transform, \
-    shift_scale_rotate, to_input
+from raysearch.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ShiftScaleRotate,
+    build_transform,
+    shift_scale_rotate,
+    to_input,
+)
 from raysearch.models import ModelSpec
-
-from conftest import write_pair
 
 
 def test_folder_loads_binary_masks(tiny_folder):

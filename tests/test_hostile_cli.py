@@ -227,10 +227,9 @@ def test_bad_image_files_are_named_not_crashed_on(tiny_folder, kind):
 @pytest.mark.parametrize("kind", ["non-utf8-name", "truncated-jpeg"])
 def test_raysearch_train_on_bad_data(tiny_folder, tmp_path, kind):
     """`raysearch train` once segfaulted (exit 139) on a non-UTF-8 name and trained on a truncated JPEG."""
+    import shutil
     import subprocess
     import sys
-
-    import shutil
 
     data = tmp_path / "data"  # the split layout: train (with the bad file), val, test
     for split in ("val", "test"):

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_cli import run
 
 from conftest import REPO
 from raysearch import objectives as obj
 from raysearch.report import interruption, resume_command
-from test_cli import run
 
 
 def _search(client: MlflowClient, exp: str, name: str, status: str, driver: str | None, command: str) -> str:

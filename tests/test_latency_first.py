@@ -10,8 +10,14 @@ import pytest
 from ray import tune
 
 from raysearch import objectives as obj
-from raysearch.latency_first import (BayesLinear, LatencyFirstSearch, config_key, expected_hv_gain,
-                                     expected_improvement, grid_configs)
+from raysearch.latency_first import (
+    BayesLinear,
+    LatencyFirstSearch,
+    config_key,
+    expected_hv_gain,
+    expected_improvement,
+    grid_configs,
+)
 
 
 def test_expected_improvement_at_the_level_is_sd_times_phi0():

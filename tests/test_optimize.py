@@ -12,13 +12,20 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from raysearch import optimize as opt_mod
 from raysearch.cli import parse_duration
 from raysearch.models import ModelFamily, ModelSpec, build_model, families, get_family
 from raysearch.optimize import OptimizeOptions, summary_text, why_not
-from raysearch.planning import (cross_space, int8_space, kept_resolutions, plan, resolution_space, topology_knobs,
-                                topology_resolution, topology_space)
+from raysearch.planning import (
+    cross_space,
+    int8_space,
+    kept_resolutions,
+    plan,
+    resolution_space,
+    topology_knobs,
+    topology_resolution,
+    topology_space,
+)
 from raysearch.results import PRUNED, TRAINED, TrialRow
 from raysearch.search import SearchOptions
 
@@ -161,12 +168,11 @@ def test_a_family_declares_only_its_own_knobs():
 def test_quantize_int8_keeps_the_spec_and_stays_close(tmp_path):
     import onnx
     import onnxruntime as ort
+    import torch
 
     from raysearch.data import open_split
     from raysearch.export import export_onnx
     from raysearch.quantize import calibration_inputs, quantize_int8
-
-    import torch
 
     spec = ModelSpec(a=0.25, t=2, r=1, pp=0, input_hw=64)
     torch.manual_seed(0)  # the closeness of an int8 model to its fp32 one depends on the weights

@@ -9,8 +9,14 @@ import random
 import pytest
 
 from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
-from raysearch.pareto import (DEFAULT_REF_LATENCY_MS, default_reference, dominates, hypervolume,
-                              normalized_hypervolume, pareto_front)
+from raysearch.pareto import (
+    DEFAULT_REF_LATENCY_MS,
+    default_reference,
+    dominates,
+    hypervolume,
+    normalized_hypervolume,
+    pareto_front,
+)
 from raysearch.plots import plot_front, plot_hypervolume
 from raysearch.report import front_table, write_front_csv
 from raysearch.results import Requirement

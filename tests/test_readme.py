@@ -114,7 +114,7 @@ def blocks(text: str) -> list[Block]:
             open_, buf = (m.group(2).strip(), n, len(m.group(1))), []
         elif m and open_ is not None:
             lang, start, indent = open_
-            out.append(Block(lang, start, tuple(l[indent:] if l[:indent].isspace() else l.lstrip() for l in buf)))
+            out.append(Block(lang, start, tuple(line[indent:] if line[:indent].isspace() else line.lstrip() for line in buf)))
             open_ = None
         elif open_ is not None:
             buf.append(raw)

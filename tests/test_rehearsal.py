@@ -67,4 +67,5 @@ def test_the_production_rehearsal_loses_nothing(tmp_path):
     assert store["experiment_states"] >= 2 and store["latency_cache"] > 0 and store["results"] >= 9, detail
     assert store["trial_states_left"] == 0, detail  # a finished trial's state file is removed
     if not pi:
-        warnings.warn("the rehearsal ran with a second native benchd: this machine cannot run the emulated Pi root")
+        warnings.warn("the rehearsal ran with a second native benchd: this machine cannot run the emulated Pi root",
+                      stacklevel=1)

@@ -11,13 +11,14 @@ import subprocess
 import sys
 
 import pytest
-from replay_tables import make_table
 
 from raysearch.replay.compare import p_greater, standard_error
 from raysearch.replay.methods import BASELINE, METHOD_KEYS
 from raysearch.replay.simulator import grid_hypervolume, simulate
 from raysearch.replay.table import TableError, load
+from raysearch.scheduler import FRONT_MIN_FINISHED
 from raysearch.search import SearchOptions
+from replay_tables import make_table
 
 
 def _two_models(tmp_path, slow_curve=(0.9, 0.95), fast_curve=(0.5, 0.6)):
@@ -60,37 +61,41 @@ def test_pareto_asha_stops_a_dominated_model_at_its_first_rung(tmp_path):
     assert r.epochs_spent == 5
 
 
-def _three_plus_dominated(tmp_path):
-    """fast (1 ms, 0.6) and mid (2 ms, 0.8) and good (4 ms, 0.9) form the front; dominated (3 ms,
-    0.5) is slower than mid and worse. Each gains 0.2 from epoch 1 to its final IoU."""
+def _front_plus_dominated(tmp_path):
+    """fast (1 ms, 0.6), mid (2 ms, 0.8), wide (2.5 ms, 0.85), good (4 ms, 0.9) and best (5 ms, 0.92)
+    form the front; dominated (3 ms, 0.5) is slower than mid and worse. Each gains 0.2 from its
+    epoch-1 validation IoU to its final IoU."""
     return load(make_table(tmp_path / "t.jsonl", {
         "fast": ({"a": 0.125, "input_hw": 64}, 1.0, [[0.4, 0.5, 0.6]], [0.6]),
         "mid": ({"a": 0.25, "input_hw": 64}, 2.0, [[0.6, 0.7, 0.8]], [0.8]),
+        "wide": ({"a": 0.5, "input_hw": 64}, 2.5, [[0.65, 0.75, 0.85]], [0.85]),
         "dominated": ({"a": 0.125, "input_hw": 128}, 3.0, [[0.3, 0.4, 0.5]], [0.5]),
         "good": ({"a": 0.25, "input_hw": 128}, 4.0, [[0.7, 0.8, 0.9]], [0.9]),
+        "best": ({"a": 0.5, "input_hw": 128}, 5.0, [[0.72, 0.82, 0.92]], [0.92]),
     }, epochs=3))
 
 
 def test_front_stopping_keeps_the_fast_model_and_stops_a_dominated_one_at_once(tmp_path):
-    # after fast, mid, good: the most a finished trial gained from epoch 1 is 0.2; dominated's
-    # 0.3 + 0.2 + 0.01 < 0.8 (mid's IoU, at 2 ms <= its 3 ms): stopped at epoch 1. fast is first and
-    # nothing is faster: it is never cut for its IoU.
-    table = _three_plus_dominated(tmp_path)
-    order = [{"a": 0.125, "input_hw": 64}, {"a": 0.25, "input_hw": 64}, {"a": 0.25, "input_hw": 128},
-             {"a": 0.125, "input_hw": 128}]
+    # after the first FRONT_MIN_FINISHED (4) trials finished, the most any gained from epoch 1 is
+    # 0.2; dominated's 0.3 + 0.2 + 0.01 < 0.85 (wide's IoU, at 2.5 ms <= its 3 ms): stopped at
+    # epoch 1. fast is first and nothing is faster: it is never cut for its IoU.
+    assert FRONT_MIN_FINISHED == 4  # the order below finishes exactly that many before dominated
+    table = _front_plus_dominated(tmp_path)
+    order = [{"a": 0.125, "input_hw": 64}, {"a": 0.25, "input_hw": 64}, {"a": 0.5, "input_hw": 64},
+             {"a": 0.25, "input_hw": 128}, {"a": 0.125, "input_hw": 128}, {"a": 0.5, "input_hw": 128}]
     for sampler in ("random", "latency-first"):
-        r = simulate(table, SearchOptions(mode="search", sampler=sampler, scheduler="front", num_samples=4),
+        r = simulate(table, SearchOptions(mode="search", sampler=sampler, scheduler="front", num_samples=6),
                      workers=1, first=order)
-        assert _outcomes(r) == {"fast": ("finished", 3), "mid": ("finished", 3), "good": ("finished", 3),
-                                "dominated": ("stopped", 1)}
-        assert r.epochs_spent == 10 and r.share_at(10) == pytest.approx(1.0)
+        assert _outcomes(r) == {"fast": ("finished", 3), "mid": ("finished", 3), "wide": ("finished", 3),
+                                "good": ("finished", 3), "best": ("finished", 3), "dominated": ("stopped", 1)}
+        assert r.epochs_spent == 16 and r.share_at(16) == pytest.approx(1.0)
 
 
 def test_latency_first_trains_each_configuration_once_fastest_first(tmp_path):
-    table = _three_plus_dominated(tmp_path)
+    table = _front_plus_dominated(tmp_path)
     r = simulate(table, SearchOptions(mode="search", sampler="latency-first", scheduler="none", num_samples=40),
                  workers=2)
-    assert sorted(t.config for t in r.trials) == ["dominated", "fast", "good", "mid"]  # then FINISHED
+    assert sorted(t.config for t in r.trials) == ["best", "dominated", "fast", "good", "mid", "wide"]  # then FINISHED
     assert r.trials[0].config == "fast" and all(t.outcome == "finished" for t in r.trials)
 
 
@@ -220,11 +225,11 @@ def test_replay_command_prints_the_json_document_and_writes_the_plot(tmp_path):
     table = make_table(tmp_path / "t.jsonl.gz", points, epochs=2)
     plot = tmp_path / "curves.png"
     p = _raysearch("replay", "--table", str(table), "--seeds", "3", "--budgets", "0.25", "0.5", "--methods",
-                   "random", "latency-first", "--jobs", "1", "--plot", str(plot), "--json", "-q")
+                   "random", "latency-first-front", "--jobs", "1", "--plot", str(plot), "--json", "-q")
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)
     assert doc["seeds"] == 3 and doc["grid_epochs"] == 12 and doc["latency_source"] == "host"
-    default = "latency-first, no stopping"
+    default = "latency-first + front stopping"
     assert doc["default"] == default and set(doc["methods"]) == {BASELINE, default}
     cell = doc["methods"][default]["budgets"]["0.5"]
     assert 0 <= cell["hv_share_mean"] <= 1.5 and cell["hv_share_se"] >= 0 and 0 <= cell["p_vs_random"] <= 1
@@ -265,4 +270,4 @@ def test_the_command_line_offers_every_method_and_names_the_default():
     replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
     methods = next(a for a in replay._actions if a.dest == "methods")
     assert sorted(methods.choices) == sorted(METHOD_KEYS)
-    assert default_label() == "latency-first, no stopping"  # --mode search default
+    assert default_label() == "latency-first + front stopping"  # --mode search default

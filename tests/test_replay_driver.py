@@ -6,14 +6,14 @@ the same front."""
 from __future__ import annotations
 
 import pytest
-from replay_tables import make_table
 
 from raysearch.models import ModelSpec
 from raysearch.pareto import pareto_front
-from raysearch.replay.simulator import table_space, simulate, table_trial
+from raysearch.replay.simulator import simulate, table_space, table_trial
 from raysearch.replay.table import load
 from raysearch.results import DUPLICATE, STOPPED, TRAINED
 from raysearch.search import SearchOptions, run_search
+from replay_tables import make_table
 
 pytestmark = pytest.mark.slow
 

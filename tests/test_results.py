@@ -12,8 +12,17 @@ from raysearch.models import ModelSpec
 from raysearch.pareto import hypervolume, pareto_front
 from raysearch.plots import plot_front
 from raysearch.report import front_table, status_counts, write_front_csv
-from raysearch.results import (DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, Requirement, TrialRow, candidates,
-                               point_value)
+from raysearch.results import (
+    DUPLICATE,
+    FAILED,
+    PRUNED,
+    STOPPED,
+    TRAINED,
+    Requirement,
+    TrialRow,
+    candidates,
+    point_value,
+)
 
 
 def row(name: str, status: str = TRAINED, iou: float | None = 0.9, lat: float | None = 10.0, hw: int = 96,

@@ -1,4 +1,5 @@
-"""Pareto-ASHA's rung decisions on hand-made records (the Ray Tune side is in test_search.py)."""
+"""Pareto-ASHA's rung decisions and front stopping's, on hand-made records (the Ray Tune side is in
+test_search.py and test_replay.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import pickle
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raysearch.scheduler import (ParetoASHA, crowding_distance, keeps, nondominated_fronts, pareto_order,
-                                 rung_milestones)
+from raysearch.scheduler import (
+    FRONT_MARGIN,
+    FRONT_MIN_FINISHED,
+    FrontStopping,
+    ParetoASHA,
+    crowding_distance,
+    front_level,
+    keeps,
+    nondominated_fronts,
+    pareto_order,
+    rung_milestones,
+)
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -123,3 +134,36 @@ def test_asha_on_iou_stops_the_fast_model_and_pareto_asha_keeps_it(tmp_path):
     assert asha["fast"] == 1  # the lowest IoU at the first rung: stopped there
     assert pareto["fast"] == EPOCHS  # on the front at every rung (the fast end): trained to the end
     assert pareto["a"] == EPOCHS and pareto["b"] < EPOCHS  # b is dominated by a at every rung
+
+
+def _finish(s: FrontStopping, trial_id: str, curve: list[float], final: float, latency: float) -> None:
+    for epoch, v in enumerate(curve, 1):
+        assert s.decide(trial_id, epoch, v, latency) == CONTINUE
+    s._finish(trial_id, {"final": 1, "iou": final, "latency_ms": latency})
+
+
+def test_front_level_is_the_best_iou_at_most_that_slow():
+    finished = [(0.6, 1.0), (0.8, 2.0), (0.7, 3.0)]
+    assert front_level(finished, 0.5) == 0.0 and front_level(finished, 1.0) == 0.6
+    assert front_level(finished, 2.5) == 0.8 and front_level(finished, 9.0) == 0.8
+
+
+def test_front_stopping_waits_for_enough_finished_trials_then_stops_what_cannot_reach_the_front(tmp_path):
+    s = FrontStopping(state_path=tmp_path / "front.json")
+    # finished trials at 1, 2, 3, ... ms, each gaining 0.1 + k/100 from epoch 1 to its final IoU
+    for k in range(FRONT_MIN_FINISHED - 1):
+        _finish(s, f"f{k}", [0.5, 0.6], 0.6 + k / 100, latency=1.0 + k)
+    level = front_level(list(s.finished.values()), 10.0)
+    assert level == pytest.approx(0.6 + (FRONT_MIN_FINISHED - 2) / 100)
+    hopeless = 0.1  # far below the level even after the largest gain
+    assert s.decide("x", 1, hopeless, 10.0) == CONTINUE  # one finished trial too few: no evidence yet
+    _finish(s, "last", [0.5, 0.6], 0.6, latency=0.5)
+    gain = s.gain(1)
+    assert gain == pytest.approx(0.1 + (FRONT_MIN_FINISHED - 2) / 100)  # the largest gain seen
+    assert s.decide("y", 1, hopeless, 10.0) == STOP and s.stopped == {"y": 1}
+    # just within the margin: goes on; the fastest trial goes on whatever its IoU (nothing faster)
+    assert s.decide("z", 1, level - gain - FRONT_MARGIN + 1e-6, 10.0) == CONTINUE
+    assert s.decide("fastest", 1, 0.0, 0.1) == CONTINUE
+    # its state survives the pickling Ray Tune does on restore (from the state file)
+    back = pickle.loads(pickle.dumps(s))
+    assert back.finished == s.finished and back.stopped == s.stopped and back.gain(1) == pytest.approx(gain)

@@ -20,6 +20,7 @@ from conftest import REPO
 from raysearch.pareto import normalized_hypervolume
 from raysearch.report import interruption as interruption_note
 from raysearch.samplers import SAMPLERS
+from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -152,6 +153,10 @@ def test_every_sampler_runs_a_real_search(tmp_path, sampler):
     kids = store.children(parent.info.run_id)
     assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), out.stdout[-3000:]
     assert parent.data.params["stopped_trials_tell_searcher"] and "startup_trials" in parent.data.params
+    # the default scheduler and its settings, beside the sampler's
+    assert parent.data.params["scheduler"] == "front"
+    assert parent.data.params["front_min_finished"] == str(FRONT_MIN_FINISHED)
+    assert float(parent.data.params["front_margin"]) == FRONT_MARGIN
     if sampler == "latency-first":  # the 3 configurations' latencies before any training, each trained once
         assert "latency sweep: 3 configurations" in out.stdout + out.stderr
         assert len({k.data.tags["raysearch.spec"] for k in kids}) == 3

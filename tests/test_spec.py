@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from raysearch.models import ModelSpec, build_model, parse_hw
@@ -57,7 +59,7 @@ def test_mlflow_params_are_plain_numbers_and_read_back():
 
 def test_spec_is_frozen_and_hashable():
     s = ModelSpec()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.a = 2.0  # type: ignore[misc]
     assert len({s, ModelSpec(), ModelSpec(a=0.5)}) == 2
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_pair
 from raysearch.data.folder import FolderSource
 from raysearch.evaluate import TorchPredictor, evaluate, evaluate_onnx, prob_to_logit
 from raysearch.export import export_onnx
 from raysearch.models import ModelSpec
 from raysearch.train import TrainConfig, load_checkpoint, train
-
-from conftest import write_pair
 
 SPEC = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)
 
@@ -103,7 +102,9 @@ def test_seeded_training_is_reproducible(boxes):
 
 def test_thresholds_and_the_round_trip(boxes):
     src = boxes["test"]
-    gt_everywhere = lambda x: np.full((x.shape[0], 1, *x.shape[2:]), 3.0, np.float32)  # logit 3 everywhere
+    def gt_everywhere(x):  # logit 3 everywhere
+        return np.full((x.shape[0], 1, *x.shape[2:]), 3.0, np.float32)
+
     hi = evaluate(gt_everywhere, src, input_hw=(64, 64), in_channels=3, logit_threshold=5.0)
     assert hi.iou == 0.0  # nothing predicted, every image has a box
     lo = evaluate(gt_everywhere, src, input_hw=(64, 64), in_channels=3, logit_threshold=prob_to_logit(0.5))

@@ -77,7 +77,7 @@ class ModelSpec:
         set_(self, "input_hw", parse_hw(self.input_hw))
         for name in ("t", "r", "pp", "in_channels", "num_classes"):
             set_(self, name, _as_int(name, getattr(self, name)))
-        a = getattr(self, "a")
+        a = self.a
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(float(a)):
             raise ValueError(f"a={a!r} is not a number: expected a width multiplier > 0, e.g. 0.5")
         set_(self, "a", float(a))
