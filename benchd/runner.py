@@ -262,7 +262,7 @@ def summarize(samples_ns: Sequence[int]) -> dict[str, float]:
     }
 
 
-def quantile_ci(sorted_ms: Sequence[float], q: float, z: float = Z95) -> tuple[float, float, bool]:
+def quantile_ci(sorted_ms: Sequence[float] | np.ndarray, q: float, z: float = Z95) -> tuple[float, float, bool]:
     """(low, high, bounded) of a distribution-free confidence interval for the ``q`` quantile.
 
     The interval is [x(l), x(u)] between order statistics (1-based ranks) l = floor(nq - z*s) and
@@ -280,7 +280,7 @@ def quantile_ci(sorted_ms: Sequence[float], q: float, z: float = Z95) -> tuple[f
     return float(sorted_ms[max(lo, 1) - 1]), float(sorted_ms[min(hi, n) - 1]), bounded
 
 
-def rel_half_width(sorted_ms: Sequence[float]) -> float:
+def rel_half_width(sorted_ms: Sequence[float] | np.ndarray) -> float:
     """Half the p50's 95% CI width over the p50 (inf while the interval is unbounded)."""
     lo, hi, bounded = quantile_ci(sorted_ms, 0.5)
     mid = float(np.median(sorted_ms))

@@ -9,22 +9,25 @@ from typing import Any
 from benchd.runner import DEFAULTS, GRAPH_OPTIMIZATIONS, BenchParams, ModelInputError
 from benchd.v1 import benchd_pb2 as pb
 
-_GRAPH_OPT = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
+GraphOptimization = pb.GraphOptimization.ValueType  # the enums' number types (the generated stubs')
+ThrottleState = pb.ThrottleState.ValueType
+
+_GRAPH_OPT: dict[str, GraphOptimization] = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
               "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
 _GRAPH_OPT_NAME = {v: k for k, v in _GRAPH_OPT.items()} | {pb.GRAPH_OPTIMIZATION_UNSPECIFIED: "all"}
-_THROTTLE = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
+_THROTTLE: dict[ThrottleState, bool | None] = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
              pb.THROTTLE_STATE_THROTTLED: True}
 assert set(_GRAPH_OPT) == set(GRAPH_OPTIMIZATIONS)
 
 
-def graph_optimization_enum(name: str) -> int:
+def graph_optimization_enum(name: str) -> GraphOptimization:
     try:
         return _GRAPH_OPT[name]
     except KeyError:
         raise ModelInputError(f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {name!r}") from None
 
 
-def graph_optimization_name(value: int) -> str:
+def graph_optimization_name(value: GraphOptimization) -> str:
     """The level a request asks for (UNSPECIFIED: onnxruntime's default, all); a number outside
     the enum is refused, never silently read as ALL."""
     try:
@@ -34,11 +37,11 @@ def graph_optimization_name(value: int) -> str:
                               f"({sorted(_GRAPH_OPT_NAME)})") from None
 
 
-def throttle_enum(state: bool | None) -> int:
+def throttle_enum(state: bool | None) -> ThrottleState:
     return next(k for k, v in _THROTTLE.items() if v is state)
 
 
-def throttle_state(value: int) -> bool | None:
+def throttle_state(value: ThrottleState) -> bool | None:
     """True / False, or None when the device cannot tell."""
     return _THROTTLE.get(value)
 

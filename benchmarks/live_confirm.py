@@ -118,6 +118,7 @@ def live_trace(client, parent, table) -> dict:
     kids = client.search_runs([parent.info.experiment_id], f"tags.`{obj.TAG_PARENT}` = '{parent.info.run_id}'")
     epoch_times: list[int] = []
     ended = []
+    kid_status = {k.info.run_id: k.info.status for k in kids}
     for kid in kids:
         steps = {m.step: m.timestamp for m in client.get_metric_history(kid.info.run_id, obj.VAL_IOU.name)}
         epoch_times += [ts for step, ts in steps.items() if step >= 1]
@@ -127,7 +128,8 @@ def live_trace(client, parent, table) -> dict:
     points, trace, trials = [], [], []
     for end, row in ended:
         spent = sum(ts <= end for ts in epoch_times)
-        trials.append({"spec": row.spec.name if row.spec else row.name, "status": row.status,
+        status = "interrupted" if kid_status[row.run_id] == "KILLED" else row.status  # past the budget
+        trials.append({"spec": row.spec.name if row.spec else row.name, "status": status,
                        "iou": row.iou, "latency_ms": row.latency_ms, "epochs_spent_at_end": spent})
         if row.is_candidate():
             points.append({obj.IOU.name: row.iou, obj.LATENCY_MS.name: row.latency_ms})

@@ -134,10 +134,10 @@ class Table:
         yield {"kind": "meta", **self.meta}
         for cid, spec in self.configs.items():
             yield {"kind": "config", "id": cid, "spec": spec}
-        for key in sorted(self.runs):
-            yield self.runs[key].to_record()
-        for key in sorted(self.latencies):
-            yield self.latencies[key].to_record()
+        for run_key in sorted(self.runs):
+            yield self.runs[run_key].to_record()
+        for latency_key in sorted(self.latencies):
+            yield self.latencies[latency_key].to_record()
 
     def save(self, path: str | Path) -> None:
         """Write the whole table at once (a temporary file renamed over the old one)."""
