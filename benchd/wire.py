@@ -4,13 +4,13 @@ themselves."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from benchd.runner import DEFAULTS, GRAPH_OPTIMIZATIONS, BenchParams, ModelInputError
 from benchd.v1 import benchd_pb2 as pb
 
-GraphOptimization = pb.GraphOptimization.ValueType  # the enums' number types (the generated stubs')
-ThrottleState = pb.ThrottleState.ValueType
+GraphOptimization: TypeAlias = pb.GraphOptimization  # the enum types (the generated stubs: int subclasses)
+ThrottleState: TypeAlias = pb.ThrottleState
 
 _GRAPH_OPT: dict[str, GraphOptimization] = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
               "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}

@@ -168,7 +168,7 @@ class LatencyFirstSearch(Searcher):
                 return self._start(trial_id, i)
         left = [i for i in range(len(self.configs)) if i not in self.tried]
         if not left:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray Tune's "space exhausted" answer
         return self._start(trial_id, self._best(left))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
