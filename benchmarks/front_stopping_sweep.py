@@ -19,8 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
-from raysearch.latency_first import LatencyFirstSearch, config_key, grid_configs
-from raysearch.replay.simulator import ConfigIndex, simulate, table_space
+from raysearch.latency_first import LatencyFirstSearch
+from raysearch.replay.simulator import simulate, table_latencies
 from raysearch.replay.table import load
 from raysearch.scheduler import FrontStopping
 from raysearch.search import SearchOptions
@@ -53,9 +53,7 @@ def main() -> int:
     print("|---|---:|---:|---:|---|---|---|---:|")
     for name in args.tables:
         table = load(REPO / "benchmarks" / "tables" / f"{name}.jsonl.gz")
-        space = table_space(table)
-        to_id = ConfigIndex(table, space)
-        latencies = {config_key(c): table.latency_ms(to_id(c), "host") for c in grid_configs(space.grid)}
+        latencies = table_latencies(table, "host")
         for workers in args.workers:
             for setting in SETTINGS:
                 t0 = time.time()

@@ -116,6 +116,16 @@ class Replay:
         return reached[-1] if reached else 0.0
 
 
+def table_latencies(table: Table, source: str, space: Space | None = None) -> dict[str, float]:
+    """Every configuration's latency as the latency sweep gives it to `LatencyFirstSearch`
+    (`config_key` of the searched config -> ms), from the table's ``source`` column."""
+    from raysearch.latency_first import config_key, grid_configs
+
+    space = space or table_space(table)
+    to_id = ConfigIndex(table, space)
+    return {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
+
+
 def hv_box(table: Table, source: str) -> dict[str, float]:
     """The hypervolume reference of a table: IoU 0 and its slowest configuration's latency."""
     return {obj.IOU.name: 0.0, obj.LATENCY_MS.name: max(table.latency_ms(c, source) for c in table.configs)}
@@ -150,11 +160,8 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     if objects is not None:
         searcher, scheduler = objects
     else:
-        latencies = None
-        if opts.sampler == "latency-first":  # the product measures every configuration before the search
-            from raysearch.latency_first import config_key, grid_configs
-
-            latencies = {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
+        # the product measures every configuration before a latency-first search
+        latencies = table_latencies(table, source, space) if opts.sampler == "latency-first" else None
         searcher = make_searcher(opts, first, latencies)
         scheduler = make_scheduler(opts, table.epochs, None)
     searcher.set_search_properties(None, None, param_space(space, "search"))  # as Tune's controller does
