@@ -130,3 +130,20 @@ def test_a_missing_latency_is_named():
     with pytest.raises(ValueError, match="no latency measured for 1 of 4"):
         lat = {config_key(c): 1.0 for c in grid_configs(GRID)[1:]}
         LatencyFirstSearch(lat).set_search_properties(None, None, {k: tune.choice(v) for k, v in GRID.items()})
+
+
+def test_the_default_search_is_the_same_method_at_every_budget():
+    """The replays found one method best at 10%, 25% and 50% of the grid: the default does not
+    change with --num-samples; latency-first plans no more trials than the space holds."""
+    from raysearch import objectives as obj
+    from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
+    from raysearch.search import SearchOptions, Space, method_params, planned_trials
+
+    space = Space({"a": [0.125, 0.25], "input_hw": [[64, 64], [96, 96], [128, 128]]}, {"arch": "fastscnn"})
+    for n in (1, 4, 6, 60, 5000):
+        opts = SearchOptions(mode="search", num_samples=n)
+        assert (opts.sampler, opts.scheduler) == ("latency-first", "front")
+        assert planned_trials(space, opts) == min(n, space.size()) == min(n, 6)
+        params = method_params(opts)
+        assert params[obj.PARAM_FRONT_MIN_FINISHED] == FRONT_MIN_FINISHED
+        assert params[obj.PARAM_FRONT_MARGIN] == FRONT_MARGIN and params[obj.PARAM_STARTUP_TRIALS] == 0
