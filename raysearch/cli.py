@@ -294,7 +294,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
               disable=args.quiet, file=sys.stderr) as bar:
         cmp = compare(table, methods=methods, seeds=args.seeds, source=args.latency_source, workers=args.workers,
                       budgets=args.budgets, jobs=jobs, max_latency_ms=args.max_latency_ms,
-                      progress=lambda n, total: bar.update(n - bar.n))
+                      progress=lambda n, total: bar.update(n - bar.n), cache=args.cache)
     summary = cmp.summary()
     out = plot(cmp, args.plot or f"replay-{cmp.table}-{cmp.source}.png")
     summary["plot"] = str(out)
@@ -702,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
     s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")
     s.add_argument("--plot", help="the anytime-curve plot (default replay-TABLE-SOURCE.png)")
+    s.add_argument("--cache", metavar="DIR", help="keep every finished replay in DIR and reuse it: a stopped "
+                                                  "comparison resumes where it was (keyed by the table, method, "
+                                                  "seed, settings and the Optuna and Ray versions; clear DIR after "
+                                                  "changing the search code)")
     s.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_replay)

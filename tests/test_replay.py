@@ -271,3 +271,29 @@ def test_the_command_line_offers_every_method_and_names_the_default():
     methods = next(a for a in replay._actions if a.dest == "methods")
     assert sorted(methods.choices) == sorted(METHOD_KEYS)
     assert default_label() == "latency-first + front stopping"  # --mode search default
+
+
+def test_a_cached_comparison_resumes_and_gives_the_same_document(tmp_path):
+    """`--cache`: every finished replay is kept, a second run replays nothing and gives the same
+    document, a torn file is replayed again, and other settings are not mistaken for cached ones."""
+    from raysearch.replay.compare import compare
+
+    points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
+              for a in (0.125, 0.25, 0.5) for res in (64, 96)}
+    table = make_table(tmp_path / "t.jsonl", points, epochs=2)
+    cache = tmp_path / "cache"
+    methods = [METHOD_KEYS["random"], METHOD_KEYS["latency-first-front"]]
+    calls: list[int] = []
+    first = compare(table, methods=methods, seeds=3, budgets=[0.5], cache=cache, progress=lambda n, t: calls.append(n))
+    files = sorted(cache.glob("*.json"))
+    assert len(files) == 2 * 3 and calls == list(range(1, 7))
+    torn = files[0]
+    torn.write_text(torn.read_text()[:10])  # a replay killed while its file was written
+    mtimes = {f: f.stat().st_mtime_ns for f in files[1:]}
+    calls.clear()
+    again = compare(table, methods=methods, seeds=3, budgets=[0.5], cache=cache, progress=lambda n, t: calls.append(n))
+    assert again.summary() == first.summary()
+    assert calls == [5, 6]  # 5 read back, the torn one replayed
+    assert {f: f.stat().st_mtime_ns for f in files[1:]} == mtimes
+    compare(table, methods=methods[:1], seeds=3, budgets=[0.5], workers=2, cache=cache)  # other settings: new files
+    assert len(list(cache.glob("*.json"))) == 2 * 3 + 3

@@ -8,7 +8,11 @@ of each method against random sampling without early stopping at the same budget
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
 import math
+import os
 import multiprocessing as mp
 import statistics
 import warnings
@@ -94,6 +98,43 @@ def _one(args: tuple) -> SeedResult:
                       sum(t.outcome == "duplicate" for t in r.trials))
 
 
+class ReplayCache:
+    """Finished replays on disk, one JSON file per (table, method, seed, settings), so that a long
+    comparison (GP's replays take minutes each) resumes where it was stopped. A file's name hashes
+    everything its result depends on: the table's bytes, the method, the seed, the replay's settings
+    and the versions of Optuna and Ray, whose samplers and schedulers the replay runs. Changes to
+    our own search code are not in it: clear the folder after changing the search."""
+
+    def __init__(self, folder: str | Path, table_path: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._table_sha = hashlib.sha256(Path(table_path).read_bytes()).hexdigest()
+
+    def _path(self, task: tuple) -> Path:
+        import optuna
+        import ray
+
+        _, method, seed, *settings = task
+        key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, optuna.__version__,
+                          ray.__version__])
+        return self.folder / f"{method.key}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def get(self, task: tuple) -> SeedResult | None:
+        path = self._path(task)
+        try:
+            return SeedResult(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):  # a torn or foreign file: replay it again
+            return None
+
+    def put(self, task: tuple, result: SeedResult) -> None:
+        path = self._path(task)
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(dataclasses.asdict(result)))
+        os.replace(tmp, path)  # a replay killed while writing leaves no half file under the real name
+
+
 _TABLES: dict[str, Table] = {}
 
 
@@ -143,8 +184,10 @@ class Comparison:
 
 def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seeds: int = 20, source: str = "host",
             workers: int = 4, budgets: Sequence[float] = (0.1, 0.25, 0.5), jobs: int = 1,
-            max_latency_ms: float | None = None, progress: Callable[[int, int], None] | None = None) -> Comparison:
-    """Replay every method ``seeds`` times on the (complete) table."""
+            max_latency_ms: float | None = None, progress: Callable[[int, int], None] | None = None,
+            cache: str | Path | None = None) -> Comparison:
+    """Replay every method ``seeds`` times on the (complete) table. ``cache``: a folder that keeps
+    every finished replay (`ReplayCache`), so that a stopped comparison resumes."""
     table = load(table_path)
     table.require_complete(source)
     top = max(budgets)
@@ -156,19 +199,29 @@ def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seed
     cmp = Comparison(table.name, source, seeds, workers, table.grid_epochs, list(budgets), curve_x, time_x)
     tasks = [(str(table_path), m, s, source, workers, list(budgets), curve_x, time_x, max_latency_ms)
              for m in methods for s in range(seeds)]
+    store = ReplayCache(cache, table_path) if cache is not None else None
     results: dict[int, SeedResult] = {}
-    if jobs > 1:
+    if store is not None:
+        results = {i: r for i, t in enumerate(tasks) if (r := store.get(t)) is not None}
+    todo = [i for i in range(len(tasks)) if i not in results]
+
+    def done(i: int, result: SeedResult) -> None:
+        results[i] = result
+        if store is not None:
+            store.put(tasks[i], result)
+        if progress:
+            progress(len(results), len(tasks))
+
+    if progress and results:
+        progress(len(results), len(tasks))
+    if jobs > 1 and len(todo) > 1:
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_one, t): i for i, t in enumerate(tasks)}
-            for n, fut in enumerate(cf.as_completed(futures), 1):
-                results[futures[fut]] = fut.result()
-                if progress:
-                    progress(n, len(tasks))
+            futures = {pool.submit(_one, tasks[i]): i for i in todo}
+            for fut in cf.as_completed(futures):
+                done(futures[fut], fut.result())
     else:
-        for i, t in enumerate(tasks):
-            results[i] = _one(t)
-            if progress:
-                progress(i + 1, len(tasks))
+        for i in todo:
+            done(i, _one(tasks[i]))
     for i, t in enumerate(tasks):
         cmp.results.setdefault(t[1].label, []).append(results[i])
     return cmp
