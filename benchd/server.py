@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from benchd import __version__, runner, sysinfo, wire
+from benchd.admission import SPARE_THREADS, AdmissionInterceptor
 from benchd.cache import CacheError, ModelCache, check_sha
 from benchd.devicelock import DeviceLock, QueueAbandoned, QueueFull, QueueTimeout
 from benchd.errors import REASON_KEY
@@ -77,6 +78,7 @@ class ServerConfig:
     max_load_s: float = 120.0  # cap on creating the onnxruntime session (a hang there is killed)
     max_uploads: int = 4  # uploads received at once; more are refused as busy
     upload_idle_s: float = 30.0  # an upload stream silent this long is cancelled and cleaned up
+    max_calls: int | None = None  # service calls in progress at once; more are busy (None: queue_size + 16)
     worker_memory_bytes: int | None = None  # None: 80% of RAM; 0: unlimited
     worker_prefix: tuple[str, ...] = ()  # e.g. ("nice", "-n", "-5")
     worker_cpus: tuple[int, ...] = ()  # pin the worker to these CPUs (os.sched_setaffinity); (): no pinning
@@ -457,9 +459,11 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 class BenchdServer:
     """A running benchd server (wraps grpc.Server; `stop` also ends the worker and metrics)."""
 
-    def __init__(self, grpc_server: grpc.Server, servicer: BenchServicer, port: int, metrics_port: int | None) -> None:
+    def __init__(self, grpc_server: grpc.Server, servicer: BenchServicer, port: int, metrics_port: int | None,
+                 admission: AdmissionInterceptor) -> None:
         self.grpc_server = grpc_server
         self.servicer = servicer
+        self.admission = admission
         self.port = port
         self.metrics_port = metrics_port
 
@@ -488,12 +492,13 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
         raise ValueError(
             f"max model size ({cfg.max_model_bytes} bytes) exceeds the cache cap ({cfg.cache_max_bytes} bytes)"
         )
-    threads = cfg.queue_size + 16  # every queued benchmark holds a thread; keep spares for the rest
+    # every queued benchmark holds a thread: admit the queue and 16 more calls, refuse the next as
+    # busy, and keep spare threads so that health checks are answered through any burst
+    admission = AdmissionInterceptor(cfg.max_calls or cfg.queue_size + 16, f"/{SERVICE_NAME}/")
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="benchd-rpc"),
-        # the token first (an unauthenticated body is never parsed), then the parse check
-        interceptors=[*([TokenInterceptor(cfg.token)] if cfg.token else []), MalformedRequestInterceptor()],
-        maximum_concurrent_rpcs=threads,
+        ThreadPoolExecutor(max_workers=admission.limit + SPARE_THREADS, thread_name_prefix="benchd-rpc"),
+        # the token first (an unauthenticated body is never parsed), then the parse check, then admission
+        interceptors=[*([TokenInterceptor(cfg.token)] if cfg.token else []), MalformedRequestInterceptor(), admission],
         options=[
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
@@ -534,4 +539,4 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
     servicer.start_background()
     log.info("benchd %s serving %s on port %d (device %s, class %s)", __version__, address, port,
              cfg.device_name, cfg.device_class)
-    return BenchdServer(server, servicer, port, metrics_port), port
+    return BenchdServer(server, servicer, port, metrics_port, admission), port

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -190,6 +191,70 @@ def test_stalled_uploads_are_cancelled_and_never_starve_health(server: tuple[Ben
         release.set()
         for ch in channels:
             ch.close()
+    still_serves(client, good)
+
+
+def test_calls_beyond_the_admission_limit_are_busy_and_health_still_answers(tmp_path: Path, good: Path) -> None:
+    """Every held call slot taken (here 2, by stalled uploads): the next call is refused at once as
+    busy with benchd's reason (a farm fails over), health checks are answered, and the slots come
+    back when the uploads are cancelled."""
+    srv, port = start(tmp_path, max_calls=2, max_uploads=4, upload_idle_s=2.0)
+    data = fx.conv_model(tmp_path / "held.onnx", seed=9).read_bytes()
+    release = threading.Event()
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(2)]
+
+    def stalled() -> Iterator[pb.UploadModelRequest]:
+        yield upload_messages(data)[0]
+        release.wait(30)
+
+    try:
+        with BenchClient(f"127.0.0.1:{port}", token=TOKEN, retries=1) as c:
+            fx.wait_serving(c)
+            held = [pb_grpc.BenchServiceStub(ch).UploadModel.future(stalled(), metadata=AUTH, timeout=60)
+                    for ch in channels]
+            deadline = time.monotonic() + 10
+            while srv.admission.active < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert srv.admission.active == 2
+            with pytest.raises(errors.BenchBusy) as busy:
+                c.info()
+            assert busy.value.reason == "busy" and "2 calls in progress" in busy.value.details
+            assert c.health(timeout_s=2) == "SERVING"
+            for f in held:  # cancelled by the server after upload_idle_s
+                assert _wait(f, 15) and f.exception().code() == Code.CANCELLED
+            assert c.info().device.name == "hostile"
+            assert c.benchmark(good, **FIXED).runs == 3
+    finally:
+        release.set()
+        for ch in channels:
+            ch.close()
+        srv.stop(0)
+
+
+def test_a_burst_of_calls_is_served_or_busy_and_never_silences_health(server: tuple[BenchdServer, int],
+                                                                      client: BenchClient, good: Path) -> None:
+    """A burst far above the admission limit (gRPC's own cap once refused it with a bare 'Concurrent
+    RPC limit exceeded' and refused health checks with it): each call is answered or busy with
+    benchd's reason, and every health check in the middle of it says SERVING."""
+    port = server[1]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.BenchServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        calls, checks = [], []
+        for i in range(400):
+            calls.append(stub.GetInfo.future(pb.GetInfoRequest(), metadata=AUTH, timeout=60))
+            if i % 40 == 0:
+                checks.append(health.Check.future(health_pb2.HealthCheckRequest(), timeout=60))
+        outcomes = []
+        for f in calls:
+            exc = f.exception()
+            if exc is None:
+                outcomes.append("ok")
+            else:
+                err = errors.from_rpc_error(exc)
+                outcomes.append(f"busy:{err.reason}" if isinstance(err, errors.BenchBusy) else repr(err))
+        assert set(outcomes) <= {"ok", "busy:busy"} and outcomes.count("ok") > 0, set(outcomes)
+        assert [f.result().status for f in checks] == [health_pb2.HealthCheckResponse.SERVING] * len(checks)
     still_serves(client, good)
 
 

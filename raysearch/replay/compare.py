@@ -12,8 +12,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import multiprocessing as mp
+import os
 import statistics
 import warnings
 from dataclasses import dataclass, field
