@@ -42,9 +42,9 @@ def build_model(tmp: Path) -> tuple[Path, str]:
     """(path, description) of a Fast-SCNN-sized ONNX model."""
     path = tmp / "fastscnn.onnx"
     try:
-        from raysearch.export import export_onnx
         from raysearch.models import ModelSpec
         from raysearch.models import build_model as build
+        from raysearch.training.export import export_onnx
 
         export_onnx(build(ModelSpec()), path)
         return path, "Fast-SCNN baseline a=1 t=6 r=3 pp=1, 1x3x512x512 (raysearch export)"

@@ -1,4 +1,4 @@
-"""How `--scheduler front` (`raysearch.scheduler.FrontStopping`) behaves as its two settings move,
+"""How `--scheduler front` (`raysearch.search.scheduler.FrontStopping`) behaves as its two settings move,
 replayed on the recorded tables: latency-first with front stopping at several (margin, finished
 trials before any stop) against latency-first without stopping, 20 seeds each, at 1, 4 and 16
 simulated workers. This is the sweep the defaults (margin 0.01, 4 finished trials) were chosen
@@ -19,11 +19,11 @@ import time
 import warnings
 from pathlib import Path
 
-from raysearch.latency_first import LatencyFirstSearch
 from raysearch.replay.simulator import simulate, table_latencies
 from raysearch.replay.table import load
-from raysearch.scheduler import FrontStopping
-from raysearch.search import SearchOptions
+from raysearch.search.driver import SearchOptions
+from raysearch.search.latency_first import LatencyFirstSearch
+from raysearch.search.scheduler import FrontStopping
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (0.1, 0.25, 0.5)

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch.data import open_split  # noqa: E402
-from raysearch.evaluate import evaluate_onnx  # noqa: E402
-from raysearch.export import export_onnx  # noqa: E402
 from raysearch.models import ModelSpec  # noqa: E402
-from raysearch.train import TrainConfig, pick_device, train  # noqa: E402
+from raysearch.training.evaluate import evaluate_onnx  # noqa: E402
+from raysearch.training.export import export_onnx  # noqa: E402
+from raysearch.training.train import TrainConfig, pick_device, train  # noqa: E402
 
 
 def one(spec: ModelSpec, data: str, images: int | None, epochs: int, device: str, amp: bool, workers: int,

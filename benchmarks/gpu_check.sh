@@ -115,7 +115,7 @@ import csv, json, statistics, sys
 from pathlib import Path
 from mlflow.tracking import MlflowClient
 
-from raysearch import objectives as obj
+from raysearch.records import names as obj
 
 uri, out, gpus = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 client = MlflowClient(uri)

@@ -39,12 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch import objectives as obj  # noqa: E402
-from raysearch.pareto import hypervolume  # noqa: E402
+from raysearch.records.pareto import hypervolume  # noqa: E402
 from raysearch.replay.compare import compare  # noqa: E402
 from raysearch.replay.methods import METHOD_KEYS, default_label  # noqa: E402
 from raysearch.replay.simulator import grid_hypervolume, hv_box  # noqa: E402
 from raysearch.replay.table import load  # noqa: E402
-from raysearch.report import row_from_run  # noqa: E402
+from raysearch.tracking.readback import row_from_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "benchmarks" / "tables" / "A.jsonl.gz"

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.pareto import hypervolume
+from raysearch.records.pareto import hypervolume
 from raysearch.replay.simulator import grid_hypervolume, hv_box
 from raysearch.replay.table import load
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from common import machine
-from raysearch.optimize import OptimizeOptions, optimize
-from raysearch.report import row_from_run
-from raysearch.results import Requirement
-from raysearch.search import SearchOptions, run_search
-from raysearch.stages import stage7_space, stage_space
+from raysearch.optimize.driver import optimize
+from raysearch.optimize.options import OptimizeOptions
+from raysearch.records.results import Requirement
+from raysearch.search.driver import SearchOptions, run_search
+from raysearch.search.stages import stage7_space, stage_space
+from raysearch.tracking.readback import row_from_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 
 from common import machine, stats_ms, time_calls
-from raysearch.export import export_onnx
 from raysearch.models import ModelSpec, build_model
+from raysearch.training.export import export_onnx
 
 # The baseline and the models of the study's reference table (stage 7 and its inputs).
 MODELS = [

@@ -5,7 +5,7 @@ Two models, exported by raysearch (untrained: latency does not depend on the wei
   * baseline: the study's Fast-SCNN a1 t6 r3 pp1 at 512x512 (the default ModelSpec);
   * small:    a0.125 (t6 r3 pp1) at 128x128.
 
-Four cases, each through a real local benchd (`raysearch.latency.local_benchd`) and BenchClient:
+Four cases, each through a real local benchd (`raysearch.search.latency.local_benchd`) and BenchClient:
   idle-all      nothing else running; benchd worker unpinned, intra_op_threads=0 (all cores)
   idle-pinned   nothing else running; worker pinned to the last CPU, 1 intra-op thread
   train-naive   a torch training loop beside it (unpinned, torch threads = all cores); benchd as
@@ -293,8 +293,8 @@ def bench_once(client, model: Path, threads: int, args: argparse.Namespace) -> d
 
 
 def export_models(tmp: Path) -> dict[str, Path]:
-    from raysearch.export import export_onnx
     from raysearch.models import ModelSpec, build_model
+    from raysearch.training.export import export_onnx
 
     out = {}
     for name, kw in MODELS.items():
@@ -307,7 +307,7 @@ def export_models(tmp: Path) -> dict[str, Path]:
 # ---- the experiment -------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchd.client import BenchClient
-    from raysearch.latency import local_benchd, reserve_cpu
+    from raysearch.search.latency import local_benchd, reserve_cpu
 
     reservation = reserve_cpu()
     all_cpus = tuple(sorted(os.sched_getaffinity(0)))

@@ -5,12 +5,12 @@ latencies matches the ranking of the same models measured on an idle machine (Sp
 1. Runs the quickstart's main job, the command `scripts/quickstart.sh` runs after its set-up
    (`python raysearch/stage7.py --quick`; the set-up is not rerun), with a fresh MLflow store and
    Ray storage in a temporary folder, and times it.
-2. Reads every child run of that search back from MLflow (`raysearch.report.row_from_run`): its
+2. Reads every child run of that search back from MLflow (`raysearch.tracking.readback.row_from_run`): its
    spec and `latency_ms` (the trained model's p50, measured while the search ran), with the
    precision figures benchd reported.
-3. With nothing else running, exports each distinct spec (`raysearch.export.export_onnx`, untrained:
+3. With nothing else running, exports each distinct spec (`raysearch.training.export.export_onnx`, untrained:
    latency does not depend on the weights) and measures it with the search's own settings
-   (`raysearch.search.bench_settings` for --quick: a local benchd whose worker is pinned to the
+   (`raysearch.search.driver.bench_settings` for --quick: a local benchd whose worker is pinned to the
    last CPU, 1 intra-op thread, 10 runs / 2 warm-up, until +-2% or 30 s) --idle-repeats times,
    interleaved; the idle latency is the median of the repeats.
 4. Per model (same spec except the input size): is latency non-decreasing in the input size (every
@@ -81,8 +81,8 @@ def run_quickstart(tmp: Path, extra: list[str], log_path: Path) -> dict[str, Any
 def read_trials(uri: str, experiment: str = "raysearch") -> list[dict[str, Any]]:
     from mlflow.tracking import MlflowClient
 
-    from raysearch import objectives as obj
-    from raysearch.report import row_from_run
+    from raysearch.records import names as obj
+    from raysearch.tracking.readback import row_from_run
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -127,10 +127,10 @@ def area(spec: dict[str, Any]) -> int:
 
 # ---- 3. the idle reference ------------------------------------------------------------------------------
 def measure_idle(rows: list[dict[str, Any]], repeats: int, seed: int, wait_s: float, tmp: Path) -> dict[str, Any]:
-    from raysearch.export import export_onnx
-    from raysearch.latency import local_benchd, measure, reserve_cpu
     from raysearch.models import ModelSpec, build_model
-    from raysearch.search import SearchOptions, bench_settings
+    from raysearch.search.driver import SearchOptions, bench_settings
+    from raysearch.search.latency import local_benchd, measure, reserve_cpu
+    from raysearch.training.export import export_onnx
 
     specs = {json.dumps(r["spec"], sort_keys=True): r["spec"] for r in rows}
     paths = {}

@@ -65,7 +65,7 @@ def space_specs(grid: dict) -> list[ModelSpec]:
 
 
 def search_space(grid: dict) -> dict:
-    """The space a live search of these configurations searches (`raysearch.search.Space` as
+    """The space a live search of these configurations searches (`raysearch.search.driver.Space` as
     JSON): named models x inputs for A (as stage 7 searches it), else the knobs' values."""
     hws = [[r, r] if isinstance(r, int) else list(r) for r in grid["input_hw"]]
     if "model" in grid:
@@ -108,9 +108,9 @@ def train_one(spec_dict: dict, seed: int, data: str, limit: int | None, epochs: 
     import torch
 
     from raysearch.data import open_split
-    from raysearch.evaluate import evaluate_onnx
-    from raysearch.export import export_onnx
-    from raysearch.train import TrainConfig, train
+    from raysearch.training.evaluate import evaluate_onnx
+    from raysearch.training.export import export_onnx
+    from raysearch.training.train import TrainConfig, train
 
     torch.set_num_threads(1)
     spec = ModelSpec.from_dict(spec_dict)
@@ -131,9 +131,9 @@ def train_one(spec_dict: dict, seed: int, data: str, limit: int | None, epochs: 
 def measure_latency(table: Table, passes: int, work: Path) -> None:
     import torch
 
-    from raysearch.export import export_onnx
-    from raysearch.latency import BenchSettings, local_benchd, measure, reserve_cpu
     from raysearch.models import build_model
+    from raysearch.search.latency import BenchSettings, local_benchd, measure, reserve_cpu
+    from raysearch.training.export import export_onnx
 
     torch.set_num_threads(1)
     reservation = reserve_cpu()

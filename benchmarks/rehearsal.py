@@ -362,7 +362,7 @@ def end_driver(job: Job, tracking: Tracking, name: str, label: str, act, note, t
 
 
 def trial_key(run) -> str:
-    from raysearch import objectives as obj
+    from raysearch.records import names as obj
 
     return run.data.tags.get(obj.TAG_SPEC) or run.info.run_name
 

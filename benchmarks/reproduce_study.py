@@ -32,10 +32,10 @@ import scipy.stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch.data import SegSource, open_split  # noqa: E402
-from raysearch.evaluate import evaluate_onnx  # noqa: E402
-from raysearch.export import export_onnx  # noqa: E402
 from raysearch.models import ModelSpec  # noqa: E402
-from raysearch.train import TrainConfig, train  # noqa: E402
+from raysearch.training.evaluate import evaluate_onnx  # noqa: E402
+from raysearch.training.export import export_onnx  # noqa: E402
+from raysearch.training.train import TrainConfig, train  # noqa: E402
 
 #: the study's test IoU at logit 0.5 for (a, t, r, pp, input), one unseeded run each
 STUDY_IOU = {("0.125", 2, 1, 0, 128): 0.9300, ("0.125", 2, 1, 0, 96): 0.9054, ("0.125", 2, 1, 0, 512): 0.9677}

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from common import machine
-from raysearch.pareto import default_reference, normalized_hypervolume, pareto_front
-from raysearch.results import STOPPED, candidates
-from raysearch.search import SearchOptions, Space, run_search
+from raysearch.records.pareto import default_reference, normalized_hypervolume, pareto_front
+from raysearch.records.results import STOPPED, candidates
+from raysearch.search.driver import SearchOptions, Space, run_search
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 # (label, mode, sampler, scheduler)
@@ -59,7 +59,7 @@ def front_of(rows: list) -> list:
 
 
 def plot(results: dict, seed: int, path: Path) -> None:
-    from raysearch.plots import _figure, _save
+    from raysearch.reporting.plots import _figure, _save
 
     runs = results[seed]
     fig = _figure(4.0 * len(runs), 4.0)

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from common import machine
 from raysearch.data import Subset, open_split
 from raysearch.data.dataset import SegDataset
-from raysearch.evaluate import evaluate_onnx
-from raysearch.export import export_onnx
 from raysearch.models import ModelSpec, build_model
+from raysearch.training.evaluate import evaluate_onnx
+from raysearch.training.export import export_onnx
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 MODELS = [("baseline a1 t6 r3 pp1", dict(a=1, t=6, r=3, pp=1)), ("smallest a0.125 t2 r1 pp0", dict(a=0.125, t=2, r=1, pp=0))]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from raysearch.presets import QUICK, STUDY  # noqa: E402
+from raysearch.search.presets import QUICK, STUDY  # noqa: E402
 
 log = logging.getLogger("raysearch")
 
@@ -124,7 +124,7 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 
 def logit_threshold(args: argparse.Namespace) -> float:
-    from raysearch.evaluate import prob_to_logit
+    from raysearch.training.evaluate import prob_to_logit
 
     if args.logit_threshold is not None:
         return args.logit_threshold
@@ -133,7 +133,7 @@ def logit_threshold(args: argparse.Namespace) -> float:
 
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
-    from raysearch.summary import summarize
+    from raysearch.training.model_summary import summarize
 
     spec = spec_from_args(args)
     s = summarize(spec)
@@ -161,10 +161,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raysearch.data import open_split
-    from raysearch.evaluate import evaluate_onnx
-    from raysearch.export import export_onnx
-    from raysearch.summary import summarize
-    from raysearch.train import TrainConfig, train
+    from raysearch.training.evaluate import evaluate_onnx
+    from raysearch.training.export import export_onnx
+    from raysearch.training.model_summary import summarize
+    from raysearch.training.train import TrainConfig, train
 
     spec = spec_from_args(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raysearch.data import open_split
-    from raysearch.evaluate import evaluate_onnx
+    from raysearch.training.evaluate import evaluate_onnx
 
     source = open_split(args.data, args.split, seed=args.seed, limit=args.limit)
     res = evaluate_onnx(args.onnx, source, logit_threshold=logit_threshold(args), threads=args.threads,
@@ -206,8 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from raysearch.export import export_onnx
-    from raysearch.train import load_checkpoint
+    from raysearch.training.export import export_onnx
+    from raysearch.training.train import load_checkpoint
 
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
@@ -224,20 +224,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):
     from mlflow.tracking import MlflowClient
 
-    from raysearch.tracking import tracking_uri
+    from raysearch.tracking.runs import tracking_uri
 
     return MlflowClient(tracking_uri(args.tracking_uri))
 
 
 def _requirement(args: argparse.Namespace):
-    from raysearch.results import Requirement
+    from raysearch.records.results import Requirement
 
     return Requirement(args.max_latency_ms, args.min_iou)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raysearch import objectives as obj
-    from raysearch.report import candidates_of, front_table, interruption, search_hypervolume, searches, write_html
+    from raysearch.records import names as obj
+    from raysearch.reporting.html import write_html
+    from raysearch.reporting.tables import front_table
+    from raysearch.tracking.readback import candidates_of, interruption, search_hypervolume, searches
 
     client, req = _client(args), _requirement(args)
     for parent in searches(client, args.experiment, args.run_id, args.optimization):
@@ -258,7 +260,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    from raysearch.report import interruption, pick, rows_json, searches
+    from raysearch.reporting.html import rows_json
+    from raysearch.tracking.readback import interruption, pick, searches
 
     client = _client(args)
     rows = pick(client, args.experiment, _requirement(args), args.run_id, args.optimization, args.device_class)
@@ -322,7 +325,7 @@ def _table_path(text: str) -> Path:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from raysearch.optimize import optimize, result_json
+    from raysearch.optimize.driver import optimize, result_json
 
     opts = optimize_options(args)
     res = optimize(opts)
@@ -344,8 +347,8 @@ def add_mlflow_args(p: argparse.ArgumentParser) -> None:
 
 # ---- the stage scripts (python raysearch/stageN.py) --------------------------------------------------------------------------------
 def build_stage_parser(stage: int) -> argparse.ArgumentParser:
-    from raysearch import stages
-    from raysearch.search import MODES
+    from raysearch.search import stages
+    from raysearch.search.driver import MODES
 
     p = Parser(
         prog=f"python raysearch/stage{stage}.py", description=stages.DESCRIPTIONS[stage] + "\n\n" + stages.__doc__,
@@ -371,7 +374,7 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
-    from raysearch.search import SAMPLERS, SCHEDULERS
+    from raysearch.search.driver import SAMPLERS, SCHEDULERS
 
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
     g.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget on the device; slower trials are pruned "
@@ -444,8 +447,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def search_options(args: argparse.Namespace):
-    from raysearch.presets import preset
-    from raysearch.search import SearchOptions
+    from raysearch.search.driver import SearchOptions
+    from raysearch.search.presets import preset
 
     keys = SearchOptions.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in keys and v is not None}
@@ -455,8 +458,8 @@ def search_options(args: argparse.Namespace):
 
 def stage_main(stage: int, argv: list[str] | None = None) -> int:
     from raysearch.data import check_data
-    from raysearch.presets import preset
-    from raysearch.stages import run_stage
+    from raysearch.search.presets import preset
+    from raysearch.search.stages import run_stage
 
     args = build_stage_parser(stage).parse_args(argv)
     _logging(args.verbose)
@@ -525,7 +528,8 @@ def _duration_arg(text: str) -> float:
 
 
 def add_optimize_args(p: argparse.ArgumentParser) -> None:
-    from raysearch.planning import EFFORTS, GRID_LIMIT
+    from raysearch.optimize.options import EFFORTS
+    from raysearch.optimize.planning import GRID_LIMIT
 
     g = p.add_argument_group("what to optimize")
     g.add_argument("--model", default="fastscnn", help="model family: fastscnn, bisenetv2, deeplabv3 or one "
@@ -563,7 +567,7 @@ def add_optimize_args(p: argparse.ArgumentParser) -> None:
 def optimize_options(args: argparse.Namespace):
     import importlib
 
-    from raysearch.optimize import OptimizeOptions
+    from raysearch.optimize.options import OptimizeOptions
 
     if args.imports and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `--import my_models` finds ./my_models.py, as `python -m` would
@@ -668,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_pick)
 
-    from raysearch.planning import EFFORTS
+    from raysearch.optimize.options import EFFORTS
 
     s = sub.add_parser("optimize", help="requirements and effort in, qualifying candidate models out",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -729,7 +733,7 @@ def store_error(e: BaseException, uri: str | None) -> str | None:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from raysearch.tracking import tracking_uri
+    from raysearch.tracking.runs import tracking_uri
 
     if not isinstance(e, (SQLAlchemyError, MlflowException)):
         return None

@@ -241,7 +241,7 @@ def test_the_local_benchd_gets_a_core_of_its_own(tmp_path: Path) -> None:
     import os
 
     from benchd.client import BenchClient
-    from raysearch.latency import local_benchd, reserve_cpu
+    from raysearch.search.latency import local_benchd, reserve_cpu
 
     cpus = sorted(os.sched_getaffinity(0))
     reservation = reserve_cpu()

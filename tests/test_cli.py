@@ -147,9 +147,9 @@ def test_real_data_evaluate_with_the_studys_threshold(packages_dir, tmp_path):
 
 
 def test_amp_is_asked_for_and_changes_the_result_key():
-    from raysearch.latency import BenchSettings
     from raysearch.models import ModelSpec
-    from raysearch.trial import TrialSettings
+    from raysearch.search.latency import BenchSettings
+    from raysearch.search.trial import TrialSettings
 
     parser = cli.build_stage_parser(2)
     assert cli.search_options(parser.parse_args([])).amp is False  # fp32, as the study trained

@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from raysearch.export import ExportError, export_onnx, read_spec
 from raysearch.models import ModelSpec, build_model, families
+from raysearch.training.export import ExportError, export_onnx, read_spec
 
 
 @pytest.mark.parametrize("hw", [512, 256, 224, 160, 96, "64x128"])

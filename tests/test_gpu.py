@@ -4,9 +4,9 @@ precision with amp=True, and the exported model still matches torch."""
 import pytest
 import torch
 
-from raysearch.export import export_onnx
 from raysearch.models import ModelSpec
-from raysearch.train import TrainConfig, pick_device, train
+from raysearch.training.export import export_onnx
+from raysearch.training.train import TrainConfig, pick_device, train
 
 
 @pytest.mark.gpu

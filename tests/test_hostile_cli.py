@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raysearch import cli, search
+from raysearch import cli
+from raysearch.search import driver as search
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_an_unreachable_tracking_server_is_said_in_seconds(tmp_path):
 
 def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_path):
     """Two drivers of one search would log it twice: the second is refused in one line, before Ray."""
-    from raysearch.search import SearchOptions, Space, _SearchLock, run_search, search_state_path
+    from raysearch.search.driver import SearchOptions, Space, _SearchLock, run_search, search_state_path
 
     opts = SearchOptions(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                          data="synthetic:30", name="twice")
@@ -164,7 +165,7 @@ def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_
 
 
 def test_a_storage_without_working_room_is_refused_before_ray(tmp_path):
-    from raysearch.search import check_writable
+    from raysearch.search.driver import check_writable
 
     check_writable(tmp_path, "--storage-path", min_free=1)
     with pytest.raises(ValueError, match=r"--storage-path .* has \d+ MiB free; a search needs at least"):
@@ -249,7 +250,7 @@ def test_raysearch_train_on_bad_data(tiny_folder, tmp_path, kind):
 def test_a_state_file_that_cannot_be_written_does_not_keep_runs_open(tmp_path):
     """A full disk (here: a state folder that is a file) when the search closes its runs: the runs
     end KILLED all the same (the state write came first and raised, leaving the parent RUNNING)."""
-    from raysearch.tracking import SearchTracker
+    from raysearch.tracking.callback import SearchTracker
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     exp = client.create_experiment("x")

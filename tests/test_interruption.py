@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from test_cli import run
 
 from conftest import REPO
-from raysearch import objectives as obj
-from raysearch.report import interruption, resume_command
+from raysearch.records import names as obj
+from raysearch.tracking.readback import interruption, resume_command
 
 
 def _search(client: MlflowClient, exp: str, name: str, status: str, driver: str | None, command: str) -> str:

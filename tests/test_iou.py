@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from raysearch.iou import IoUAccumulator, foreground_iou
+from raysearch.training.iou import IoUAccumulator, foreground_iou
 
 
 def m(rows):

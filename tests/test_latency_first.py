@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ray import tune
 
-from raysearch import objectives as obj
-from raysearch.latency_first import (
+from raysearch.records import names as obj
+from raysearch.search.latency_first import (
     BayesLinear,
     LatencyFirstSearch,
     config_key,
@@ -135,9 +135,9 @@ def test_a_missing_latency_is_named():
 def test_the_default_search_is_the_same_method_at_every_budget():
     """The replays found one method best at 10%, 25% and 50% of the grid: the default does not
     change with --num-samples; latency-first plans no more trials than the space holds."""
-    from raysearch import objectives as obj
-    from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
-    from raysearch.search import SearchOptions, Space, method_params, planned_trials
+    from raysearch.records import names as obj
+    from raysearch.search.driver import SearchOptions, Space, method_params, planned_trials
+    from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
     space = Space({"a": [0.125, 0.25], "input_hw": [[64, 64], [96, 96], [128, 128]]}, {"arch": "fastscnn"})
     for n in (1, 4, 6, 60, 5000):

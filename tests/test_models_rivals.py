@@ -1,7 +1,7 @@
 """The two rival families of the search: BiSeNetV2 and DeepLabV3 (MobileNetV3-Large).
 
 Shapes, parameter counts, knob mapping, validation, and an ONNX round trip through
-`raysearch.export.export_onnx` (static H/W, dynamic batch, compared with onnxruntime) at two
+`raysearch.training.export.export_onnx` (static H/W, dynamic batch, compared with onnxruntime) at two
 input sizes each with the default exporter, and at one with torch's dynamo exporter.
 """
 
@@ -160,7 +160,7 @@ ONNX_CASES = [
 def test_onnx_round_trip(arch: str, hw: tuple[int, int], exporter: str, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from raysearch.export import MAX_ABS_DIFF, export_onnx
+    from raysearch.training.export import MAX_ABS_DIFF, export_onnx
 
     spec = ModelSpec(arch=arch, a=0.5, t=6, r=3, input_hw=hw)
     torch.manual_seed(0)

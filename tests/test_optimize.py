@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raysearch import optimize as opt_mod
 from raysearch.cli import parse_duration
 from raysearch.models import ModelFamily, ModelSpec, build_model, families, get_family
-from raysearch.optimize import OptimizeOptions, summary_text, why_not
-from raysearch.planning import (
+from raysearch.optimize import driver as opt_mod
+from raysearch.optimize.driver import summary_text, why_not
+from raysearch.optimize.options import OptimizeOptions
+from raysearch.optimize.planning import (
     cross_space,
     int8_space,
     kept_resolutions,
@@ -26,8 +27,8 @@ from raysearch.planning import (
     topology_resolution,
     topology_space,
 )
-from raysearch.results import PRUNED, TRAINED, TrialRow
-from raysearch.search import SearchOptions
+from raysearch.records.results import PRUNED, TRAINED, TrialRow
+from raysearch.search.driver import SearchOptions
 
 ENV_KEYS = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -171,8 +172,8 @@ def test_quantize_int8_keeps_the_spec_and_stays_close(tmp_path):
     import torch
 
     from raysearch.data import open_split
-    from raysearch.export import export_onnx
-    from raysearch.quantize import calibration_inputs, quantize_int8
+    from raysearch.training.export import export_onnx
+    from raysearch.training.quantize import calibration_inputs, quantize_int8
 
     spec = ModelSpec(a=0.25, t=2, r=1, pp=0, input_hw=64)
     torch.manual_seed(0)  # the closeness of an int8 model to its fp32 one depends on the weights
@@ -191,8 +192,8 @@ def test_quantize_int8_keeps_the_spec_and_stays_close(tmp_path):
 
 
 def test_quantize_needs_calibration_images(tmp_path):
-    from raysearch.export import export_onnx
-    from raysearch.quantize import quantize_int8
+    from raysearch.training.export import export_onnx
+    from raysearch.training.quantize import quantize_int8
 
     fp32 = export_onnx(build_model(ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)).eval(), tmp_path / "m.onnx").path
     with pytest.raises(ValueError, match="calibration needs at least one input"):
@@ -293,7 +294,7 @@ def test_a_custom_family_and_nothing_qualifies(tmp_path, capsys):
     import ray
 
     from raysearch.models import register_family
-    from raysearch.optimize import optimize
+    from raysearch.optimize.driver import optimize
 
     register_family(ModelFamily("tinyseg", _TinyNet.build, knobs=("a",), baseline={"a": 1.0},
                                 choices={"a": (1.0, 0.5)}, resolutions=(64,)), replace=True)
@@ -340,7 +341,7 @@ def test_a_new_tracking_store_starts_afresh_in_one_line(tmp_path, capsys):
     """Its saved state names runs of the first store: the second run says so and starts afresh."""
     import ray
 
-    from raysearch.optimize import optimize
+    from raysearch.optimize.driver import optimize
 
     def once(db: str):
         search = SearchOptions(data="synthetic:30", quick=True, max_latency_ms=1000, bench_runs=3,

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
-from raysearch.pareto import (
+from raysearch.records.names import IOU, LATENCY_MS, OBJECTIVES, Objective
+from raysearch.records.pareto import (
     DEFAULT_REF_LATENCY_MS,
     default_reference,
     dominates,
@@ -17,9 +17,9 @@ from raysearch.pareto import (
     normalized_hypervolume,
     pareto_front,
 )
-from raysearch.plots import plot_front, plot_hypervolume
-from raysearch.report import front_table, write_front_csv
-from raysearch.results import Requirement
+from raysearch.records.results import Requirement
+from raysearch.reporting.plots import plot_front, plot_hypervolume
+from raysearch.reporting.tables import front_table, write_front_csv
 
 
 def misses(point, max_latency_ms=None, min_iou=None):
@@ -296,7 +296,7 @@ def test_plot_hypervolume_writes_png(tmp_path):
 
 
 def test_objectives_constant_is_what_the_defaults_use():
-    # The defaults follow raysearch.objectives: iou max, latency_ms min.
+    # The defaults follow raysearch.records.names: iou max, latency_ms min.
     assert [(o.name, o.mode) for o in OBJECTIVES] == [("iou", "max"), ("latency_ms", "min")]
 
 

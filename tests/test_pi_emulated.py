@@ -220,8 +220,8 @@ def test_a_fast_scnn_benchmarked_through_the_farm(emulated_pi: EmulatedPi, tmp_p
     client. The latency only has to be positive: it is an emulated one, not a Pi's."""
     import torch
 
-    from raysearch.export import export_onnx
     from raysearch.models import ModelSpec, build_model
+    from raysearch.training.export import export_onnx
 
     spec = ModelSpec(arch="fastscnn", a=0.125, t=2, r=1, pp=0, input_hw=64)
     torch.manual_seed(0)

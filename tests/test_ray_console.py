@@ -1,4 +1,4 @@
-"""A retired Ray worker's SIGTERM is not a traceback on the search's console (`raysearch.ray_console`)."""
+"""A retired Ray worker's SIGTERM is not a traceback on the search's console (`raysearch.search.ray_console`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from conftest import REPO
-from raysearch.ray_console import without_exit_noise
+from raysearch.search.ray_console import without_exit_noise
 
 NOISE = ["Exception ignored in: <function Dying.__del__ at 0x7f>", "Traceback (most recent call last):",
          '  File "x.py", line 7, in __del__', "    os.kill(os.getpid(), signal.SIGTERM)",
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent("""
             return os.getpid()
 
     if sys.argv[1] == "raysearch":
-        from raysearch.search import init_ray
+        from raysearch.search.driver import init_ray
         init_ray(None)
     else:
         ray.init(address="local", include_dashboard=False, num_cpus=1)

@@ -234,7 +234,7 @@ def _write_dataset(root: Path, n: int = 40) -> None:
 
 
 def _seed_mlflow(runs: Path) -> None:
-    """One finished search as the search logs it (parent run tagged raysearch.search, children
+    """One finished search as the search logs it (parent run tagged raysearch.search.driver, children
     with the spec as params, iou/latency_ms metrics, model.onnx and overlays as artifacts)."""
     import cv2
     import numpy as np

@@ -16,8 +16,8 @@ from raysearch.replay.compare import p_greater, standard_error
 from raysearch.replay.methods import BASELINE, METHOD_KEYS
 from raysearch.replay.simulator import grid_hypervolume, simulate
 from raysearch.replay.table import TableError, load
-from raysearch.scheduler import FRONT_MIN_FINISHED
-from raysearch.search import SearchOptions
+from raysearch.search.driver import SearchOptions
+from raysearch.search.scheduler import FRONT_MIN_FINISHED
 from replay_tables import make_table
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 
 from raysearch.models import ModelSpec
-from raysearch.pareto import pareto_front
+from raysearch.records.pareto import pareto_front
+from raysearch.records.results import DUPLICATE, STOPPED, TRAINED
 from raysearch.replay.simulator import simulate, table_space, table_trial
 from raysearch.replay.table import load
-from raysearch.results import DUPLICATE, STOPPED, TRAINED
-from raysearch.search import SearchOptions, run_search
+from raysearch.search.driver import SearchOptions, run_search
 from replay_tables import make_table
 
 pytestmark = pytest.mark.slow

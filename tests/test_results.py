@@ -9,10 +9,8 @@ import math
 import pytest
 
 from raysearch.models import ModelSpec
-from raysearch.pareto import hypervolume, pareto_front
-from raysearch.plots import plot_front
-from raysearch.report import front_table, status_counts, write_front_csv
-from raysearch.results import (
+from raysearch.records.pareto import hypervolume, pareto_front
+from raysearch.records.results import (
     DUPLICATE,
     FAILED,
     PRUNED,
@@ -23,6 +21,9 @@ from raysearch.results import (
     candidates,
     point_value,
 )
+from raysearch.reporting.finish import status_counts
+from raysearch.reporting.plots import plot_front
+from raysearch.reporting.tables import front_table, write_front_csv
 
 
 def row(name: str, status: str = TRAINED, iou: float | None = 0.9, lat: float | None = 10.0, hw: int = 96,

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from ray import cloudpickle
 
-from raysearch.samplers import OPTUNA_SAMPLERS, make_sampler
+from raysearch.search.samplers import OPTUNA_SAMPLERS, make_sampler
 
 
 @pytest.mark.parametrize("name", OPTUNA_SAMPLERS)
@@ -33,8 +33,8 @@ def test_what_optuna_is_told_of_a_trial_the_scheduler_stopped():
     """Ray Tune hands a stopped trial's last report to `OptunaSearch.on_trial_complete`, which tells
     Optuna the trial COMPLETED with those values: an epoch-1 validation IoU stands in the study as a
     final result (why `--sampler latency-first` fits only final reports)."""
-    from raysearch import objectives as obj
-    from raysearch.search import SearchOptions, Space, make_searcher, param_space
+    from raysearch.records import names as obj
+    from raysearch.search.driver import SearchOptions, Space, make_searcher, param_space
 
     searcher = make_searcher(SearchOptions(mode="search", sampler="tpe", num_samples=3))
     searcher.set_search_properties(None, None, param_space(Space({"a": [0.5, 0.25]}), "search"))

@@ -9,7 +9,7 @@ import pickle
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raysearch.scheduler import (
+from raysearch.search.scheduler import (
     FRONT_MARGIN,
     FRONT_MIN_FINISHED,
     FrontStopping,

@@ -17,10 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from raysearch.pareto import normalized_hypervolume
-from raysearch.report import interruption as interruption_note
-from raysearch.samplers import SAMPLERS
-from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
+from raysearch.records.pareto import normalized_hypervolume
+from raysearch.search.samplers import SAMPLERS
+from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
+from raysearch.tracking.readback import interruption as interruption_note
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -118,9 +118,9 @@ def test_stage7_crosses_the_stage2_front(stage2):
 
 
 def test_latency_budget_prunes_before_training(tmp_path):
-    from raysearch.export import export_onnx
-    from raysearch.latency import BenchSettings, local_benchd, measure
     from raysearch.models import ModelSpec, build_model
+    from raysearch.search.latency import BenchSettings, local_benchd, measure
+    from raysearch.training.export import export_onnx
 
     # measure both candidates first, so the budget falls between them on this machine today
     lat = {}
@@ -389,8 +389,8 @@ def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
     the server's reason, the others finish, the search says how many failed."""
     from raysearch.models import build_model
     from raysearch.models.spec import ModelSpec
-    from raysearch.search import SearchOptions
-    from raysearch.stages import stage_space
+    from raysearch.search.driver import SearchOptions
+    from raysearch.search.stages import stage_space
 
     cap_mb = 0.7
     space = stage_space(4, SearchOptions(quick=True), res=[64])
@@ -493,7 +493,7 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     import ray
 
     from raysearch.models import ModelFamily, register_family
-    from raysearch.search import SearchOptions, Space, run_search
+    from raysearch.search.driver import SearchOptions, Space, run_search
 
     register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
                                 resolutions=(64,)), replace=True)

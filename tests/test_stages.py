@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from raysearch.presets import QUICK
-from raysearch.search import SearchOptions
-from raysearch.stages import STUDY_STAGE7_RES, stage7_space
+from raysearch.search.driver import SearchOptions
+from raysearch.search.presets import QUICK
+from raysearch.search.stages import STUDY_STAGE7_RES, stage7_space
 
 #: the six stage-6 models the study combined with its resolutions in stage 7 (its section 4.5.1,
 #: Tables 4.20-4.23), all without pyramid pooling

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from raysearch.latency import BenchSettings
 from raysearch.models import ModelSpec
+from raysearch.search.latency import BenchSettings
+from raysearch.search.trial import TrialState
 from raysearch.storage import DocumentStore, delete, delete_tree, exists, read_bytes, write_atomic, write_bytes
-from raysearch.trial import TrialState
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torchinfo
 
 from raysearch.models import ModelSpec, build_model
-from raysearch.summary import summarize
+from raysearch.training.model_summary import summarize
 
 
 def test_baseline_matches_the_study():

@@ -9,11 +9,12 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from raysearch import objectives as obj
 from raysearch.models import ModelSpec
-from raysearch.report import candidates_of, row_from_run
-from raysearch.results import PRUNED, STOPPED, TRAINED, TrialRow
-from raysearch.tracking import log_params, open_parent, progress_line, run_in_store
+from raysearch.records import names as obj
+from raysearch.records.results import PRUNED, STOPPED, TRAINED, TrialRow
+from raysearch.tracking.callback import progress_line
+from raysearch.tracking.readback import candidates_of, row_from_run
+from raysearch.tracking.runs import log_params, open_parent, run_in_store
 
 
 @pytest.fixture

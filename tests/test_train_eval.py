@@ -8,10 +8,10 @@ import torch
 
 from conftest import write_pair
 from raysearch.data.folder import FolderSource
-from raysearch.evaluate import TorchPredictor, evaluate, evaluate_onnx, prob_to_logit
-from raysearch.export import export_onnx
 from raysearch.models import ModelSpec
-from raysearch.train import TrainConfig, load_checkpoint, train
+from raysearch.training.evaluate import TorchPredictor, evaluate, evaluate_onnx, prob_to_logit
+from raysearch.training.export import export_onnx
+from raysearch.training.train import TrainConfig, load_checkpoint, train
 
 SPEC = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)
 

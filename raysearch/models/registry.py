@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
-    from raysearch.models.spec import ModelSpec
+# A family's functions take a `raysearch.models.spec.ModelSpec`; it is typed `Any` here because the
+# spec imports this registry (to check its arch and knobs) and the imports go one way.
+ModelSpecT = Any
 
 
-def _no_check(spec: "ModelSpec") -> None:
+def _no_check(spec: ModelSpecT) -> None:
     return None
 
 
@@ -32,9 +34,9 @@ class ModelFamily:
     down to the cheapest; ``resolutions`` the input sizes to try, largest first."""
 
     name: str
-    build: Callable[["ModelSpec"], "nn.Module"]
+    build: Callable[[ModelSpecT], "nn.Module"]
     knobs: tuple[str, ...] = ()
-    validate: Callable[["ModelSpec"], None] = field(default=_no_check)
+    validate: Callable[[ModelSpecT], None] = field(default=_no_check)
     description: str = ""
     baseline: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple] = field(default_factory=dict)

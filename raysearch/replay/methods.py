@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from raysearch.search import SearchOptions
+    from raysearch.search.driver import SearchOptions
 
 BASELINE = "random, no stopping"
 
@@ -26,7 +26,7 @@ class Method:
     peer: str | None = None  # a peer's own search (`raysearch.replay.peers`) instead of sampler + scheduler
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> "SearchOptions":
-        from raysearch.search import SearchOptions
+        from raysearch.search.driver import SearchOptions
 
         opts = SearchOptions(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
                              num_samples=num_samples, max_latency_ms=max_latency_ms)
@@ -38,7 +38,7 @@ class Method:
 
     def is_default(self) -> bool:
         """Whether this is what `--mode search` runs when nothing else is asked."""
-        from raysearch.search import SearchOptions
+        from raysearch.search.driver import SearchOptions
 
         mine, default = self.options(seed=0, num_samples=1), SearchOptions()
         return all(getattr(mine, k) == getattr(default, k)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from raysearch import objectives as obj
-from raysearch.search import Space
+from raysearch.records import names as obj
+from raysearch.search.driver import Space
 
 PEERS = ("moasha",)
 NEG_VAL_IOU = "neg_val_iou"

@@ -14,7 +14,7 @@ What Ray Tune does, and so what this does (ray/tune/execution/tune_controller.py
   those values);
 - a trial that returns (its final report sent) completes the same way with its final result.
 
-What a trial does is `raysearch.trial.run_trial`'s sequence with the table instead of training:
+What a trial does is `raysearch.search.trial.run_trial`'s sequence with the table instead of training:
 latency first (the table's, for the chosen source), pruned without training over
 ``max_latency_ms``; a configuration already trained to the end reports its figures again and
 trains nothing (the results cache); otherwise one report per recorded epoch (validation IoU and
@@ -34,12 +34,12 @@ from typing import Any, Callable, Iterator
 
 from ray.tune.search import Searcher
 
-from raysearch import objectives as obj
 from raysearch.models import ModelSpec
-from raysearch.pareto import hypervolume
+from raysearch.records import names as obj
+from raysearch.records.pareto import hypervolume
 from raysearch.replay.table import Run, Table, TableError
-from raysearch.search import SearchOptions, Space, make_scheduler, make_searcher, param_space
-from raysearch.trial import TrialSettings, base_metrics
+from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space
+from raysearch.search.trial import TrialSettings, base_metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Replay:
 def table_latencies(table: Table, source: str, space: Space | None = None) -> dict[str, float]:
     """Every configuration's latency as the latency sweep gives it to `LatencyFirstSearch`
     (`config_key` of the searched config -> ms), from the table's ``source`` column."""
-    from raysearch.latency_first import config_key, grid_configs
+    from raysearch.search.latency_first import config_key, grid_configs
 
     space = space or table_space(table)
     to_id = ConfigIndex(table, space)
@@ -272,7 +272,7 @@ def _trial_steps(table: Table, cid: str, source: str, opts: SearchOptions, done:
 
 
 def table_trial(table_path: str, source: str = "host", seed: int = 0) -> Callable[[dict, TrialSettings], None]:
-    """A Ray Tune trainable for `raysearch.search.run_search` (``trial_fn``) that replays the table
+    """A Ray Tune trainable for `raysearch.search.driver.run_search` (``trial_fn``) that replays the table
     instead of training: the same reports as `simulate`'s trials, sent through the real driver.
     Every trial uses the training seed ``seed`` (so a table with one seed per configuration
     replays identically in both)."""

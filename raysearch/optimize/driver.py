@@ -1,7 +1,7 @@
 """`raysearch optimize`: a model, data, a latency and an accuracy requirement and an effort level
 in; the candidate models that meet the requirement out, registered in MLflow.
 
-The stages and what each runs are planned in :mod:`raysearch.planning`; this module runs them,
+The stages and what each runs are planned in :mod:`raysearch.optimize.planning`; this module runs them,
 keeps the resume point, and concludes (the answer, the report, the model registry).
 
 Every trial is timed before it trains (latency does not depend on the weights), so a candidate
@@ -16,7 +16,6 @@ decides its outcome (model, data, requirements, effort, ...), not by the budget.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -25,76 +24,23 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from raysearch import objectives as obj
-from raysearch.models import ModelSpec, parse_hw
-from raysearch.pareto import pareto_front
-from raysearch.planning import EFFORTS, grid_or_search, plan, stage_space
-from raysearch.presets import preset
-from raysearch.results import PRUNED, Requirement, TrialRow, candidates
-from raysearch.search import BudgetExpired, SearchOptions, Space, local_root, run_search, search_state_path, storage_uri
+from raysearch.optimize.options import OptimizeOptions
+from raysearch.optimize.planning import grid_or_search, plan, stage_space
+from raysearch.records import names as obj
+from raysearch.records.pareto import pareto_front
+from raysearch.records.results import PRUNED, Requirement, TrialRow, candidates
+from raysearch.search.driver import (
+    BudgetExpired,
+    SearchOptions,
+    Space,
+    local_root,
+    run_search,
+    search_state_path,
+    storage_uri,
+)
 from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimizeOptions:
-    """What to optimize and how hard (``search``: data, farm, tracking, cluster, requirements)."""
-
-    model: str = "fastscnn"
-    effort: str = "intermediate"
-    search: SearchOptions = field(default_factory=SearchOptions)
-    time_budget_s: float | None = None
-    epochs: int | None = None  # None: the preset's (400, or 8 with search.quick)
-    res: tuple | None = None  # input sizes (N or (h, w)); None: the family's (the quick preset's with search.quick)
-    int8: bool | None = None  # None: on at expert effort
-    y_channel: bool = False
-    trials_per_stage: int | None = None  # searched stages; None: a third of the stage's points, >= GRID_LIMIT
-    name: str | None = None  # None: derived from what decides the outcome
-    fresh: bool = False  # start over even when an earlier run of this optimization exists
-
-    def __post_init__(self) -> None:
-        from raysearch.models import get_family
-
-        if self.effort not in EFFORTS:
-            raise ValueError(f"--effort {self.effort!r} is not one of {EFFORTS}")
-        get_family(self.model)  # names the known families when unknown
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"--time-budget {self.time_budget_s} s must be > 0")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"--epochs {self.epochs} must be >= 1")
-        if self.trials_per_stage is not None and self.trials_per_stage < 1:
-            raise ValueError(f"--trials-per-stage {self.trials_per_stage} must be >= 1")
-        if not self.search.requirement.constrained:
-            raise ValueError("give a requirement: --max-latency-ms and/or --min-iou")
-        for r in self.res or ():
-            ModelSpec(arch=self.model, input_hw=r)  # a bad size is named before anything runs
-
-    @property
-    def quantize(self) -> bool:
-        return self.effort == "expert" if self.int8 is None else self.int8
-
-    @property
-    def train_epochs(self) -> int:
-        return self.epochs or preset(self.search.quick).epochs
-
-    def ident(self) -> str:
-        """A name for the optimization from everything that decides its outcome (not the budget)."""
-        s = self.search
-        data = str(Path(s.data).resolve()) if Path(s.data).exists() else s.data  # ./data/x == data/x
-        key = [self.model, self.effort, data, s.limit, s.seed, s.max_latency_ms, s.min_iou, s.device_class,
-               s.latency_stat, s.logit_threshold, s.quick, self.train_epochs,
-               [h if h == w else f"{h}x{w}" for h, w in self.resolutions()],  # as before sizes became (h, w)
-               self.quantize,
-               self.y_channel, self.trials_per_stage]
-        return f"optimize-{self.model}-{self.effort}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]}"
-
-    def resolutions(self) -> list[tuple[int, int]]:
-        """The input sizes to try, largest first."""
-        from raysearch.models import get_family
-
-        res = self.res or (preset(True).resolutions if self.search.quick else get_family(self.model).resolutions)
-        return sorted({parse_hw(r) for r in res}, reverse=True)
 
 
 @dataclass
@@ -134,7 +80,7 @@ class _State:
 
 def _partial_rows(opt: OptimizeOptions, search: str) -> list[TrialRow]:
     """Finished trials of an interrupted search (from its state file)."""
-    from raysearch.tracking import SearchTracker
+    from raysearch.tracking.callback import SearchTracker
 
     return SearchTracker.saved_rows(search_state_path(opt.search, search))
 
@@ -145,7 +91,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
 
     from raysearch.data import open_split
     from raysearch.models import get_family
-    from raysearch.tracking import ended_if_interrupted, ensure_experiment, log_params, run_in_store
+    from raysearch.tracking.runs import ended_if_interrupted, ensure_experiment, log_params, run_in_store
 
     t_start = time.time()
     family = get_family(opt.model)
@@ -300,9 +246,11 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
 
     from mlflow.entities import Metric
 
-    from raysearch.model_registry import register
-    from raysearch.plots import plot_front
-    from raysearch.report import front_table, onnx_path, write_html
+    from raysearch.reporting.html import write_html
+    from raysearch.reporting.plots import plot_front
+    from raysearch.reporting.tables import front_table
+    from raysearch.tracking.readback import onnx_path
+    from raysearch.tracking.registry import register
 
     s, req = opt.search, opt.search.requirement
     pool = [r for rs in rows_by_stage.values() for r in candidates(rs)]

@@ -17,8 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
-from raysearch.evaluate import SPEC_METADATA_KEY
 from raysearch.models import ModelSpec
+from raysearch.training.evaluate import SPEC_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysearch.evaluate import SPEC_METADATA_KEY
 from raysearch.models import ModelSpec
 from raysearch.storage import write_atomic
+from raysearch.training.evaluate import SPEC_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

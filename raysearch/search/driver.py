@@ -1,35 +1,37 @@
 """The search driver: Ray Tune (grid, or a multi-objective search with optional early stopping),
 a benchd farm for latency, MLflow for everything, the Pareto front at the end.
 
-Searchers (``--sampler``): `raysearch.latency_first` (the default) measures every configuration's
+Searchers (``--sampler``): `raysearch.search.latency_first` (the default) measures every configuration's
 latency before training and trains the configuration with the largest expected hypervolume gain
 next; Optuna's TPE (MOTPE), GP (LogEHVI), NSGA-II and random samplers are the alternatives.
-Schedulers (``--scheduler``): front (the default, `raysearch.scheduler.FrontStopping`: stop
+Schedulers (``--scheduler``): front (the default, `raysearch.search.scheduler.FrontStopping`: stop
 what cannot join the front), none (every trial to the end), pareto-asha
-(`raysearch.scheduler.ParetoASHA`), or Ray Tune's ASHA on validation IoU alone (for comparison).
+(`raysearch.search.scheduler.ParetoASHA`), or Ray Tune's ASHA on validation IoU alone (for comparison).
 The defaults are what won the replays of the recorded tables (`raysearch replay`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
-from raysearch.presets import preset
-from raysearch.ray_console import quiet_worker_exits
-from raysearch.results import Requirement, TrialRow
-from raysearch.samplers import SAMPLERS
+from raysearch.records import names as obj
+from raysearch.records.results import Requirement, TrialRow
+from raysearch.search.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
+from raysearch.search.presets import preset
+from raysearch.search.ray_console import quiet_worker_exits
+from raysearch.search.samplers import SAMPLERS
+from raysearch.search.trial import TrialSettings, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
-from raysearch.trial import TrialSettings, run_trial, sweep_latencies
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class SearchOptions:
         has; with a single class and the default ``local``, that class."""
         from benchd.farm import load_inventory
 
+        assert self.farm is not None  # called only with --farm
         path = Path(self.farm).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--farm {self.farm}: farm inventory not found")
@@ -120,7 +123,7 @@ class SearchOptions:
 
     @property
     def tracking(self) -> str:
-        from raysearch.tracking import tracking_uri
+        from raysearch.tracking.runs import tracking_uri
 
         return tracking_uri(self.tracking_uri)
 
@@ -255,7 +258,7 @@ def storage_uri(opts: SearchOptions) -> str:
 
 def search_state_path(opts: SearchOptions, name: str) -> Path:
     """Where a search keeps its trial -> MLflow run mapping and finished trials (the tracker's state)."""
-    from raysearch.tracking import STATE_FILE
+    from raysearch.tracking.runs import STATE_FILE
 
     return local_root(opts) / "state" / name / STATE_FILE
 
@@ -299,7 +302,7 @@ def search_name(label: str, opts: SearchOptions) -> str:
         return opts.name
     prefix = f"{label}-{opts.mode}-"
     if opts.resume:
-        from raysearch.tracking import STATE_FILE
+        from raysearch.tracking.runs import STATE_FILE
 
         # a folder holding only a driver's lock never got as far as a run: nothing to resume there
         states = sorted((p for p in (local_root(opts) / "state").glob(prefix + "*") if (p / STATE_FILE).is_file()),
@@ -401,8 +404,9 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
     from ray import tune
 
     from raysearch.data import prepare_data
-    from raysearch.report import finish_search
-    from raysearch.tracking import SearchTracker, open_parent
+    from raysearch.reporting.finish import finish_search
+    from raysearch.tracking.callback import SearchTracker
+    from raysearch.tracking.runs import open_parent
 
     remote = "://" in opts.storage_path
     data = prepare_data(opts.data, None if remote else root, opts.seed)
@@ -447,7 +451,7 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
                                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
             latencies = None
             if opts.mode == "search" and opts.sampler == "latency-first":  # every latency before any training
-                from raysearch.latency_first import grid_configs
+                from raysearch.search.latency_first import grid_configs
 
                 log.info("--sampler latency-first: measuring the latency of all %d configurations before training",
                          space.size())
@@ -477,6 +481,7 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
         tracker = tracker.reload()  # what Ray Tune's copy of the callback recorded
         tracker.close("KILLED")  # anything the tuner left open
         try:  # the search ended: no trial continues (the ones the scheduler stopped left theirs)
+            assert settings.trial_state is not None  # set above
             delete_tree(settings.trial_state)
         except OSError as e:  # only storage is wasted
             log.warning("could not remove %s: %s", settings.trial_state, e)
@@ -495,7 +500,8 @@ class _Deadline:
     Tune saves the experiment state, so the search can be resumed where it stopped."""
 
     def __init__(self, deadline: float | None) -> None:
-        self.deadline, self.fired, self._timer = deadline, False, None
+        self.deadline, self.fired = deadline, False
+        self._timer: threading.Timer | None = None
 
     def _fire(self) -> None:
         self.fired = True
@@ -503,8 +509,6 @@ class _Deadline:
         os.kill(os.getpid(), signal.SIGINT)
 
     def __enter__(self) -> "_Deadline":
-        import threading
-
         if self.deadline is not None:
             self._timer = threading.Timer(max(0.0, self.deadline - time.time()), self._fire)
             self._timer.daemon = True
@@ -538,7 +542,8 @@ class _farm:
     """The farm to use: --farm, or a local benchd for the duration of the search."""
 
     def __init__(self, opts: SearchOptions, reservation: CpuReservation | None = None) -> None:
-        self.opts, self.reservation, self._ctx = opts, reservation, None
+        self.opts, self.reservation = opts, reservation
+        self._ctx: contextlib.AbstractContextManager[str] | None = None
 
     def __enter__(self) -> str:
         if self.opts.farm:
@@ -553,7 +558,7 @@ class _farm:
 
 def _sampler(opts: SearchOptions):
     """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
-    from raysearch.samplers import make_sampler
+    from raysearch.search.samplers import make_sampler
 
     return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
@@ -566,7 +571,7 @@ def make_searcher(opts: SearchOptions, first: list[dict] | None = None, latencie
     it with its last report (IoU at the stop, latency).
     ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
     if opts.sampler == "latency-first":
-        from raysearch.latency_first import LatencyFirstSearch
+        from raysearch.search.latency_first import LatencyFirstSearch
 
         if latencies is None:
             raise ValueError("--sampler latency-first needs every configuration's latency before the search")
@@ -574,7 +579,7 @@ def make_searcher(opts: SearchOptions, first: list[dict] | None = None, latencie
                                   points_to_evaluate=first)
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=obj.metric_names(), mode=obj.metric_modes(), sampler=_sampler(opts),
+    return OptunaSearch(metric=obj.metric_names(), mode=list[str](obj.metric_modes()), sampler=_sampler(opts),
                         points_to_evaluate=first)
 
 
@@ -593,11 +598,11 @@ def method_params(opts: SearchOptions) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     if opts.scheduler == "front":
-        from raysearch.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
+        from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
         out = {obj.PARAM_FRONT_MARGIN: FRONT_MARGIN, obj.PARAM_FRONT_MIN_FINISHED: FRONT_MIN_FINISHED}
     if opts.sampler == "latency-first":
-        from raysearch import latency_first as lf
+        from raysearch.search import latency_first as lf
 
         return {**out, obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
                 obj.PARAM_SEARCHER_PRIOR: f"intercept {lf.PRIOR_INTERCEPT}, knob {lf.PRIOR_KNOB}, log latency "
@@ -618,12 +623,12 @@ def param_space(space: Space, mode: str) -> dict[str, Any]:
 
 def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
     if opts.scheduler == "pareto-asha":
-        from raysearch.scheduler import ParetoASHA
+        from raysearch.search.scheduler import ParetoASHA
 
         return ParetoASHA(epochs=max(1, epochs), grace_period=opts.grace_period,
                           reduction_factor=opts.reduction_factor, state_path=state_path)
     if opts.scheduler == "front":
-        from raysearch.scheduler import FrontStopping
+        from raysearch.search.scheduler import FrontStopping
 
         return FrontStopping(grace_period=opts.grace_period, state_path=state_path)
     if opts.scheduler == "asha":

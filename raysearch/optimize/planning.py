@@ -27,17 +27,13 @@ A stage with more points than ``GRID_LIMIT`` is a multi-objective search instead
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from raysearch.models import ModelFamily, ModelSpec
-from raysearch.pareto import pareto_front
-from raysearch.results import PRUNED, TrialRow, candidates
-from raysearch.search import Space
+from raysearch.optimize.options import OptimizeOptions
+from raysearch.records.pareto import pareto_front
+from raysearch.records.results import PRUNED, TrialRow, candidates
+from raysearch.search.driver import Space
 
-if TYPE_CHECKING:  # pragma: no cover
-    from raysearch.optimize import OptimizeOptions
-
-EFFORTS = ("entry", "intermediate", "expert")
 GRID_LIMIT = 16  # a stage with more points is searched (--sampler: latency-first by default) instead of run as a grid
 MAX_TOPOLOGIES = 6  # Pareto topologies carried into the cross stage (the study carried six)
 MAX_INT8 = 8  # candidates quantized in the int8 stage
@@ -67,7 +63,7 @@ def grid_or_search(size: int, trials_per_stage: int | None) -> tuple[bool, int]:
     return False, trials_per_stage or max(GRID_LIMIT, math.ceil(size / 3))
 
 
-def resolution_space(family: ModelFamily, opt: "OptimizeOptions") -> Space:
+def resolution_space(family: ModelFamily, opt: OptimizeOptions) -> Space:
     grid: dict[str, list] = {"input_hw": opt.resolutions()}
     if opt.y_channel:
         grid["in_channels"] = [3, 1]
@@ -94,7 +90,7 @@ def topology_resolution(rows: list[TrialRow], sizes: list[HW]) -> tuple[HW, int]
     return min(sizes), 3
 
 
-def topology_space(family: ModelFamily, opt: "OptimizeOptions", res_rows: list[TrialRow]) -> Space:
+def topology_space(family: ModelFamily, opt: OptimizeOptions, res_rows: list[TrialRow]) -> Space:
     hw, channels = topology_resolution(res_rows, opt.resolutions())
     knobs = topology_knobs(family, opt.effort)
     return Space({k: list(family.choices[k]) for k in knobs},
@@ -106,7 +102,7 @@ def _named(specs: list[ModelSpec]) -> dict[str, dict]:
     return {s.name: {k: v for k, v in s.to_dict().items() if k != "extra"} for s in specs}
 
 
-def cross_space(family: ModelFamily, opt: "OptimizeOptions", res_rows: list[TrialRow], topo_rows: list[TrialRow],
+def cross_space(family: ModelFamily, opt: OptimizeOptions, res_rows: list[TrialRow], topo_rows: list[TrialRow],
                 ran: list[TrialRow]) -> Space:
     """The kept sizes x the Pareto topologies (best IoU first, at most MAX_TOPOLOGIES), as named
     models, leaving out every spec that already ran in an earlier stage."""
@@ -129,7 +125,7 @@ def int8_space(family: ModelFamily, pool: list[TrialRow]) -> tuple[Space, dict[s
     return Space({"model": sorted(models)}, {"arch": family.name}, models=models), weights
 
 
-def stage_space(label: str, family: ModelFamily, opt: "OptimizeOptions",
+def stage_space(label: str, family: ModelFamily, opt: OptimizeOptions,
                 rows: dict[str, list[TrialRow]]) -> tuple[Space | None, dict[str, str] | None, int]:
     """(space, init weights per model, epochs) of a stage, from the stages before it."""
     ran = [r for rs in rows.values() for r in rs]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from raysearch.data.sources import SegSource
 from raysearch.data.transforms import resize_for_test, to_input
-from raysearch.iou import IoUAccumulator
+from raysearch.training.iou import IoUAccumulator
 
 #: (N, C, H, W) float32 inputs -> (N, classes, H, W) float32 logits
 Predictor = Callable[[np.ndarray], np.ndarray]

@@ -16,119 +16,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from raysearch import objectives as obj
 from raysearch.models import ModelSpec
-from raysearch.pareto import default_reference, hypervolume, normalized_hypervolume
-from raysearch.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
+from raysearch.records import names as obj
+from raysearch.records.pareto import default_reference, hypervolume, normalized_hypervolume
+from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
 from raysearch.storage import write_atomic
+from raysearch.tracking.runs import checkpoint_uri, log_params
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "raysearch_state.json"
 _EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
 _FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint",
                "done", "training_iteration"}
 STATUS_EVERY_S = 30.0  # the compact progress line, at most this often
 
-
-# ---- the tracking store, the experiment, the parent run ------------------------------------------
-def tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path("runs/mlflow.db").resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
-
-
-def ensure_experiment(client: MlflowClient, experiment: str, uri: str) -> str:
-    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifacts)
-
-
-def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Params as MLflow shows them: lists and dicts as JSON, the rest as text; None left out."""
-    client.log_batch(run_id, params=[Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                                     for k, v in params.items() if v is not None])
-
-
-def run_in_store(client: MlflowClient, run_id: str | None) -> bool:
-    """Whether the tracking store holds the run (a saved state may name a run of another store)."""
-    if not run_id:
-        return False
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_run(run_id)
-        return True
-    except MlflowException:
-        return False
-
-
-def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Path, run_name: str, tags: dict,
-                params: dict) -> tuple[str, str]:
-    """(experiment id, parent run id): the saved parent on resume, else a new run."""
-    exp_id = ensure_experiment(client, experiment, uri)
-    driver = {obj.TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", obj.TAG_COMMAND: command_line()}
-    if state_path.is_file():
-        parent = json.loads(state_path.read_text())["parent"]
-        if not run_in_store(client, parent):
-            raise ValueError(f"{state_path} continues parent run {parent}, which the tracking store {uri} does not "
-                             f"have (another --tracking-uri, or its database was removed); pass the store it ran "
-                             f"with, or start a new search with --name")
-        client.update_run(parent, status="RUNNING")
-        with ended_if_interrupted(client, parent):
-            client.set_tag(parent, obj.TAG_RESUMED, "true")
-            for key, value in driver.items():
-                client.set_tag(parent, key, value)
-        return exp_id, parent
-    run = client.create_run(exp_id, run_name=run_name, tags={**tags, **driver})
-    with ended_if_interrupted(client, run.info.run_id):
-        log_params(client, run.info.run_id, params)
-    return exp_id, run.info.run_id
-
-
-@contextmanager
-def ended_if_interrupted(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """A run being filled in when a Ctrl-C (KILLED) or an error (FAILED) lands is ended here: its
-    caller never gets the id, so nothing else could end it."""
-    try:
-        yield
-    except BaseException as e:
-        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-
-
-def command_line() -> str:
-    """How this process was started, as a shell line (what `--resume` repeats)."""
-    import shlex
-
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(".py"):
-        argv = ["python", *argv]
-    elif argv:
-        argv[0] = os.path.basename(argv[0])
-    return shlex.join(argv)[:4000]
 
 
 def _num(v: Any) -> float | None:
@@ -137,13 +46,6 @@ def _num(v: Any) -> float | None:
     if isinstance(v, (int, float)) and math.isfinite(v):
         return float(v)
     return None
-
-
-def checkpoint_uri(checkpoint) -> str:
-    """Where a Ray Tune checkpoint lives: a local path, or a URI on an object store."""
-    fs = getattr(checkpoint, "filesystem", None)
-    kind = getattr(fs, "type_name", "local")
-    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _status_of(result: dict) -> str:
@@ -192,7 +94,7 @@ class SearchTracker(Callback):
         return {"args": self._args}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(*state["args"])
+        SearchTracker.__init__(self, *state["args"])
 
     def reload(self) -> "SearchTracker":
         """A tracker with what the state file holds now (what Ray Tune's copy of it recorded)."""
@@ -340,7 +242,7 @@ class SearchTracker(Callback):
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
         cands = candidates(list(self.finals.values()))
-        best = max(cands, key=lambda r: r.iou, default=None)
+        best = max(cands, key=lambda r: r.iou if r.iou is not None else -math.inf, default=None)
         print(f"[{self.stage}] " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
               + f"; {self.epochs_spent} epochs trained"
               + (f"; best IoU {best.iou:.4f} ({best.name}, {best.latency_ms:.3g} ms)" if best else ""), flush=True)

@@ -22,9 +22,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from raysearch import objectives as obj
-from raysearch.latency import BenchSettings, measure, precision_metrics
 from raysearch.models import ModelSpec
+from raysearch.records import names as obj
+from raysearch.search.latency import BenchSettings, measure, precision_metrics
 from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,10 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     from ray import tune
 
     from raysearch.data import open_split
-    from raysearch.evaluate import OnnxPredictor, evaluate
     from raysearch.models import build_model, register_family
-    from raysearch.summary import summarize
-    from raysearch.train import TrainConfig, train
+    from raysearch.training.evaluate import OnnxPredictor, evaluate
+    from raysearch.training.model_summary import summarize
+    from raysearch.training.train import TrainConfig, train
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" on every report would flood the driver's console
@@ -297,7 +297,7 @@ def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], li
     first called: an fp32 export never reads them."""
     def calibration() -> list:
         from raysearch.data import open_split
-        from raysearch.quantize import calibration_inputs
+        from raysearch.training.quantize import calibration_inputs
 
         return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
 
@@ -323,8 +323,8 @@ def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, cali
 
 def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, float]:
     """Every configuration's latency before any training (`--sampler latency-first`), as
-    `raysearch.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
-    from raysearch.latency_first import config_key
+    `raysearch.search.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
+    from raysearch.search.latency_first import config_key
 
     out: dict[str, float] = {}
     t0 = time.time()
@@ -341,11 +341,11 @@ def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, f
 def _export(model, path: Path, settings: TrialSettings, calibration: Callable[[], list]) -> Path:
     """The deployable ONNX file of ``model``: the fp32 export, or with ``precision=int8`` that
     export quantized, calibrated on ``calibration()`` (validation images fed as at inference)."""
-    from raysearch.export import export_onnx
+    from raysearch.training.export import export_onnx
 
     if model.spec.precision == "fp32":
         return export_onnx(model, path, exporter=settings.exporter).path
-    from raysearch.quantize import quantize_int8
+    from raysearch.training.quantize import quantize_int8
 
     fp32 = export_onnx(model, path.with_name(path.stem + "-fp32.onnx"), exporter=settings.exporter).path
     quantize_int8(fp32, path, calibration())

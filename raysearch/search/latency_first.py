@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from raysearch import objectives as obj
+from raysearch.records import names as obj
 
 PRIOR_INTERCEPT = (0.5, 0.3)  # (mean, sd)
 PRIOR_KNOB = (0.0, 0.1)

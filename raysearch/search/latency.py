@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from raysearch.models import ModelSpec
-from raysearch.objectives import LATENCY_MS
+from raysearch.records.names import LATENCY_MS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
 def precision_metrics(reply: dict) -> dict[str, float]:
     """The reply's precision figures as MLflow metrics (see `objectives.LATENCY_PRECISION`); a
     reply cached before benchd reported them has none."""
-    from raysearch.objectives import LATENCY_PRECISION
+    from raysearch.records.names import LATENCY_PRECISION
 
     return {metric: float(reply[key]) for metric, key in LATENCY_PRECISION.items() if key in reply}
 

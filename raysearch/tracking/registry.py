@@ -4,10 +4,11 @@ version per qualifying candidate (its ONNX file as an MLflow ``onnx`` model), al
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
-from raysearch import objectives as obj
-from raysearch.results import TrialRow
+from raysearch.records import names as obj
+from raysearch.records.results import TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -23,6 +24,7 @@ def _log_mlflow_model(client: "MlflowClient", row: TrialRow) -> None:
     import mlflow.onnx
     import onnx
 
+    assert row.onnx is not None, "a registered candidate has its ONNX file (from pick)"
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.onnx.save_model(onnx.load(row.onnx), f"{tmp}/model", save_as_external_data=False,
                                onnx_execution_providers=["CPUExecutionProvider"],
@@ -65,7 +67,7 @@ def register(client: "MlflowClient", name: str, quals: list[TrialRow], arch: str
         r.model_version = int(version)
         client.set_model_version_tag(model, version, "current", "true")
         client.set_registered_model_alias(model, f"rank-{rank}", version)
-    client.set_registered_model_alias(model, "best", quals[0].model_version)
-    fastest = min(quals, key=lambda r: r.latency_ms)
-    client.set_registered_model_alias(model, "fastest", fastest.model_version)
+    client.set_registered_model_alias(model, "best", str(quals[0].model_version))
+    fastest = min(quals, key=lambda r: r.latency_ms if r.latency_ms is not None else math.inf)
+    client.set_registered_model_alias(model, "fastest", str(fastest.model_version))
     return model

@@ -37,8 +37,8 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from raysearch import objectives as obj
-from raysearch.results import finite
+from raysearch.records import names as obj
+from raysearch.records.results import finite
 from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class FrontStopping(_StatefulScheduler):
     `benchmarks/front_stopping_sweep.py` (BENCHMARKS.md). Chosen on those tables: in-sample.
 
     Unlike successive halving it keeps no quota: a search of promising configurations (what
-    `raysearch.latency_first` proposes) loses none of them, and a dominated one is stopped at its
+    `raysearch.search.latency_first` proposes) loses none of them, and a dominated one is stopped at its
     first decision. The state (finished points, every trial's validation curve) is written to
     ``state_path`` after every finished trial and read back on restore, as `ParetoASHA` does."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2", "random")
-SAMPLERS = ("latency-first", *OPTUNA_SAMPLERS)  # latency-first: `raysearch.latency_first`, not Optuna
+SAMPLERS = ("latency-first", *OPTUNA_SAMPLERS)  # latency-first: `raysearch.search.latency_first`, not Optuna
 
 
 class _FreshLocks:
@@ -44,7 +44,7 @@ def make_sampler(name: str, *, seed: int, num_samples: int, startup_trials: int 
     the model-based ones (TPE, GP; Optuna's default 10 when None)."""
     if name not in OPTUNA_SAMPLERS:
         raise ValueError(f"{name!r} is not one of Optuna's samplers {OPTUNA_SAMPLERS}")
-    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
+    startup: dict[str, Any] = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     if name == "nsga2":  # generations of a small population: tens of trials make a few
         return PicklableNSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
     if name == "random":

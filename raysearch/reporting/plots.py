@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raysearch.objectives import IOU, LATENCY_MS
-from raysearch.pareto import pareto_front
-from raysearch.results import Requirement, finite, point_value
+from raysearch.records.names import IOU, LATENCY_MS
+from raysearch.records.pareto import pareto_front
+from raysearch.records.results import Requirement, finite, point_value
 
 
 def _fps_iou(rows: Sequence[Any]) -> list[tuple[float, float, Any]]:

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from raysearch import objectives as obj
 from raysearch.models import ModelSpec
+from raysearch.records import names as obj
 
 # What became of a trial.
 TRAINED = "trained"  # trained to the end, exported, evaluated and measured: a candidate
@@ -172,6 +172,7 @@ class Requirement:
 
     def shortfall(self, row: TrialRow) -> float:
         """How far a candidate is from qualifying: the relative shortfalls added (0: it qualifies)."""
+        assert row.latency_ms is not None and row.iou is not None, "a candidate has both objectives"
         lat = 0.0 if self.max_latency_ms is None else max(0.0, row.latency_ms / self.max_latency_ms - 1)
         iou = 0.0 if self.min_iou is None else max(0.0, (self.min_iou - row.iou) / max(self.min_iou, 1e-9))
         return lat + iou

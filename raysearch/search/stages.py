@@ -10,7 +10,7 @@
 | 6     | a x t x r, pp=0 (512)                               | a .25 .125, t 6 4 2, r 2 1          |
 | 7     | resolution x the Pareto models of stage 6           | 6 res x 6 models                    |
 
-``--quick`` shrinks every stage to run in minutes on 2 CPU cores (`raysearch.presets.QUICK`).
+``--quick`` shrinks every stage to run in minutes on 2 CPU cores (`raysearch.search.presets.QUICK`).
 Input sizes are (h, w) tuples here as everywhere (`sizes`).
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 
-from raysearch import objectives as obj
 from raysearch.models import ModelSpec, get_family, parse_hw
-from raysearch.presets import preset
-from raysearch.search import SearchOptions, Space, run_search, search_name
+from raysearch.records import names as obj
+from raysearch.search.driver import SearchOptions, Space, run_search, search_name
+from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
 
 log = logging.getLogger("raysearch.stages")
@@ -80,7 +80,7 @@ def _front_from_mlflow(opts: SearchOptions, stage: int) -> list[ModelSpec]:
     """The specs of the Pareto-optimal children of the latest finished search of ``stage``."""
     from mlflow.tracking import MlflowClient
 
-    from raysearch.report import row_from_run
+    from raysearch.tracking.readback import row_from_run
 
     client = MlflowClient(opts.tracking)
     exp = client.get_experiment_by_name(opts.experiment)

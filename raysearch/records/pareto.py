@@ -1,8 +1,8 @@
 """Pareto front and hypervolume of the IoU / latency trade-off (the maths; tables are in
-:mod:`raysearch.report`, plots in :mod:`raysearch.plots`, requirements in :mod:`raysearch.results`).
+:mod:`raysearch.reporting`, plots in :mod:`raysearch.reporting.plots`, requirements in :mod:`raysearch.records.results`).
 
 Directions are never hard-coded: every function takes the objectives (``OBJECTIVES`` from
-:mod:`raysearch.objectives` by default) and reads each one's ``mode`` ("max" or "min").
+:mod:`raysearch.records.names` by default) and reads each one's ``mode`` ("max" or "min").
 Internally a value is turned into a *cost* (``-value`` for "max", ``value`` for "min") so
 that smaller is better in every objective.
 
@@ -33,7 +33,7 @@ Hypervolume, its reference point and its box
     from the data moves while the search runs; pass a fixed one (``--hv-ref-latency-ms``) to
     compare searches with each other.
 
-Points are mappings of metric names to values, or `raysearch.results.TrialRow` records.
+Points are mappings of metric names to values, or `raysearch.records.results.TrialRow` records.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from raysearch.objectives import IOU, LATENCY_MS, OBJECTIVES, Objective
-from raysearch.results import finite, point_value
+from raysearch.records.names import IOU, LATENCY_MS, OBJECTIVES, Objective
+from raysearch.records.results import TrialRow, finite, point_value
+
+Point = Mapping[str, Any] | TrialRow  # a mapping of metric names to values, or a trial's record
 
 #: Latency of the reference point with neither a budget nor a measured latency (1 frame/s).
 DEFAULT_REF_LATENCY_MS = 1000.0
@@ -60,7 +62,7 @@ __all__ = ["DEFAULT_REF_IOU", "DEFAULT_REF_LATENCY_MS", "default_reference", "do
 _get = point_value
 
 
-def _costs(point: Mapping[str, Any], objectives: Sequence[Objective]) -> tuple[float, ...] | None:
+def _costs(point: Point, objectives: Sequence[Objective]) -> tuple[float, ...] | None:
     """The point's objective values as costs (smaller is better), or None if incomplete."""
     out = []
     for obj in objectives:
@@ -84,7 +86,7 @@ def _check_objectives(objectives: Sequence[Objective]) -> tuple[Objective, ...]:
 # --------------------------------------------------------------------------- front
 
 
-def dominates(a: Mapping[str, Any], b: Mapping[str, Any], objectives: Sequence[Objective] = OBJECTIVES) -> bool:
+def dominates(a: Point, b: Point, objectives: Sequence[Objective] = OBJECTIVES) -> bool:
     """True when ``a`` is at least as good as ``b`` everywhere and strictly better somewhere.
 
     An incomplete point (a missing/NaN value) neither dominates nor is dominated.
@@ -97,7 +99,7 @@ def dominates(a: Mapping[str, Any], b: Mapping[str, Any], objectives: Sequence[O
 
 
 def pareto_front(
-    points: Sequence[Mapping[str, Any]], objectives: Sequence[Objective] = OBJECTIVES
+    points: Sequence[Point], objectives: Sequence[Objective] = OBJECTIVES
 ) -> list[int]:
     """Indices of the non-dominated points, best first in the first objective.
 
@@ -137,14 +139,15 @@ def default_reference(max_latency_ms: float | None = None, latencies: Sequence[A
         seen = [x for x in map(finite, latencies) if x is not None and x > 0]
         latency = max(seen) if seen else DEFAULT_REF_LATENCY_MS
     else:
-        latency = finite(max_latency_ms)
-        if latency is None or latency <= 0:
+        budget = finite(max_latency_ms)
+        if budget is None or budget <= 0:
             raise ValueError(f"max_latency_ms must be a positive number, got {max_latency_ms!r}")
+        latency = budget
     return {IOU.name: DEFAULT_REF_IOU, LATENCY_MS.name: float(latency)}
 
 
 def hypervolume(
-    points: Sequence[Mapping[str, Any]],
+    points: Sequence[Point],
     reference: Mapping[str, float],
     objectives: Sequence[Objective] = OBJECTIVES,
 ) -> float:

@@ -1,0 +1,1 @@
+"""What people read: console and CSV tables, the end of a search, plots and the HTML report."""

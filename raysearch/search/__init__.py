@@ -1,0 +1,1 @@
+"""The search: the driver that runs a Ray Tune search (`driver`), one trial (`trial`), the searchers (`samplers`, `latency_first`) and schedulers (`scheduler`), latency measured through benchd (`latency`), the study's stages as searches (`stages`, `presets`), and Ray's console (`ray_console`)."""
