@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from raysearch.records import names as obj  # noqa: E402
 from raysearch.search.presets import QUICK, STUDY  # noqa: E402
 
 log = logging.getLogger("raysearch")
@@ -174,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sources = {s: open_split(args.data, s, seed=args.seed, limit=args.limit) for s in ("train", "val", "test")}
     log.info("data %s: %s", args.data, ", ".join(f"{k} {len(v)}" for k, v in sources.items()))
     result = train(spec, sources["train"], sources["val"], cfg, out_dir=out, resume=args.resume)
-    report = export_onnx(result.model, out / "model.onnx", exporter=args.exporter)
+    report = export_onnx(result.model, out / obj.MODEL_FILE, exporter=args.exporter)
     thr = logit_threshold(args)
     test = evaluate_onnx(report.path, sources["test"], logit_threshold=thr, progress=not args.quiet)
     metrics = {
@@ -236,7 +237,6 @@ def _requirement(args: argparse.Namespace):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raysearch.records import names as obj
     from raysearch.reporting.html import write_html
     from raysearch.reporting.tables import front_table
     from raysearch.tracking.readback import candidates_of, interruption, search_hypervolume, searches

@@ -131,11 +131,11 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     else:
         exp_id = ensure_experiment(client, sopts.experiment, sopts.tracking)
         run_id = client.create_run(exp_id, run_name=name, tags={
-            obj.TAG_OPTIMIZATION: name, obj.TAG_KIND: "optimization", "effort": opt.effort,
+            obj.TAG_OPTIMIZATION: name, obj.TAG_KIND: "optimization", obj.TAG_EFFORT: opt.effort,
             "model": opt.model}).info.run_id
         with ended_if_interrupted(client, run_id):  # until the try below takes over
             log_params(client, run_id, {
-                "model": opt.model, "effort": opt.effort, "max_latency_ms": sopts.max_latency_ms,
+                "model": opt.model, obj.TAG_EFFORT: opt.effort, "max_latency_ms": sopts.max_latency_ms,
                 "min_iou": sopts.min_iou, "data": sopts.data, "device_class": sopts.device_class,
                 "epochs": opt.train_epochs, "resolutions": ["x".join(map(str, hw)) for hw in opt.resolutions()],
                 "int8": opt.quantize, "y_channel": opt.y_channel, "stages": stages, "time_budget_s": opt.time_budget_s})
@@ -203,7 +203,7 @@ def _run_stage(state: _State, opt: OptimizeOptions, name: str, run_id: str, labe
     state.data["stages"][label] = {"status": "started", "search": search}
     state.save()
     outcome = run_search(f"optimize-{label}", space, sopts, epochs=epochs, name=search,
-                         tags={obj.TAG_OPTIMIZATION: name, obj.TAG_PARENT: run_id, "optimize_stage": label},
+                         tags={obj.TAG_OPTIMIZATION: name, obj.TAG_PARENT: run_id, obj.TAG_OPTIMIZE_STAGE: label},
                          init_checkpoints=weights, deadline=deadline, results_cache=results_cache)
     rows = [r.with_stage(label) for r in outcome.rows]
     if outcome.errors:

@@ -1,5 +1,6 @@
-"""Metric names and their directions: the one place the search, the Pareto code, the MLflow
-logging and the reports read them from."""
+"""Metric, tag and file names, and the objectives' directions: the one place the search, the
+Pareto code, the MLflow logging and the reports read them from (`tests/test_lint.py` fails on
+such a name written as a literal anywhere else in raysearch)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ LATENCY_PRECISION = {
     "latency_ms_p50_last_tenth": "latency_ms_p50_last_tenth",
 }  # metric name -> the reply's field
 PARAMS_TOTAL = "params_total"
+PARAMS_EXECUTED = "params_executed"  # parameters of the modules the forward pass calls
 MACS = "macs"
 # Flags a trial reports (1/0) that are also tags of its MLflow run ("true"/"false").
 PRUNED = "pruned_by_latency"  # over the latency budget: measured, never trained
@@ -92,6 +94,14 @@ TAG_ERROR = "error"
 TAG_RESUMED = "resumed"
 TAG_RETRIED = "retried"
 TAG_TRIAL_ERRORS = "trial_errors"
+TAG_EFFORT = "effort"  # on an optimization's run: --effort
+TAG_OPTIMIZE_STAGE = "optimize_stage"  # on an optimization's stage searches: the stage's label
+
+# Files a trial writes (its folder, the artifacts of its MLflow run).
+MODEL_FILE = "model.onnx"  # the exported model
+BENCHMARK_FILE = "benchmark.json"  # benchd's reply for it
+BEST_WEIGHTS = "best.pt"  # the weights of the best epoch by validation loss
+LAST_WEIGHTS = "last.pt"  # the newest epoch's weights, optimizer and history: what a resumed trial continues
 
 
 def flag(value: object) -> str:

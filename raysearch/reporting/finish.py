@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from raysearch.records import names as obj
 from raysearch.records.names import LATENCY_MS
 from raysearch.records.pareto import default_reference, dominates, hypervolume, normalized_hypervolume, pareto_front
-from raysearch.records.results import STATUSES, STOPPED, Requirement, TrialRow, candidates
+from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STATUSES, STOPPED, Requirement, TrialRow, candidates
 from raysearch.reporting.plots import plot_front, plot_hypervolume
 from raysearch.reporting.tables import front_table, write_front_csv
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # ---- the end of a search (on the driver) ------------------------------------------------------
 def status_counts(rows: Sequence[TrialRow]) -> str:
     n = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
-    return (f"{len(candidates(list(rows)))} trained to the end, {n['pruned_by_latency']} pruned by latency before "
-            f"training, {n['stopped_early']} stopped early by the scheduler, {n['duplicate']} repeated "
-            f"configurations (not retrained)" + (f", {n['failed']} failed" if n["failed"] else ""))
+    return (f"{len(candidates(list(rows)))} trained to the end, {n[PRUNED]} pruned by latency before "
+            f"training, {n[STOPPED]} stopped early by the scheduler, {n[DUPLICATE]} repeated "
+            f"configurations (not retrained)" + (f", {n[FAILED]} failed" if n[FAILED] else ""))
 
 
 def stopped_near_front(rows: Sequence[TrialRow], front: Sequence[TrialRow]) -> str:

@@ -61,11 +61,11 @@ def front_table(
     """
     on_front = set(pareto_front(rows, objectives))
     constrained = requirement.constrained
-    header = ["name", "iou", "latency_ms", "fps", "params", "macs (M)"]
+    header = ["name", obj.IOU.name, obj.LATENCY_MS.name, obj.FPS, "params", "macs (M)"]
     if constrained:
-        header.append("qualifies")
+        header.append(obj.TAG_QUALIFIES)
     header.append("pareto")
-    right = {"iou", "latency_ms", "fps", "params", "macs (M)"}
+    right = {obj.IOU.name, obj.LATENCY_MS.name, obj.FPS, "params", "macs (M)"}
 
     lines: list[list[str]] = []
     for i in _best_first(rows, objectives):

@@ -151,7 +151,7 @@ def _checkpoint_of(outcome) -> str:
 
     fs, root = storage_fs(outcome.experiment_path)
     found = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-             if i.base_name == "best.pt" and "/checkpoint_" in i.path]
+             if i.base_name == obj.BEST_WEIGHTS and "/checkpoint_" in i.path]
     if not found:
         raise RuntimeError(f"stage 1: no trained weights (best.pt) under {outcome.experiment_path}")
     best = max(found, key=lambda i: i.mtime_ns or 0).path

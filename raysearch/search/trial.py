@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -116,7 +116,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     from raysearch.models import build_model, register_family
     from raysearch.training.evaluate import OnnxPredictor, evaluate
     from raysearch.training.model_summary import summarize
-    from raysearch.training.train import TrainConfig, train
+    from raysearch.training.train import EpochMetrics, TrainConfig, train, trained_history
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" on every report would flood the driver's console
@@ -143,7 +143,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             return
         untrained = build_model(spec)  # built once: for the summary, the latency, and as stage 1's evaluated model
         summ = summarize(untrained)
-        shape = {obj.PARAMS_TOTAL: summ.params_total, "params_executed": summ.params_executed, obj.MACS: summ.macs}
+        shape = {obj.PARAMS_TOTAL: summ.params_total, obj.PARAMS_EXECUTED: summ.params_executed, obj.MACS: summ.macs}
 
         # 1. latency first: the untrained model has the trained model's latency
         first = untrained_latency(spec, settings, work, calibration, untrained)
@@ -151,7 +151,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
             final = work / FINAL_DIR
             final.mkdir()
-            (final / "benchmark.json").write_text(json.dumps(first, indent=2))
+            (final / obj.BENCHMARK_FILE).write_text(json.dumps(first, indent=2))
             tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
                                         obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0},
                                      **shape, **precision_metrics(first)),
@@ -169,7 +169,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
                     for f in STATE_FILES:
                         if (Path(d) / f).is_file():
                             shutil.copy(Path(d) / f, ckpt_dir / f)
-        resume = (ckpt_dir / "last.pt").is_file()
+        resume = (ckpt_dir / obj.LAST_WEIGHTS).is_file()
 
         if settings.epochs == 0:
             model = untrained
@@ -184,22 +184,23 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             # the epochs, which bounds both the storage traffic and what a restart loses
             every = max(1, round(settings.epochs / 20))
 
-            def on_epoch(m) -> None:
-                save = m.epoch % every == 0 or m.epoch == settings.epochs
-                if save and state is not None:
-                    state.save(ckpt_dir)  # before the report, so a reported epoch is a saved one
-                checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if save and state is None else None
+            def report_epoch(m: EpochMetrics, checkpoint: Any = None, replayed: bool = False) -> None:
+                extra = {obj.REPLAYED: 1} if replayed else {}
                 tune.report(base_metrics(**{obj.IOU.name: m.val_iou, obj.LATENCY_MS.name: latency,
-                                            obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss, obj.EPOCH: m.epoch},
+                                            obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss,
+                                            obj.EPOCH: m.epoch, **extra},
                                          train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
                             checkpoint=checkpoint)
 
+            def on_epoch(m: EpochMetrics) -> None:
+                save = m.epoch % every == 0 or m.epoch == settings.epochs
+                if save and state is not None:
+                    state.save(ckpt_dir)  # before the report, so a reported epoch is a saved one
+                report_epoch(m, tune.Checkpoint.from_directory(str(ckpt_dir)) if save and state is None else None)
+
             if resume:  # the epochs trained before: a driver killed since may never have logged them
-                for h in torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)["history"]:
-                    tune.report(base_metrics(**{obj.IOU.name: h["val_iou"], obj.LATENCY_MS.name: latency,
-                                                obj.VAL_IOU.name: h["val_iou"], obj.VAL_LOSS.name: h["val_loss"],
-                                                obj.EPOCH: h["epoch"], obj.REPLAYED: 1},
-                                             train_loss=h["train_loss"], lr=h["lr"], epoch_seconds=h["seconds"]))
+                for m in trained_history(ckpt_dir):
+                    report_epoch(m, replayed=True)
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                               amp=settings.amp, num_workers=settings.num_workers, progress=False)
             sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
@@ -209,7 +210,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
         final = work / FINAL_DIR
         (final / "overlays").mkdir(parents=True)
-        onnx_path = _export(model, final / "model.onnx", settings, calibration)
+        onnx_path = _export(model, final / obj.MODEL_FILE, settings, calibration)
         test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
 
         def keep(i, image, gt, pred):
@@ -220,9 +221,9 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
         bench = measure(onnx_path, settings.bench)
-        if (ckpt_dir / "best.pt").is_file():  # the weights travel with the result (stage 1 reuses them)
-            shutil.copy(ckpt_dir / "best.pt", final / "best.pt")
-        (final / "benchmark.json").write_text(json.dumps(bench, indent=2))
+        if (ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
+            shutil.copy(ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
+        (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench, indent=2))
         (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
                                                         "history": [h.to_dict() for h in history]}, indent=2))
         last = history[-1] if history else None
@@ -248,7 +249,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-STATE_FILES = ("best.pt", "last.pt")
+STATE_FILES = (obj.BEST_WEIGHTS, obj.LAST_WEIGHTS)
 RAN_AS = "_trial_id"  # in a results-cache entry: the trial that produced it
 
 

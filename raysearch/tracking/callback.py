@@ -193,7 +193,7 @@ class SearchTracker(Callback):
             try:
                 with trial.checkpoint.as_directory() as d:
                     for p in sorted(Path(d).iterdir()):
-                        if p.name in ("best.pt", "last.pt"):
+                        if p.name in (obj.BEST_WEIGHTS, obj.LAST_WEIGHTS):
                             continue
                         if p.is_dir():
                             self.client.log_artifacts(run_id, str(p), artifact_path=p.name)

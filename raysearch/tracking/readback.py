@@ -13,7 +13,7 @@ from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.names import IOU, LATENCY_MS
 from raysearch.records.pareto import default_reference, normalized_hypervolume, pareto_front
-from raysearch.records.results import TRAINED, Requirement, TrialRow
+from raysearch.records.results import FAILED, TRAINED, Requirement, TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -97,7 +97,7 @@ def row_from_run(run, search: str = "") -> TrialRow:
     t, m = run.data.tags, run.data.metrics
     status = next((s for s in (obj.PRUNED, obj.STOPPED, obj.DUPLICATE) if t.get(s) == "true"), TRAINED)
     if run.info.status == "FAILED":
-        status = "failed"
+        status = FAILED
     try:
         spec = ModelSpec.from_params(run.data.params)
     except ValueError:  # not a trial of ours (or an invalid config): never a candidate
@@ -131,10 +131,10 @@ def onnx_path(client: "MlflowClient", row: TrialRow) -> str:
     """A local path of the candidate's model.onnx (downloaded when the store is remote)."""
     uri = row.artifact_uri or client.get_run(row.run_id).info.artifact_uri
     if uri.startswith("file://") or uri.startswith("/"):
-        local = Path(uri.removeprefix("file://")) / "model.onnx"
+        local = Path(uri.removeprefix("file://")) / obj.MODEL_FILE
         if local.is_file():
             return str(local)
-    return client.download_artifacts(row.run_id, "model.onnx")
+    return client.download_artifacts(row.run_id, obj.MODEL_FILE)
 
 
 def pick(client: "MlflowClient", experiment: str, requirement: Requirement, run_id: str | None = None,

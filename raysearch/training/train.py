@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from raysearch.data.dataset import SegDataset, seed_worker
 from raysearch.data.sources import SegSource
 from raysearch.models import ModelSpec, build_model
+from raysearch.records.names import BEST_WEIGHTS, LAST_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ class EpochMetrics:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def trained_history(folder: Path) -> list[EpochMetrics]:
+    """The epochs trained so far by a training that saved ``folder/last.pt`` (what a resume continues)."""
+    ckpt = torch.load(folder / LAST_WEIGHTS, map_location="cpu", weights_only=False)
+    return [EpochMetrics(**h) for h in ckpt["history"]]
 
 
 @dataclass
@@ -146,15 +153,15 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
     history: list[EpochMetrics] = []
     best_state, best_epoch, best_loss = None, 0, float("inf")
     start_epoch = 0
-    if resume and out and (out / "last.pt").is_file():
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+    if resume and out and (out / LAST_WEIGHTS).is_file():
+        ckpt = torch.load(out / LAST_WEIGHTS, map_location=device, weights_only=False)
         if ckpt["spec"] != spec.to_dict():
-            raise ValueError(f"{out / 'last.pt'} was trained for {ckpt['spec']}, not {spec.to_dict()}")
+            raise ValueError(f"{out / LAST_WEIGHTS} was trained for {ckpt['spec']}, not {spec.to_dict()}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, best_epoch, best_loss = ckpt["epoch"], ckpt["best_epoch"], ckpt["best_val_loss"]
         history = [EpochMetrics(**h) for h in ckpt["history"]]
-        best_state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
+        best_state = torch.load(out / BEST_WEIGHTS, map_location="cpu", weights_only=False)["model"]
         log.info("resuming %s at epoch %d of %d", spec.name, start_epoch + 1, cfg.epochs)
 
     if device.type == "cuda":
@@ -199,12 +206,12 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if out:
                 torch.save({"spec": spec.to_dict(), "model": best_state, "epoch": best_epoch, "val_loss": val_loss},
-                           out / "best.pt")
+                           out / BEST_WEIGHTS)
         history.append(m)
         if out:
             torch.save({"spec": spec.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "epoch": epoch + 1, "best_epoch": best_epoch, "best_val_loss": best_loss,
-                        "history": [h.to_dict() for h in history]}, out / "last.pt")
+                        "history": [h.to_dict() for h in history]}, out / LAST_WEIGHTS)
         bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_iou=f"{m.val_iou:.4f}")
         log.debug("epoch %d: %s", epoch + 1, json.dumps(m.to_dict()))
         if on_epoch is not None and on_epoch(m) is False:
