@@ -322,3 +322,17 @@ def test_normalized_hypervolume_by_hand():
     # and the old 1000 ms box could not see latency: both points nearly the same area
     far = {"iou": 0.0, "latency_ms": 1000.0}
     assert normalized_hypervolume(data, far) == pytest.approx((0.9 * (1000 - 0.21) + 0.8 * 0.12) / 1000)
+
+
+def test_one_dominance_rule_on_costs_for_the_pareto_code_and_the_schedulers():
+    from raysearch.records.names import LATENCY_MS, VAL_IOU
+    from raysearch.records.pareto import as_costs, costs_dominate
+    from raysearch.search.scheduler import nondominated_fronts
+
+    assert as_costs((0.8, 3.0), (VAL_IOU, LATENCY_MS)) == (-0.8, 3.0)  # IoU maximized, latency minimized
+    assert costs_dominate((-0.8, 3.0), (-0.7, 3.0)) and not costs_dominate((-0.7, 3.0), (-0.8, 3.0))
+    assert not costs_dominate((-0.8, 3.0), (-0.8, 3.0))  # equal: neither
+    assert not costs_dominate((-0.9, 4.0), (-0.8, 3.0)) and not costs_dominate((-0.8, 3.0), (-0.9, 4.0))
+    assert costs_dominate((1, 2, 3), (1, 2, 4)) and not costs_dominate((1, 2, 3), (0, 2, 4))  # any count
+    # the scheduler's fronts follow the same rule: a (0.9, 4) b (0.8, 3) c (0.7, 5): c is dominated by a
+    assert nondominated_fronts({"a": (0.9, 4.0), "b": (0.8, 3.0), "c": (0.7, 5.0)}) == [["a", "b"], ["c"]]

@@ -52,8 +52,8 @@ DEFAULT_REF_LATENCY_MS = 1000.0
 #: IoU of the reference point: the worst possible IoU.
 DEFAULT_REF_IOU = 0.0
 
-__all__ = ["DEFAULT_REF_IOU", "DEFAULT_REF_LATENCY_MS", "default_reference", "dominates", "hypervolume",
-           "normalized_hypervolume", "pareto_front"]
+__all__ = ["DEFAULT_REF_IOU", "DEFAULT_REF_LATENCY_MS", "as_costs", "costs_dominate", "default_reference", "dominates",
+           "hypervolume", "normalized_hypervolume", "pareto_front"]
 
 
 # --------------------------------------------------------------------------- values
@@ -95,7 +95,25 @@ def dominates(a: Point, b: Point, objectives: Sequence[Objective] = OBJECTIVES) 
     ca, cb = _costs(a, objectives), _costs(b, objectives)
     if ca is None or cb is None:
         return False
-    return all(x <= y for x, y in zip(ca, cb)) and ca != cb
+    return costs_dominate(ca, cb)
+
+
+def costs_dominate(ca: Sequence[float], cb: Sequence[float]) -> bool:
+    """The dominance rule on costs (smaller is better in every place; see `as_costs`): ``ca`` is at
+    least as good as ``cb`` everywhere and strictly better somewhere."""
+    if len(ca) == 2:  # the common case, unrolled: schedulers call this O(n^2) times per decision
+        return ca[0] <= cb[0] and ca[1] <= cb[1] and (ca[0] < cb[0] or ca[1] < cb[1])
+    better = False
+    for x, y in zip(ca, cb):
+        if x > y:
+            return False
+        better = better or x < y
+    return better
+
+
+def as_costs(values: Sequence[float], objectives: Sequence[Objective]) -> tuple[float, ...]:
+    """Objective values, one per objective, as costs: negated where the objective is maximized."""
+    return tuple(-v if o.mode == "max" else v for v, o in zip(values, objectives, strict=True))
 
 
 def pareto_front(

@@ -38,6 +38,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from raysearch.records import names as obj
+from raysearch.records.pareto import as_costs, costs_dominate
 from raysearch.records.results import finite
 from raysearch.storage import write_atomic
 
@@ -49,17 +50,16 @@ FRONT_MIN_FINISHED = 4  # `FrontStopping`: finished trials before anything is st
 
 
 # ---- the maths (pure) --------------------------------------------------------------------------
-def _dominates(a: Point, b: Point) -> bool:
-    return a[0] >= b[0] and a[1] <= b[1] and a != b
+_DECIDED_ON = (obj.VAL_IOU, obj.LATENCY_MS)  # what a `Point` holds: the rung's validation IoU, the latency
 
 
 def nondominated_fronts(points: Mapping[str, Point]) -> list[list[str]]:
     """The keys of ``points`` sorted into fronts: front 0 is dominated by nothing, front 1 only by
     front 0, and so on (IoU maximized, latency minimized; equal points share a front)."""
-    left = dict(points)
+    left = {k: as_costs(p, _DECIDED_ON) for k, p in points.items()}
     fronts = []
     while left:
-        front = sorted(k for k, p in left.items() if not any(_dominates(q, p) for q in left.values()))
+        front = sorted(k for k, c in left.items() if not any(costs_dominate(d, c) for d in left.values()))
         fronts.append(front)
         for k in front:
             del left[k]
