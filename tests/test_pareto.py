@@ -336,3 +336,15 @@ def test_one_dominance_rule_on_costs_for_the_pareto_code_and_the_schedulers():
     assert costs_dominate((1, 2, 3), (1, 2, 4)) and not costs_dominate((1, 2, 3), (0, 2, 4))  # any count
     # the scheduler's fronts follow the same rule: a (0.9, 4) b (0.8, 3) c (0.7, 5): c is dominated by a
     assert nondominated_fronts({"a": (0.9, 4.0), "b": (0.8, 3.0), "c": (0.7, 5.0)}) == [["a", "b"], ["c"]]
+
+
+def test_a_searchs_hypervolume_in_the_box_of_its_budget_or_of_every_latency_it_measured():
+    from raysearch.records.pareto import front_hypervolume
+
+    trained = {"iou": 0.8, "latency_ms": 2.0}
+    pruned = {"latency_ms": 10.0}  # measured, never trained: it sets the box, adds no area
+    hv = front_hypervolume([trained], [trained, pruned])
+    assert hv.reference_latency_ms == 10.0
+    assert hv.value == pytest.approx(0.8 * (10.0 - 2.0)) and hv.share == pytest.approx(6.4 / 10.0)
+    budget = front_hypervolume([trained], [trained, pruned], max_latency_ms=5.0)
+    assert budget.value == pytest.approx(0.8 * 3.0) and budget.share == pytest.approx(2.4 / 5.0)

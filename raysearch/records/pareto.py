@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from raysearch.records.names import IOU, LATENCY_MS, OBJECTIVES, Objective
@@ -194,6 +195,28 @@ def hypervolume(
             area += (ref[0] - c0) * (upper - c1)
             upper = c1
     return area
+
+
+@dataclass(frozen=True)
+class FrontHypervolume:
+    """A search's hypervolume: of its candidates, in the box of its latency budget or else of the
+    largest latency it measured (every trial's, candidates or not)."""
+
+    value: float  # IoU x ms
+    share: float  # of the box IoU 0..1 x latency 0..reference
+    reference: dict[str, float]
+
+    @property
+    def reference_latency_ms(self) -> float:
+        return self.reference[LATENCY_MS.name]
+
+
+def front_hypervolume(candidates: Sequence[Point], measured: Sequence[Point],
+                      max_latency_ms: float | None = None) -> FrontHypervolume:
+    """`FrontHypervolume` of ``candidates`` (trials trained to the end); ``measured``: every trial
+    whose latency sets the box when there is no budget."""
+    ref = default_reference(max_latency_ms, [point_value(p, LATENCY_MS.name) for p in measured])
+    return FrontHypervolume(hypervolume(candidates, ref), normalized_hypervolume(candidates, ref), ref)
 
 
 def normalized_hypervolume(points: Sequence[Any], reference: Mapping[str, float]) -> float:

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING
 
 from raysearch.records import names as obj
 from raysearch.records.names import LATENCY_MS
-from raysearch.records.pareto import default_reference, dominates, hypervolume, normalized_hypervolume, pareto_front
+from raysearch.records.pareto import (
+    dominates,
+    front_hypervolume,
+    pareto_front,
+)
 from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STATUSES, STOPPED, Requirement, TrialRow, candidates
 from raysearch.reporting.plots import plot_front, plot_hypervolume
 from raysearch.reporting.tables import front_table, write_front_csv
@@ -57,8 +61,8 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
     for r in rows:
         client.set_tag(r.run_id, obj.TAG_PARETO, obj.flag(r.run_id in front_ids))
         client.set_tag(r.run_id, obj.TAG_QUALIFIES, obj.flag(r.is_candidate() and requirement.qualifies(r)))
-    ref = default_reference(hv_latency, [r.latency_ms for r in rows])
-    hv, share = hypervolume(cands, ref), normalized_hypervolume(cands, ref)
+    front_hv = front_hypervolume(cands, rows, hv_latency)
+    hv, share, ref = front_hv.value, front_hv.share, front_hv.reference
     now = int(time.time() * 1000)
     client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in (
         (obj.FINAL_HYPERVOLUME, hv), (obj.FINAL_HYPERVOLUME_NORMALIZED, share),

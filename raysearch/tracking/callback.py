@@ -26,7 +26,7 @@ from ray.tune import Callback
 
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
-from raysearch.records.pareto import default_reference, hypervolume, normalized_hypervolume
+from raysearch.records.pareto import front_hypervolume
 from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
 from raysearch.storage import write_atomic
 from raysearch.tracking.runs import checkpoint_uri, log_params
@@ -260,9 +260,8 @@ class SearchTracker(Callback):
         # the candidates only, as the final figure counts them (not stopped, repeated or pruned
         # trials), in the box of the budget or of every latency measured so far
         rows = list(self.finals.values())
-        ref = default_reference(self.hv_latency, [r.latency_ms for r in rows])
-        cands = candidates(rows)
-        hv, share = hypervolume(cands, ref), normalized_hypervolume(cands, ref)
+        front = front_hypervolume(candidates(rows), rows, self.hv_latency)
+        hv, share = front.value, front.share
         step = len(self.done)
         self.hv_history.append([step, self.epochs_spent, hv, share])
         self.client.log_batch(self.parent, metrics=[

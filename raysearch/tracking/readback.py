@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.names import IOU, LATENCY_MS
-from raysearch.records.pareto import default_reference, normalized_hypervolume, pareto_front
+from raysearch.records.pareto import front_hypervolume, pareto_front
 from raysearch.records.results import FAILED, TRAINED, Requirement, TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,8 +123,8 @@ def search_hypervolume(parent, rows: Sequence[TrialRow]) -> tuple[float, float]:
     m = parent.data.metrics
     if obj.FINAL_HYPERVOLUME_NORMALIZED in m and obj.HV_REFERENCE_LATENCY in m:
         return m[obj.FINAL_HYPERVOLUME_NORMALIZED], m[obj.HV_REFERENCE_LATENCY]
-    ref = default_reference(None, [r.latency_ms for r in rows])
-    return normalized_hypervolume(rows, ref), ref[LATENCY_MS.name]
+    front = front_hypervolume(rows, rows)
+    return front.share, front.reference_latency_ms
 
 
 def onnx_path(client: "MlflowClient", row: TrialRow) -> str:
