@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Mapping
 
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 
-# What became of a trial.
-TRAINED = "trained"  # trained to the end, exported, evaluated and measured: a candidate
-# the three below are also the names of the flag a trial reports and of its run's tag
-PRUNED = obj.PRUNED  # over the latency budget before training: measured, never trained
-STOPPED = obj.STOPPED  # stopped by the scheduler: partly trained
-DUPLICATE = obj.DUPLICATE  # a configuration that already ran: the figures of that run, nothing trained
-FAILED = "failed"
-STATUSES = (TRAINED, PRUNED, STOPPED, DUPLICATE, FAILED)
+
+class TrialStatus(StrEnum):
+    """What became of a trial (a str: it is written as is to JSON, CSV and the state files)."""
+
+    TRAINED = "trained"  # trained to the end, exported, evaluated and measured: a candidate
+    # the three below are also the names of the flag a trial reports and of its run's tag
+    PRUNED = obj.PRUNED  # over the latency budget before training: measured, never trained
+    STOPPED = obj.STOPPED  # stopped by the scheduler: partly trained
+    DUPLICATE = obj.DUPLICATE  # a configuration that already ran: the figures of that run, nothing trained
+    FAILED = "failed"
+
+
+TRAINED, PRUNED, STOPPED, DUPLICATE, FAILED = TrialStatus  # the short names the modules use
+STATUSES = tuple(TrialStatus)
 
 
 def finite(value: Any) -> float | None:
@@ -40,7 +47,7 @@ class TrialRow:
     name: str
     run_id: str
     spec: ModelSpec | None
-    status: str = TRAINED
+    status: TrialStatus = TRAINED
     iou: float | None = None
     latency_ms: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -54,7 +61,7 @@ class TrialRow:
     model_version: int | None = None  # its version in the MLflow model registry, once registered
 
     def __post_init__(self) -> None:
-        assert self.status in STATUSES, self.status
+        self.status = TrialStatus(self.status)  # a status read back from a state file is its str
         self.iou, self.latency_ms = finite(self.iou), finite(self.latency_ms)
 
     def is_candidate(self) -> bool:

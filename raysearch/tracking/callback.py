@@ -27,7 +27,7 @@ from ray.tune import Callback
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import front_hypervolume
-from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, candidates
+from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, TrialStatus, candidates
 from raysearch.storage import write_atomic
 from raysearch.tracking.runs import checkpoint_uri, log_params
 
@@ -48,7 +48,7 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def _status_of(result: dict) -> str:
+def _status_of(result: dict) -> TrialStatus:
     if result.get(obj.PRUNED):
         return PRUNED
     return DUPLICATE if result.get(obj.DUPLICATE) else TRAINED
@@ -141,7 +141,7 @@ class SearchTracker(Callback):
         self._save()
         return run.info.run_id
 
-    def _row(self, trial, status: str, values: dict, **kw) -> TrialRow:
+    def _row(self, trial, status: TrialStatus, values: dict, **kw) -> TrialRow:
         return TrialRow(name=self.names.get(trial.trial_id, trial.trial_id), run_id=self.runs[trial.trial_id],
                         spec=self._spec(trial), status=status, iou=values.get(obj.IOU.name),
                         latency_ms=values.get(obj.LATENCY_MS.name), stage=self.stage, **kw)

@@ -13,7 +13,7 @@ from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.names import IOU, LATENCY_MS
 from raysearch.records.pareto import front_hypervolume, pareto_front
-from raysearch.records.results import FAILED, TRAINED, Requirement, TrialRow
+from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, Requirement, TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -95,7 +95,7 @@ def _when(ms: int | None) -> str:
 def row_from_run(run, search: str = "") -> TrialRow:
     """A child run read back as the `TrialRow` the search logged (status from its tags)."""
     t, m = run.data.tags, run.data.metrics
-    status = next((s for s in (obj.PRUNED, obj.STOPPED, obj.DUPLICATE) if t.get(s) == "true"), TRAINED)
+    status = next((s for s in (PRUNED, STOPPED, DUPLICATE) if t.get(s) == "true"), TRAINED)  # tags named as statuses
     if run.info.status == "FAILED":
         status = FAILED
     try:
