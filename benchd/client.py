@@ -153,6 +153,15 @@ class BenchResult:
         d["samples_ms"] = list(d["samples_ms"])
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchResult:
+        """The result `to_dict` gave (other keys are ignored; a missing field is a KeyError)."""
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls)
+                  if f.name in d or f.default is dataclasses.MISSING}
+        values["inputs"] = tuple(values["inputs"])
+        values["samples_ms"] = tuple(values["samples_ms"])
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class UploadResult:

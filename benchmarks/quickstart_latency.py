@@ -150,7 +150,7 @@ def measure_idle(rows: list[dict[str, Any]], repeats: int, seed: int, wait_s: fl
             rng.shuffle(order)
             for key in order:
                 before = cpu_times()
-                reply = measure(paths[key], settings)
+                reply = measure(paths[key], settings).to_dict()
                 row = {k: reply[k] for k in ("latency_ms", "latency_ms_p50", "p50_rel_ci", "precision_met", "runs",
                                              "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "intra_op_threads")}
                 row["steal"] = steal_between(before, cpu_times())

@@ -152,7 +152,7 @@ def measure_latency(table: Table, passes: int, work: Path) -> None:
         bench = BenchSettings(farm=target, device_class="host", **settings)
         for p in range(passes):
             for i, cid in enumerate(todo, 1):
-                got[cid].append(round(float(measure(paths[cid], bench)["latency_ms_p50"]), 6))
+                got[cid].append(round(measure(paths[cid], bench).result.latency_ms_p50, 6))
                 log.info("latency pass %d/%d, %d/%d %s: %.4f ms", p + 1, passes, i, len(todo), cid, got[cid][-1])
     for cid, values in got.items():
         table.latencies[(cid, "host")] = Latency(cid, "host", tuple(values))

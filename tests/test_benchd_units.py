@@ -259,3 +259,25 @@ def test_the_local_benchd_gets_a_core_of_its_own(tmp_path: Path) -> None:
         for tid in os.listdir("/proc/self/task"):
             assert reservation.benchd[0] not in os.sched_getaffinity(int(tid)), tid
     assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's own mask is restored after
+
+
+def test_a_bench_result_survives_its_dict(tmp_path) -> None:
+    """`BenchResult.to_dict` -> JSON -> `from_dict` gives the same record (the search's latency cache
+    and benchmark.json hold it so); a document without a field is refused."""
+    import dataclasses
+    import json
+
+    from benchd.client import BenchResult
+
+    values = {}
+    for f in dataclasses.fields(BenchResult):
+        kind = str(f.type)
+        values[f.name] = (() if f.name in ("inputs", "samples_ms") else 1 if "int" in kind and "float" not in kind
+                          else 1.5 if "float" in kind else True if "bool" in kind else "x")
+    values["inputs"], values["samples_ms"] = ({"name": "input", "shape": [1, 3, 8, 8]},), (1.0, 2.0)
+    result = BenchResult(**values)
+    assert BenchResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    broken = result.to_dict()
+    del broken["latency_ms_p50"]
+    with pytest.raises(KeyError):
+        BenchResult.from_dict(broken)

@@ -34,7 +34,7 @@ def test_mypy_finds_nothing():
 
 
 # Strings that equal a name of `raysearch.records.names` by coincidence: fields of other formats
-# (benchd's reply, checkpoints, the replay's tables, state files, JSON outputs) or other words.
+# (checkpoints, the replay's tables, state files, JSON outputs) or other words.
 # Keyed by file: a new literal of a name anywhere else fails the test below.
 _NOT_OUR_NAMES = {
     ("raysearch/optimize/driver.py", "device_class"): "a field of the optimization's identity document",
@@ -51,8 +51,6 @@ _NOT_OUR_NAMES = {
     ("raysearch/search/latency.py", "device_class"): "a field of the latency cache's key",
     ("raysearch/search/stages.py", "mode"): "SearchOptions' field",
     ("raysearch/search/trial.py", "final"): "a folder of the trial",
-    ("raysearch/search/trial.py", "device_name"): "benchd's reply (BenchResult's field)",
-    ("raysearch/search/trial.py", "device_class"): "benchd's reply (BenchResult's field)",
     ("raysearch/tracking/callback.py", "epochs_spent"): "a field of the search's state file",
     ("raysearch/training/evaluate.py", "raysearch.spec"): "the ONNX metadata key of the spec",
     ("raysearch/training/train.py", "stopped_early"): "TrainResult's summary field",

@@ -127,7 +127,7 @@ def test_latency_budget_prunes_before_training(tmp_path):
     with local_benchd() as target:
         for res in (256, 64):
             path = export_onnx(build_model(ModelSpec(pp=0, input_hw=res)), tmp_path / f"{res}.onnx").path
-            lat[res] = measure(path, BenchSettings(farm=target, runs=10, warmup_runs=2))["latency_ms"]
+            lat[res] = measure(path, BenchSettings(farm=target, runs=10, warmup_runs=2)).latency_ms
     assert lat[256] > 3 * lat[64]
     budget = math.sqrt(lat[256] * lat[64])
     store = Store(tmp_path)

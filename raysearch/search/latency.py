@@ -16,10 +16,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
+from benchd.client import BenchResult
 from raysearch.models import ModelSpec
-from raysearch.records.names import LATENCY_MS
+from raysearch.records.names import LATENCY_MS, LATENCY_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,39 @@ def open_farm(settings: BenchSettings):
     return BenchFarm([FarmDevice(name=settings.farm, address=settings.farm, device_class=settings.device_class)])
 
 
-def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
-    """Benchmark a model on the farm; the reply as a dict plus ``latency_ms`` (the chosen stat)."""
+@dataclass(frozen=True)
+class Measurement:
+    """A model's benchmark as the search uses it: benchd's `BenchResult` and the latency the search
+    reads from it (`BenchSettings.stat`: the p50, or the study's mean)."""
+
+    result: BenchResult
+    latency_ms: float
+
+    @classmethod
+    def of(cls, result: BenchResult, stat: str) -> Measurement:
+        return cls(result, result.latency_ms_p50 if stat == "p50" else result.latency_ms_mean)
+
+    @property
+    def device(self) -> str:
+        """The device that measured it: its farm inventory name, else the name benchd reports."""
+        return self.result.farm_device or self.result.device_name
+
+    def precision_metrics(self) -> dict[str, float]:
+        """How precise the latency is, as MLflow metrics (see `records.names.LATENCY_PRECISION`)."""
+        return {metric: float(getattr(self.result, field)) for metric, field in LATENCY_PRECISION.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document of the latency cache and of a trial's benchmark.json: the reply and ``latency_ms``."""
+        return {**self.result.to_dict(), LATENCY_MS.name: self.latency_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        """What `to_dict` gave; a KeyError or TypeError for a document without every field."""
+        return cls(BenchResult.from_dict(d), float(d[LATENCY_MS.name]))
+
+
+def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> Measurement:
+    """Benchmark a model on the farm (one of ``settings``' own unless ``farm`` is given)."""
     own = farm is None
     farm = farm or open_farm(settings)
     try:
@@ -90,17 +122,7 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> dict:
     finally:
         if own:
             farm.close()
-    reply = r.to_dict()
-    reply[LATENCY_MS.name] = r.latency_ms_p50 if settings.stat == "p50" else r.latency_ms_mean
-    return reply
-
-
-def precision_metrics(reply: dict) -> dict[str, float]:
-    """The reply's precision figures as MLflow metrics (see `objectives.LATENCY_PRECISION`); a
-    reply cached before benchd reported them has none."""
-    from raysearch.records.names import LATENCY_PRECISION
-
-    return {metric: float(reply[key]) for metric, key in LATENCY_PRECISION.items() if key in reply}
+    return Measurement.of(r, settings.stat)
 
 
 @dataclass(frozen=True)

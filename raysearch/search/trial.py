@@ -24,7 +24,7 @@ import numpy as np
 
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
-from raysearch.search.latency import BenchSettings, measure, precision_metrics
+from raysearch.search.latency import BenchSettings, Measurement, measure
 from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,14 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 
         # 1. latency first: the untrained model has the trained model's latency
         first = untrained_latency(spec, settings, work, calibration, untrained)
-        latency = float(first[obj.LATENCY_MS.name])
+        latency = first.latency_ms
         if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
             final = work / FINAL_DIR
             final.mkdir()
-            (final / obj.BENCHMARK_FILE).write_text(json.dumps(first, indent=2))
+            (final / obj.BENCHMARK_FILE).write_text(json.dumps(first.to_dict(), indent=2))
             tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
                                         obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0},
-                                     **shape, **precision_metrics(first)),
+                                     **shape, **first.precision_metrics()),
                         checkpoint=tune.Checkpoint.from_directory(str(final)))
             return
 
@@ -223,21 +223,20 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         bench = measure(onnx_path, settings.bench)
         if (ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
             shutil.copy(ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
-        (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench, indent=2))
+        (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench.to_dict(), indent=2))
         (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
                                                         "history": [h.to_dict() for h in history]}, indent=2))
         last = history[-1] if history else None
         final_metrics = base_metrics(**{
-            obj.IOU.name: ev.iou, obj.LATENCY_MS.name: bench[obj.LATENCY_MS.name],
-            obj.FPS: 1000 / bench[obj.LATENCY_MS.name],
+            obj.IOU.name: ev.iou, obj.LATENCY_MS.name: bench.latency_ms, obj.FPS: 1000 / bench.latency_ms,
             obj.VAL_IOU.name: last.val_iou if last else ev.iou, obj.VAL_LOSS.name: last.val_loss if last else float("nan"),
             obj.EPOCH: last.epoch if last else 0, obj.FINAL: 1, obj.EPOCHS_TRAINED: len(history),
-            obj.LATENCY_UNTRAINED: latency, obj.TAG_DEVICE_NAME: bench.get("farm_device") or bench["device_name"],
-            obj.TAG_DEVICE_CLASS: bench["device_class"]},
+            obj.LATENCY_UNTRAINED: latency, obj.TAG_DEVICE_NAME: bench.device,
+            obj.TAG_DEVICE_CLASS: bench.result.device_class},
             train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
-            latency_ms_mean=bench["latency_ms_mean"], latency_ms_p90=bench["latency_ms_p90"],
-            latency_cv=bench["latency_cv"], **shape, **precision_metrics(bench),
+            latency_ms_mean=bench.result.latency_ms_mean, latency_ms_p90=bench.result.latency_ms_p90,
+            latency_cv=bench.result.latency_cv, **shape, **bench.precision_metrics(),
             **({obj.GPU_MAX_MEMORY_MIB: gpu_mib} if gpu_mib is not None else {}))
         if results is not None:  # the artifacts first: a result in the cache always has them
             publish_tree(final, f"{results.root}/{result_key}")  # best.pt included: int8 and stage 1 start from it
@@ -306,20 +305,24 @@ def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], li
 
 
 def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, calibration: Callable[[], list],
-                      model=None) -> dict:
-    """The benchmark reply for ``spec``'s untrained model (its latency is the trained model's):
-    from the latency cache, or exported to ``work``, measured on the farm and cached."""
+                      model=None) -> Measurement:
+    """The benchmark of ``spec``'s untrained model (its latency is the trained model's): from the
+    latency cache, or exported to ``work``, measured on the farm and cached. A cached document
+    without every field of today's reply (from an older benchd) is measured again."""
     cache = DocumentStore(settings.latency_cache)
     key = settings.bench.cache_key(spec)
-    reply = cache.get(key)
-    if reply is None:
-        from raysearch.models import build_model
+    cached = cache.get(key)
+    if cached is not None:
+        try:
+            return Measurement.from_dict(cached)
+        except (KeyError, TypeError, ValueError):
+            log.info("the cached latency of %s lacks fields of today's reply: measuring it again", spec.name)
+    from raysearch.models import build_model
 
-        path = _export(model if model is not None else build_model(spec), work / "untrained.onnx", settings,
-                       calibration)
-        reply = measure(path, settings.bench)
-        cache.put(key, reply)
-    return reply
+    path = _export(model if model is not None else build_model(spec), work / "untrained.onnx", settings, calibration)
+    measured = measure(path, settings.bench)
+    cache.put(key, measured.to_dict())
+    return measured
 
 
 def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, float]:
@@ -332,8 +335,8 @@ def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, f
     with tempfile.TemporaryDirectory(prefix="raysearch-sweep-") as work:
         for n, config in enumerate(configs, 1):
             spec = settings.spec_for(config)
-            out[config_key(config)] = float(untrained_latency(spec, settings, Path(work),
-                                                              calibration_for(spec, settings))[obj.LATENCY_MS.name])
+            out[config_key(config)] = untrained_latency(spec, settings, Path(work),
+                                                        calibration_for(spec, settings)).latency_ms
             log.info("latency sweep %d/%d: %s %.3f ms", n, len(configs), spec.name, out[config_key(config)])
     log.info("latency sweep: %d configurations in %.0f s", len(configs), time.time() - t0)
     return out
