@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raysearch.models.layers import ConvBNAct, scaled
+from raysearch.models.layers import ConvBNAct, init_weights, scaled
 from raysearch.models.spec import ModelSpec
 
 
@@ -186,20 +186,7 @@ class BiSeNetV2(nn.Module):
         self.semantic = SemanticBranch(spec.in_channels, a, spec.t, spec.r)
         self.bga = BilateralGuidedAggregation(c128)
         self.head = SegmentHead(c128, scaled(1024, a), spec.num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # The classifier keeps PyTorch's default (fan-in) init: He init with fan_out = classes
-        # would start the logits at a std of ~30 and saturate the BCE loss.
-        self.head[-1].reset_parameters()
+        init_weights(self, self.head[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.head(self.bga(self.detail(x), self.semantic(x)))

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from raysearch.models.layers import init_weights
 from raysearch.models.spec import ModelSpec
 
 _BN_EPS = 1e-3
@@ -187,20 +188,7 @@ class DeepLabV3(nn.Module):
             ConvBNAct(width, width, 3),
             nn.Conv2d(width, spec.num_classes, 1),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # The classifier keeps PyTorch's default (fan-in) init, as torchvision's head does: He
-        # init with fan_out = classes would start the logits at a std of ~20.
-        self.head[-1].reset_parameters()
+        init_weights(self, self.head[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.head(self.backbone(x))

@@ -7,6 +7,21 @@ import torch
 import torch.nn as nn
 
 
+def init_weights(model: nn.Module, classifier: nn.Module) -> None:
+    """He init (fan-out) of every conv, BN at identity, and the ``classifier`` (the last conv) at
+    PyTorch's default fan-in init, as torchvision's heads do: He init with fan_out = classes would
+    start the logits at a std of 20-30 and saturate the BCE loss."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    classifier.reset_parameters()
+
+
 def scaled(c: int, a: float) -> int:
     """The study's channel scaling: plain truncation, no make-divisible rounding."""
     return int(c * a)
