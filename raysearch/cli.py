@@ -154,8 +154,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from raysearch.data.synthetic import write_synthetic
     from raysearch.models import parse_hw
 
-    h, w = parse_hw(args.size)
-    counts = write_synthetic(args.out, n=args.n, seed=args.seed, size=(w, h), progress=not args.quiet)
+    counts = write_synthetic(args.out, n=args.n, seed=args.seed, hw=parse_hw(args.size), progress=not args.quiet)
     log.info("wrote %s to %s", ", ".join(f"{k}: {v}" for k, v in counts.items()), args.out)
     return 0
 

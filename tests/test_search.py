@@ -3,9 +3,11 @@ a real local Ray, a real local benchd, a real SQLite MLflow store), checked thro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -513,3 +515,49 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     assert all(k.data.params["a"] == "0.5" and k.data.tags.get("retried") == "true" for k in failed)
     assert any(k.info.status == "FINISHED" and k.data.params["a"] == "1.0" for k in kids)
     assert parent.info.status == "FINISHED" and not [r for r in store.all_runs() if r.info.status == "RUNNING"]
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 300 MiB filesystem of its own (a tmpfs; needs root and mount), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a filesystem that fills up needs root to mount a tmpfs")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_storage_that_fills_up_mid_search_ends_every_run_and_says_so(tmp_path, small_disk):
+    """The disk under --storage-path fills up while trials train: every MLflow run ends with a
+    status (none left RUNNING) and the stage says why in one line, no traceback (was: ENOSPC
+    traceback, exit 1, the parent left RUNNING)."""
+    store = Store(tmp_path, storage=str(small_disk / "ray"))
+    proc = store.popen(2, "--quick", "--res", "96", "64", "--epochs", "40", "--bench-runs", "5")
+    filler = small_disk / "filler"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for a trial to train
+            exp = store.client.get_experiment_by_name("raysearch")
+            if exp and any("mlflow.parentRunId" in r.data.tags for r in store.client.search_runs([exp.experiment_id])):
+                break
+            time.sleep(2)
+        assert proc.poll() is None, (tmp_path / "stage2.log").read_text()[-3000:]
+        with open(filler, "wb") as f:  # every free byte
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * (1 << 20))
+        rc = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "stage2.log").read_text()
+    assert rc != 0 and "Traceback" not in out, out[-5000:]
+    assert "no space left on the device" in out.strip().splitlines()[-1], out[-3000:]
+    runs = store.all_runs()
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

@@ -106,15 +106,15 @@ def test_damage_occurs(samples):
 
 
 def test_other_sizes():
-    img, mask, meta = render_sample(11, size=(320, 180))
+    img, mask, meta = render_sample(11, hw=(180, 320))
     assert img.shape == (180, 320, 3) and mask.shape == (180, 320)
     assert 0.01 < mask.mean() < 0.7
-    img, mask, _ = render_sample(11, size=(128, 128))
+    img, mask, _ = render_sample(11, hw=(128, 128))
     assert img.shape == (128, 128, 3) and mask.any()
 
 
 def test_source_protocol():
-    src = SyntheticSource(6, seed=0, split="train", size=(320, 180))
+    src = SyntheticSource(6, seed=0, split="train", hw=(180, 320))
     assert isinstance(src, SegSource)
     assert len(src) == 6 and len(src.stems) == 6
     assert src.stems[0] == "synth_train_00000_top" and src.stems[1] == "synth_train_00001_side"
@@ -128,11 +128,11 @@ def test_source_protocol():
 
 
 def test_sample_does_not_depend_on_n_and_splits_do_not_share():
-    a = SyntheticSource(3, seed=0, split="val", size=(160, 90)).load(2)
-    b = SyntheticSource(9, seed=0, split="val", size=(160, 90)).load(2)
+    a = SyntheticSource(3, seed=0, split="val", hw=(90, 160)).load(2)
+    b = SyntheticSource(9, seed=0, split="val", hw=(90, 160)).load(2)
     assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
-    c = SyntheticSource(3, seed=0, split="test", size=(160, 90)).load(2)
-    d = SyntheticSource(3, seed=1, split="val", size=(160, 90)).load(2)
+    c = SyntheticSource(3, seed=0, split="test", hw=(90, 160)).load(2)
+    d = SyntheticSource(3, seed=1, split="val", hw=(90, 160)).load(2)
     assert c[0].tobytes() != a[0].tobytes() and d[0].tobytes() != a[0].tobytes()
     seeds = {sp: {sample_seed(0, sp, i) for i in range(400)} for sp in SPLIT_FRACTIONS}
     assert all(len(v) == 400 for v in seeds.values())

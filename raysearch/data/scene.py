@@ -669,23 +669,23 @@ def _tear(rng, hull: np.ndarray, s: float, W: int, H: int):
 # --------------------------------------------------------------------------- the sample
 
 
-def render_sample(seed: int, size: tuple[int, int] = (960, 540), view: str | None = None
+def render_sample(seed: int, hw: tuple[int, int] = (540, 960), view: str | None = None
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One synthetic sample: (image RGB uint8 HxWx3, mask uint8 HxW in {0,1}, meta).
 
-    ``size`` is (width, height). ``view`` ("top" or "side") defaults to a draw from the seed.
-    The same (seed, size, view) always gives the same bytes.
+    ``hw`` is (height, width), as everywhere in raysearch. ``view`` ("top" or "side") defaults to a draw from the seed.
+    The same (seed, hw, view) always gives the same bytes.
     """
-    W, H = int(size[0]), int(size[1])
+    H, W = int(hw[0]), int(hw[1])
     if W < 32 or H < 32:
-        raise ValueError(f"size={size!r}: expected (width, height) of at least 32x32")
+        raise ValueError(f"hw={hw!r}: expected (height, width) of at least 32x32")
     if view is not None and view not in VIEWS:
         raise ValueError(f"view={view!r}: expected one of {VIEWS} or None")
     rng = np.random.default_rng(int(seed))
     if view is None:
         view = VIEWS[int(rng.integers(2))]
     s = float(np.sqrt(W * H / (960 * 540)))
-    meta: dict = {"seed": int(seed), "view": view, "size": (W, H)}
+    meta: dict = {"seed": int(seed), "view": view, "hw": (H, W)}
 
     # light: a direction for shading faces and casting the shadow, an ambient level
     az = rng.uniform(0, 2 * np.pi)

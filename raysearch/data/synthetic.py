@@ -66,14 +66,14 @@ class SyntheticSource:
     so splits never share samples and sample i does not depend on n. Even indices are top views,
     odd ones side views."""
 
-    def __init__(self, n: int, seed: int = 0, split: str = "train", size: tuple[int, int] = (960, 540)) -> None:
+    def __init__(self, n: int, seed: int = 0, split: str = "train", hw: tuple[int, int] = (540, 960)) -> None:
         if int(n) < 0:
             raise ValueError(f"n={n}: expected a non-negative number of samples")
         if int(seed) < 0:
             raise ValueError(f"seed={seed}: expected a non-negative integer")
         if not split or any(c in split for c in "/\\ "):
             raise ValueError(f"split={split!r}: expected a plain name such as 'train'")
-        self.n, self.seed, self.split, self.size = int(n), int(seed), str(split), (int(size[0]), int(size[1]))
+        self.n, self.seed, self.split, self.hw = int(n), int(seed), str(split), (int(hw[0]), int(hw[1]))
         self._stems = [f"synth_{self.split}_{i:05d}_{self.view(i)}" for i in range(self.n)]
 
     @staticmethod
@@ -97,7 +97,7 @@ class SyntheticSource:
 
     def render(self, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
         i = self._index(i)
-        return render_sample(sample_seed(self.seed, self.split, i), self.size, self.view(i))
+        return render_sample(sample_seed(self.seed, self.split, i), self.hw, self.view(i))
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask, _ = self.render(i)
@@ -115,7 +115,7 @@ def _jpeg_params() -> list[int]:
     return params
 
 
-def write_synthetic(out_dir: str | Path, n: int = 400, seed: int = 0, size: tuple[int, int] = (960, 540),
+def write_synthetic(out_dir: str | Path, n: int = 400, seed: int = 0, hw: tuple[int, int] = (540, 960),
                     progress: bool = True) -> dict[str, int]:
     """Write ``n`` samples as ``{train,val,test}/images/<stem>.jpg`` (JPEG q95) and
     ``{train,val,test}/labels/<stem>.png`` (0/255), the layout of the study's dataset.
@@ -126,7 +126,7 @@ def write_synthetic(out_dir: str | Path, n: int = 400, seed: int = 0, size: tupl
     """
     out = Path(out_dir)
     counts = split_counts(n)
-    sources = {sp: SyntheticSource(k, seed=seed, split=sp, size=size) for sp, k in counts.items()}
+    sources = {sp: SyntheticSource(k, seed=seed, split=sp, hw=hw) for sp, k in counts.items()}
     bar = None
     if progress:
         from tqdm.auto import tqdm
