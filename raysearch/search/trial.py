@@ -108,109 +108,163 @@ def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarra
 
 
 def run_trial(config: dict, settings: TrialSettings) -> None:
-    """The Ray Tune function trainable (bind ``settings`` with ``tune.with_parameters``)."""
+    """The Ray Tune function trainable (bind ``settings`` with ``tune.with_parameters``): a
+    configuration already run is replayed from the results cache; otherwise its latency first
+    (over the budget: pruned, never trained), then training with a report every epoch, then
+    the deployed artifact exported, judged and measured (`_Trial`'s steps, in that order)."""
     import torch
     from ray import tune
 
-    from raysearch.data import open_split
-    from raysearch.models import build_model, register_family
-    from raysearch.training.evaluate import OnnxPredictor, evaluate
-    from raysearch.training.model_summary import summarize
-    from raysearch.training.train import EpochMetrics, TrainConfig, train, trained_history
+    from raysearch.models import register_family
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" on every report would flood the driver's console
         logging.getLogger(name).setLevel(logging.WARNING)
     for family in settings.families:  # a user's own model family, shipped with the settings
         register_family(family, replace=True)
-    spec = settings.spec_for(config)  # bad values raise, naming the value
-    init_checkpoint = settings.checkpoint_for(config)
-    result_key = settings.result_key(spec, init_checkpoint)
-    results = DocumentStore(settings.results_cache) if settings.results_cache else None
-
-    calibration = functools.cache(calibration_for(spec, settings))  # read once for both exports of the trial
-
-    trial_id = tune.get_context().get_trial_id()
-    work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
+    trial = _Trial(config, settings)
     try:
-        if results is not None and (done := results.get(result_key)) is not None:
-            # this configuration already ran: report its figures and artifacts, train nothing. The
-            # same trial again is a restore after its final report was lost with the driver.
-            ran_as = done.pop(RAN_AS, None)
-            artifacts = fetch_tree(f"{results.root}/{result_key}", work / FINAL_DIR)
-            tune.report({**done, obj.DUPLICATE: int(ran_as != trial_id)},
-                        checkpoint=tune.Checkpoint.from_directory(str(work / FINAL_DIR)) if artifacts else None)
+        if trial.replay_cached():
             return
-        untrained = build_model(spec)  # built once: for the summary, the latency, and as stage 1's evaluated model
-        summ = summarize(untrained)
-        shape = {obj.PARAMS_TOTAL: summ.params_total, obj.PARAMS_EXECUTED: summ.params_executed, obj.MACS: summ.macs}
+        first = trial.latency_first()
+        if trial.pruned(first):
+            return
+        model, history, gpu_mib = trial.train(first.latency_ms)
+        trial.finalize(model, history, gpu_mib, first.latency_ms)
+    finally:
+        shutil.rmtree(trial.work, ignore_errors=True)
 
-        # 1. latency first: the untrained model has the trained model's latency
-        first = untrained_latency(spec, settings, work, calibration, untrained)
+
+class _Trial:
+    """One run of `run_trial`: its configuration resolved once, its steps as methods."""
+
+    def __init__(self, config: dict, settings: TrialSettings) -> None:
+        from ray import tune
+
+        self.settings = settings
+        self.spec = settings.spec_for(config)  # bad values raise, naming the value
+        self.init_checkpoint = settings.checkpoint_for(config)
+        self.result_key = settings.result_key(self.spec, self.init_checkpoint)
+        self.results = DocumentStore(settings.results_cache) if settings.results_cache else None
+        self.calibration = functools.cache(calibration_for(self.spec, settings))  # read once for both exports
+        self.trial_id = tune.get_context().get_trial_id()
+        self.work = Path(tempfile.mkdtemp(prefix="raysearch-trial-"))
+        self.ckpt_dir = self.work / CKPT_DIR
+        self.final = self.work / FINAL_DIR
+        self.state = TrialState(settings.trial_state, self.trial_id) if settings.trial_state else None
+        self.untrained: Any = None  # built once: for the summary, the latency, and as stage 1's evaluated model
+        self.shape: dict[str, float] = {}
+
+    def replay_cached(self) -> bool:
+        """0. A configuration that already ran: report its figures and artifacts, train nothing. The
+        same trial again is a restore after its final report was lost with the driver."""
+        from ray import tune
+
+        if self.results is None or (done := self.results.get(self.result_key)) is None:
+            return False
+        ran_as = done.pop(RAN_AS, None)
+        artifacts = fetch_tree(f"{self.results.root}/{self.result_key}", self.final)
+        tune.report({**done, obj.DUPLICATE: int(ran_as != self.trial_id)},
+                    checkpoint=tune.Checkpoint.from_directory(str(self.final)) if artifacts else None)
+        return True
+
+    def latency_first(self) -> Measurement:
+        """1. Latency first: the untrained model has the trained model's latency."""
+        from raysearch.models import build_model
+        from raysearch.training.model_summary import summarize
+
+        self.untrained = build_model(self.spec)
+        summ = summarize(self.untrained)
+        self.shape = {obj.PARAMS_TOTAL: summ.params_total, obj.PARAMS_EXECUTED: summ.params_executed,
+                      obj.MACS: summ.macs}
+        return untrained_latency(self.spec, self.settings, self.work, self.calibration, self.untrained)
+
+    def pruned(self, first: Measurement) -> bool:
+        """Over the latency budget: report the measured figures and stop, untrained."""
+        from ray import tune
+
         latency = first.latency_ms
-        if settings.max_latency_ms is not None and latency > settings.max_latency_ms:
-            final = work / FINAL_DIR
-            final.mkdir()
-            (final / obj.BENCHMARK_FILE).write_text(json.dumps(first.to_dict(), indent=2))
-            tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
-                                        obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0},
-                                     **shape, **first.precision_metrics()),
-                        checkpoint=tune.Checkpoint.from_directory(str(final)))
-            return
+        if self.settings.max_latency_ms is None or latency <= self.settings.max_latency_ms:
+            return False
+        self.final.mkdir()
+        (self.final / obj.BENCHMARK_FILE).write_text(json.dumps(first.to_dict(), indent=2))
+        tune.report(base_metrics(**{obj.LATENCY_MS.name: latency, obj.FPS: 1000 / latency, obj.PRUNED: 1,
+                                    obj.FINAL: 1, obj.LATENCY_UNTRAINED: latency, obj.EPOCHS_TRAINED: 0},
+                                 **self.shape, **first.precision_metrics()),
+                    checkpoint=tune.Checkpoint.from_directory(str(self.final)))
+        return True
 
-        # 2. train, reporting every epoch so the scheduler can stop us
-        ckpt_dir = work / CKPT_DIR
-        ckpt_dir.mkdir()
-        state = TrialState(settings.trial_state, trial_id) if settings.trial_state else None
-        if state is None or not state.restore(ckpt_dir):
+    def _restore(self) -> bool:
+        """The trial's newest weights into ``ckpt_dir``; whether there is an epoch to resume from."""
+        from ray import tune
+
+        self.ckpt_dir.mkdir()
+        if self.state is None or not self.state.restore(self.ckpt_dir):
             restored = tune.get_checkpoint()  # a search started before trial states existed
             if restored is not None:
                 with restored.as_directory() as d:
                     for f in STATE_FILES:
                         if (Path(d) / f).is_file():
-                            shutil.copy(Path(d) / f, ckpt_dir / f)
-        resume = (ckpt_dir / obj.LAST_WEIGHTS).is_file()
+                            shutil.copy(Path(d) / f, self.ckpt_dir / f)
+        return (self.ckpt_dir / obj.LAST_WEIGHTS).is_file()
 
+    def train(self, latency: float) -> tuple[Any, list, float | None]:
+        """2. Train, reporting every epoch so the scheduler can stop us: (model, history, GPU MiB)."""
+        import torch
+        from ray import tune
+
+        from raysearch.data import open_split
+        from raysearch.training.train import EpochMetrics, TrainConfig, train, trained_history
+
+        settings, ckpt_dir, state = self.settings, self.ckpt_dir, self.state
+        resume = self._restore()
         if settings.epochs == 0:
-            model = untrained
-            if init_checkpoint:
-                state = torch.load(io.BytesIO(read_bytes(init_checkpoint)), map_location="cpu",
-                                   weights_only=False)["model"]
-                model.load_state_dict(state)  # Fast-SCNN's weights do not depend on the input size
+            model = self.untrained
+            if self.init_checkpoint:
+                weights = torch.load(io.BytesIO(read_bytes(self.init_checkpoint)), map_location="cpu",
+                                     weights_only=False)["model"]
+                model.load_state_dict(weights)  # Fast-SCNN's weights do not depend on the input size
             model.eval()
-            history, gpu_mib = [], None
-        else:
-            # every epoch is reported (the scheduler decides on it); weights are saved every ~5% of
-            # the epochs, which bounds both the storage traffic and what a restart loses
-            every = max(1, round(settings.epochs / 20))
+            return model, [], None
+        # every epoch is reported (the scheduler decides on it); weights are saved every ~5% of
+        # the epochs, which bounds both the storage traffic and what a restart loses
+        every = max(1, round(settings.epochs / 20))
 
-            def report_epoch(m: EpochMetrics, checkpoint: Any = None, replayed: bool = False) -> None:
-                extra = {obj.REPLAYED: 1} if replayed else {}
-                tune.report(base_metrics(**{obj.IOU.name: m.val_iou, obj.LATENCY_MS.name: latency,
-                                            obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss,
-                                            obj.EPOCH: m.epoch, **extra},
-                                         train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
-                            checkpoint=checkpoint)
+        def report_epoch(m: EpochMetrics, checkpoint: Any = None, replayed: bool = False) -> None:
+            extra = {obj.REPLAYED: 1} if replayed else {}
+            tune.report(base_metrics(**{obj.IOU.name: m.val_iou, obj.LATENCY_MS.name: latency,
+                                        obj.VAL_IOU.name: m.val_iou, obj.VAL_LOSS.name: m.val_loss,
+                                        obj.EPOCH: m.epoch, **extra},
+                                     train_loss=m.train_loss, lr=m.lr, epoch_seconds=m.seconds),
+                        checkpoint=checkpoint)
 
-            def on_epoch(m: EpochMetrics) -> None:
-                save = m.epoch % every == 0 or m.epoch == settings.epochs
-                if save and state is not None:
-                    state.save(ckpt_dir)  # before the report, so a reported epoch is a saved one
-                report_epoch(m, tune.Checkpoint.from_directory(str(ckpt_dir)) if save and state is None else None)
+        def on_epoch(m: EpochMetrics) -> None:
+            save = m.epoch % every == 0 or m.epoch == settings.epochs
+            if save and state is not None:
+                state.save(ckpt_dir)  # before the report, so a reported epoch is a saved one
+            report_epoch(m, tune.Checkpoint.from_directory(str(ckpt_dir)) if save and state is None else None)
 
-            if resume:  # the epochs trained before: a driver killed since may never have logged them
-                for m in trained_history(ckpt_dir):
-                    report_epoch(m, replayed=True)
-            cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                              amp=settings.amp, num_workers=settings.num_workers, progress=False)
-            sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
-            result = train(spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch, resume=resume)
-            model, history, gpu_mib = result.model, result.history, result.gpu_max_memory_mib
+        if resume:  # the epochs trained before: a driver killed since may never have logged them
+            for m in trained_history(ckpt_dir):
+                report_epoch(m, replayed=True)
+        cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                          amp=settings.amp, num_workers=settings.num_workers, progress=False)
+        sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
+        result = train(self.spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch,
+                       resume=resume)
+        return result.model, result.history, result.gpu_max_memory_mib
 
-        # 3. the deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark
-        final = work / FINAL_DIR
+    def finalize(self, model: Any, history: list, gpu_mib: float | None, latency: float) -> None:
+        """3. The deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark;
+        the final report (and the results cache, so the configuration never trains again)."""
+        from ray import tune
+
+        from raysearch.data import open_split
+        from raysearch.training.evaluate import OnnxPredictor, evaluate
+
+        settings, spec, final = self.settings, self.spec, self.final
         (final / "overlays").mkdir(parents=True)
-        onnx_path = _export(model, final / obj.MODEL_FILE, settings, calibration)
+        onnx_path = _export(model, final / obj.MODEL_FILE, settings, self.calibration)
         test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
 
         def keep(i, image, gt, pred):
@@ -221,8 +275,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
         bench = measure(onnx_path, settings.bench)
-        if (ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
-            shutil.copy(ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
+        if (self.ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
+            shutil.copy(self.ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
         (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench.to_dict(), indent=2))
         (final / "metrics.json").write_text(json.dumps({"spec": spec.to_dict(), "test": ev.metrics(),
                                                         "history": [h.to_dict() for h in history]}, indent=2))
@@ -236,16 +290,14 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
             train_seconds=sum(h.seconds for h in history),
             iou_native_gt=ev.iou_native_gt, pooled_iou=ev.pooled_iou, miou=ev.miou,
             latency_ms_mean=bench.result.latency_ms_mean, latency_ms_p90=bench.result.latency_ms_p90,
-            latency_cv=bench.result.latency_cv, **shape, **bench.precision_metrics(),
+            latency_cv=bench.result.latency_cv, **self.shape, **bench.precision_metrics(),
             **({obj.GPU_MAX_MEMORY_MIB: gpu_mib} if gpu_mib is not None else {}))
-        if results is not None:  # the artifacts first: a result in the cache always has them
-            publish_tree(final, f"{results.root}/{result_key}")  # best.pt included: int8 and stage 1 start from it
-            results.put(result_key, {**final_metrics, RAN_AS: trial_id})
+        if self.results is not None:  # the artifacts first: a result in the cache always has them
+            publish_tree(final, f"{self.results.root}/{self.result_key}")  # best.pt included: int8 and stage 1 start from it
+            self.results.put(self.result_key, {**final_metrics, RAN_AS: self.trial_id})
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
-        if results is not None and state is not None:  # the cached result (with best.pt) stands for it now
-            state.remove()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if self.results is not None and self.state is not None:  # the cached result (with best.pt) stands for it now
+            self.state.remove()
 
 
 STATE_FILES = (obj.BEST_WEIGHTS, obj.LAST_WEIGHTS)
