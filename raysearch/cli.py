@@ -284,9 +284,9 @@ def cmd_pick(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from raysearch.replay.compare import compare, plot, text_table
-    from raysearch.replay.methods import METHOD_KEYS
-    from raysearch.replay.table import load
+    from raysearch.search.replay.compare import compare, plot, text_table
+    from raysearch.search.replay.methods import METHOD_KEYS
+    from raysearch.search.replay.table import load
 
     table = _table_path(args.table)
     load(table).require_complete(args.latency_source)  # a bad or unfinished table: one line, before anything runs
@@ -584,7 +584,7 @@ def optimize_options(args: argparse.Namespace):
 
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from raysearch.replay.methods import METHOD_KEYS
+    from raysearch.search.replay.methods import METHOD_KEYS
 
     p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from raysearch.replay.compare import p_greater, standard_error
-from raysearch.replay.methods import BASELINE, METHOD_KEYS
-from raysearch.replay.simulator import grid_hypervolume, simulate
-from raysearch.replay.table import TableError, load
 from raysearch.search.driver import SearchOptions
+from raysearch.search.replay.compare import p_greater, standard_error
+from raysearch.search.replay.methods import BASELINE, METHOD_KEYS
+from raysearch.search.replay.simulator import grid_hypervolume, simulate
+from raysearch.search.replay.table import TableError, load
 from raysearch.search.scheduler import FRONT_MIN_FINISHED
 from replay_tables import make_table
 
@@ -248,7 +248,7 @@ def test_replay_command_refuses_bad_input_in_one_line(tmp_path):
 
 
 def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
-    from raysearch.replay.compare import compare
+    from raysearch.search.replay.compare import compare
 
     points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
               for a in (0.125, 0.25, 0.5) for res in (64, 96)}
@@ -265,7 +265,7 @@ def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
 
 def test_the_command_line_offers_every_method_and_names_the_default():
     from raysearch import cli
-    from raysearch.replay.methods import default_label
+    from raysearch.search.replay.methods import default_label
 
     replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
     methods = next(a for a in replay._actions if a.dest == "methods")
@@ -276,7 +276,7 @@ def test_the_command_line_offers_every_method_and_names_the_default():
 def test_a_cached_comparison_resumes_and_gives_the_same_document(tmp_path):
     """`--cache`: every finished replay is kept, a second run replays nothing and gives the same
     document, a torn file is replayed again, and other settings are not mistaken for cached ones."""
-    from raysearch.replay.compare import compare
+    from raysearch.search.replay.compare import compare
 
     points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
               for a in (0.125, 0.25, 0.5) for res in (64, 96)}

@@ -328,7 +328,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     ``deadline`` (``time.time()`` seconds): stop there like Ctrl-C and raise `BudgetExpired`;
     the search continues with ``opts.resume``. ``results_cache``: where finished trials are kept
     by spec (default: per search), so searches sharing one never train a configuration twice.
-    ``trial_fn``: the trainable instead of `run_trial` (`raysearch.replay.simulator.table_trial`
+    ``trial_fn``: the trainable instead of `run_trial` (`raysearch.search.replay.simulator.table_trial`
     replays a recorded table through this very driver).
     """
     from raysearch.data import check_data

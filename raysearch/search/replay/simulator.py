@@ -37,8 +37,8 @@ from ray.tune.search import Searcher
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import hypervolume
-from raysearch.replay.table import Run, Table, TableError
 from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space
+from raysearch.search.replay.table import Run, Table, TableError
 from raysearch.search.trial import TrialSettings, base_metrics
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def table_trial(table_path: str, source: str = "host", seed: int = 0) -> Callabl
 
         from ray import tune
 
-        from raysearch.replay.table import load
+        from raysearch.search.replay.table import load
         from raysearch.storage import DocumentStore
 
         table = load(table_path)
