@@ -1,0 +1,216 @@
+"""What each `raysearch` subcommand does (`cmd_NAME`, given its parsed arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from raysearch.cli.options import logit_threshold, optimize_options, spec_from_args
+from raysearch.records import names as obj
+
+log = logging.getLogger("raysearch")
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from raysearch.training.model_summary import summarize
+
+    spec = spec_from_args(args)
+    s = summarize(spec)
+    if args.json:
+        print(s.to_json())
+        return 0
+    print(f"{spec.name}")
+    print(f"  params_total     {s.params_total:>14,}   (every parameter, the study's convention)")
+    print(f"  params_executed  {s.params_executed:>14,}   (parameters the forward pass uses)")
+    print(f"  macs             {s.macs / 1e6:>14,.2f} M")
+    print(f"  input_mb         {s.input_mb:>14.2f}")
+    print(f"  fwd_pass_mb      {s.fwd_pass_mb:>14.2f}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from raysearch.data.synthetic import write_synthetic
+    from raysearch.models import parse_hw
+
+    counts = write_synthetic(args.out, n=args.n, seed=args.seed, hw=parse_hw(args.size), progress=not args.quiet)
+    log.info("wrote %s to %s", ", ".join(f"{k}: {v}" for k, v in counts.items()), args.out)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raysearch.data import open_split
+    from raysearch.training.evaluate import evaluate_onnx
+    from raysearch.training.export import export_onnx
+    from raysearch.training.model_summary import summarize
+    from raysearch.training.train import TrainConfig, train
+
+    spec = spec_from_args(args)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      num_workers=args.workers, device=args.device, train_scale=args.train_scale, amp=args.amp,
+                      progress=not args.quiet)
+    out = Path(args.out)
+    sources = {s: open_split(args.data, s, seed=args.seed, limit=args.limit) for s in ("train", "val", "test")}
+    log.info("data %s: %s", args.data, ", ".join(f"{k} {len(v)}" for k, v in sources.items()))
+    result = train(spec, sources["train"], sources["val"], cfg, out_dir=out, resume=args.resume)
+    report = export_onnx(result.model, out / obj.MODEL_FILE, exporter=args.exporter)
+    thr = logit_threshold(args)
+    test = evaluate_onnx(report.path, sources["test"], logit_threshold=thr, progress=not args.quiet)
+    metrics = {
+        "spec": spec.to_dict(), "name": spec.name, "data": str(args.data), "train_config": asdict(cfg),
+        "train": result.summary(), "test": test.metrics(), "summary": summarize(spec).to_dict(),
+        "onnx": {"path": str(report.path), "size_bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff},
+        "history": [h.to_dict() for h in result.history],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"{spec.name}: test IoU {test.iou:.4f} (onnxruntime, {test.n_images} images, best epoch "
+          f"{result.best_epoch}/{len(result.history)}) -> {report.path}, {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from raysearch.data import open_split
+    from raysearch.training.evaluate import evaluate_onnx
+
+    source = open_split(args.data, args.split, seed=args.seed, limit=args.limit)
+    res = evaluate_onnx(args.onnx, source, logit_threshold=logit_threshold(args), threads=args.threads,
+                        progress=not args.json)
+    if args.json:
+        print(res.to_json(per_image=args.per_image))
+    else:
+        print(f"{args.onnx} on {args.data} [{args.split}, {res.n_images} images]")
+        for k, v in res.metrics().items():
+            print(f"  {k:<16} {v:.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from raysearch.training.export import export_onnx
+    from raysearch.training.train import load_checkpoint
+
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint)
+    else:
+        from raysearch.models import build_model
+
+        model = build_model(spec_from_args(args))  # untrained: what latency-first benchmarking measures
+    r = export_onnx(model, args.out, exporter=args.exporter)
+    print(f"{r.path}: {r.spec.name}, input {r.input_name} {list(r.input_shape)}, {r.size_bytes / 1e6:.2f} MB, "
+          f"max |onnxruntime - torch| = {r.max_abs_diff:.2g}")
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from mlflow.tracking import MlflowClient
+
+    from raysearch.tracking.runs import tracking_uri
+
+    return MlflowClient(tracking_uri(args.tracking_uri))
+
+
+def _requirement(args: argparse.Namespace):
+    from raysearch.records.results import Requirement
+
+    return Requirement(args.max_latency_ms, args.min_iou)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysearch.reporting.html import write_html
+    from raysearch.reporting.tables import front_table
+    from raysearch.tracking.readback import candidates_of, interruption, search_hypervolume, searches
+
+    client, req = _client(args), _requirement(args)
+    for parent in searches(client, args.experiment, args.run_id, args.optimization):
+        rows = candidates_of(client, parent, args.device_class)
+        print(f"{parent.info.run_name} ({parent.data.tags.get(obj.TAG_STAGE, '')}): {len(rows)} candidates")
+        note = interruption(parent)
+        if note:
+            print(f"  note: {note}")
+        if rows:
+            share, ref_ms = search_hypervolume(parent, rows)
+            print(f"hypervolume {share:.3f} of the box IoU 0..1 x latency 0..{ref_ms:.3g} ms")
+            print(front_table(rows, req))
+        print()
+    out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
+                     requirement=req, device_class=args.device_class)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from raysearch.reporting.html import rows_json
+    from raysearch.tracking.readback import interruption, pick, searches
+
+    client = _client(args)
+    rows = pick(client, args.experiment, _requirement(args), args.run_id, args.optimization, args.device_class)
+    for parent in searches(client, args.experiment, args.run_id, args.optimization):
+        note = interruption(parent)
+        if note:  # the pick is over what the search measured so far: say so
+            print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(rows_json(rows))
+        return 0 if rows else 1
+    if not rows:
+        print("no candidate meets the requirements; `raysearch report` shows the closest", file=sys.stderr)
+        return 1
+    for i, r in enumerate(rows, 1):
+        print(f"{i}. {r.name}  IoU {r.iou:.4f}  {r.latency_ms:.3f} ms on {r.device_class or '?'}  "
+              f"({r.stage}, run {r.run_id})\n"
+              f"   {r.onnx}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from raysearch.search.replay.compare import compare, plot, text_table
+    from raysearch.search.replay.methods import METHOD_KEYS
+    from raysearch.search.replay.table import load
+
+    table = _table_path(args.table)
+    load(table).require_complete(args.latency_source)  # a bad or unfinished table: one line, before anything runs
+    methods = [METHOD_KEYS[k] for k in args.methods] if args.methods else list(METHOD_KEYS.values())
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    with tqdm(total=args.seeds * len(methods), desc=f"replaying {table.name}", unit="search",
+              disable=args.quiet, file=sys.stderr) as bar:
+        cmp = compare(table, methods=methods, seeds=args.seeds, source=args.latency_source, workers=args.workers,
+                      budgets=args.budgets, jobs=jobs, max_latency_ms=args.max_latency_ms,
+                      progress=lambda n, total: bar.update(n - bar.n), cache=args.cache)
+    summary = cmp.summary()
+    out = plot(cmp, args.plot or f"replay-{cmp.table}-{cmp.source}.png")
+    summary["plot"] = str(out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"table {cmp.table}, latency from {cmp.source!r}, {cmp.seeds} seeds per method, {cmp.workers} "
+              f"workers, the grid = {cmp.grid_epochs} epochs")
+        print(text_table(summary))
+        print(f"wrote {out}")
+    return 0
+
+
+def _table_path(text: str) -> Path:
+    """A table file, or the name of one of the recorded tables in benchmarks/tables (A, B)."""
+    path = Path(text)
+    if not path.exists() and "/" not in text:
+        bundled = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / f"{text}.jsonl.gz"
+        if bundled.is_file():
+            return bundled
+    if not path.is_file():
+        raise FileNotFoundError(f"--table {text}: no such table file (a .jsonl[.gz] recorded by "
+                                "benchmarks/record_table.py, or A / B for the recorded ones)")
+    return path
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from raysearch.optimize.driver import optimize, result_json
+
+    opts = optimize_options(args)
+    res = optimize(opts)
+    if args.json:
+        print(result_json(res, opts.search.requirement))
+    return 0 if res.candidates else 1

@@ -1,0 +1,72 @@
+"""The stage scripts' command line (`python raysearch/stageN.py ...`): the flags, then the search, one line for a user's mistake."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+
+from raysearch.cli.main import configure_logging, store_error
+from raysearch.cli.options import COUNT, POSITIVE, Parser, add_search_args, hw_arg, search_options
+
+log = logging.getLogger("raysearch")
+
+
+def build_stage_parser(stage: int) -> argparse.ArgumentParser:
+    from raysearch.search import stages
+    from raysearch.search.driver import MODES
+
+    p = Parser(
+        prog=f"python raysearch/stage{stage}.py", description=stages.DESCRIPTIONS[stage] + "\n\n" + stages.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--mode", choices=MODES, default="grid",
+                   help="grid: the study's exact grid, every trial to the end; search: a multi-objective search "
+                        "over the same space, --sampler and --scheduler below (default %(default)s)")
+    g.add_argument("--num-samples", type=POSITIVE, default=10, help="trials of --mode search (default %(default)s)")
+    g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
+    g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
+    g.add_argument("--epochs", type=POSITIVE, help="training epochs per trial (default 400, or 8 with --quick)")
+    g.add_argument("--seed", type=COUNT, default=0)
+    add_search_args(p)
+    g = p.add_argument_group("this search")
+    g.add_argument("--name", help="search name (default stageN-MODE-TIMESTAMP)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted search: --name, or the latest "
+                                                         "search of this stage and mode")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks, and Ray Tune's own "
+                                                                 "per-trial tables instead of the concise view")
+    return p
+
+
+def stage_main(stage: int, argv: list[str] | None = None) -> int:
+    from raysearch.data import check_data
+    from raysearch.search.presets import preset
+    from raysearch.search.stages import run_stage
+
+    args = build_stage_parser(stage).parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        opts = search_options(args)
+        check_data(opts.data, limit=opts.limit, seed=opts.seed)  # before anything is opened or started
+        epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
+        outcome = run_stage(stage, opts, epochs, args.res)
+    except Exception as e:
+        line = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else store_error(e, args.tracking_uri)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # every run was ended before this came up
+            line = f"no space left on the device while writing {e.filename or 'the search files'}; every open " \
+                   f"MLflow run was ended KILLED. Free some space, then continue with --resume."
+        if line is None or args.verbose:
+            raise
+        print(f"stage{stage}: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stage{stage}: interrupted; every open MLflow run was ended as KILLED. Continue with --resume.",
+              file=sys.stderr)
+        return 130
+    quals = outcome.qualifying(opts.requirement)
+    if opts.requirement.constrained:
+        print(f"{len(quals)} Pareto candidate(s) meet the requirements" if quals else
+              "no candidate meets the requirements (see the table above for the closest)")
+    print(f"MLflow parent run {outcome.parent_run_id} ({opts.tracking}, experiment {opts.experiment!r})")
+    return 1 if outcome.errors else 0
