@@ -59,10 +59,10 @@ def front_of(rows: list) -> list:
 
 
 def plot(results: dict, seed: int, path: Path) -> None:
-    from raysearch.reporting.plots import _figure, _save
+    from raysearch.reporting.plots import new_figure, save_figure
 
     runs = results[seed]
-    fig = _figure(4.0 * len(runs), 4.0)
+    fig = new_figure(4.0 * len(runs), 4.0)
     grid_front = front_of(runs["grid"]["rows"])
     for n, (label, run) in enumerate(runs.items(), 1):
         ax = fig.add_subplot(1, len(runs), n)
@@ -84,7 +84,7 @@ def plot(results: dict, seed: int, path: Path) -> None:
         ax.legend(fontsize=6, loc="lower left")
         ax.grid(True, color="0.9")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def _name(row: Any) -> str | None:
     return row.get("name") if isinstance(row, dict) else getattr(row, "name", None)
 
 
-def _figure(width: float = 8.0, height: float = 5.5):
+def new_figure(width: float = 8.0, height: float = 5.5):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,7 +39,7 @@ def _figure(width: float = 8.0, height: float = 5.5):
     return fig
 
 
-def _save(fig, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
@@ -141,7 +141,7 @@ def plot_front(
     max_latency_ms, min_iou = requirement.max_latency_ms, requirement.min_iou
     pts, stop_pts = _fps_iou(rows), _fps_iou(stopped)
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, color="0.88", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -217,7 +217,7 @@ def plot_front(
     fig.tight_layout()
     if pts:
         _place_labels(fig, ax, anchors, names, [(p[0], p[1]) for p in pts])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_hypervolume(
@@ -231,7 +231,7 @@ def plot_hypervolume(
     data = sorted(
         (x, y) for x, y in ((finite(a), finite(b)) for a, b in history) if x is not None and y is not None
     )
-    fig = _figure(7.0, 4.2)
+    fig = new_figure(7.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, color="0.88", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -251,4 +251,4 @@ def plot_hypervolume(
         ax.text(0.5, 0.5, "no hypervolume recorded yet", transform=ax.transAxes,
                 ha="center", va="center", color="0.4")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
