@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raysearch.cli import parse_duration
+from raysearch.cli.options import parse_duration
 from raysearch.models import ModelFamily, ModelSpec, build_model, families, get_family
 from raysearch.optimize import driver as opt_mod
 from raysearch.optimize.driver import summary_text, why_not

@@ -13,6 +13,9 @@ from pathlib import Path
 from raysearch.cli.options import logit_threshold, optimize_options, spec_from_args
 from raysearch.records import names as obj
 
+# Each command imports what it runs inside its function: torch, Ray, MLflow and Optuna stay out of
+# `raysearch --help` and of the commands that do not need them (a fraction of a second to start).
+
 log = logging.getLogger("raysearch")
 
 

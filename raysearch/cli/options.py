@@ -8,7 +8,10 @@ import os
 import sys
 from typing import Any, Callable
 
-from raysearch.search.presets import QUICK, STUDY
+from raysearch.search.presets import QUICK, STUDY, preset
+
+# The option checks import the model and search modules inside the functions that need them:
+# building a parser must not import Ray or Optuna (`raysearch --help` starts in a fraction of a second).
 
 log = logging.getLogger("raysearch")
 
@@ -210,7 +213,6 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace):
     from raysearch.search.driver import SearchOptions
-    from raysearch.search.presets import preset
 
     keys = SearchOptions.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in keys and v is not None}

@@ -10,6 +10,8 @@ import sys
 from raysearch.cli.main import configure_logging, store_error
 from raysearch.cli.options import COUNT, POSITIVE, Parser, add_search_args, hw_arg, search_options
 
+# The stages and the search are imported when a stage runs, not when its parser is built (--help).
+
 log = logging.getLogger("raysearch")
 
 

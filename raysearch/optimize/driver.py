@@ -24,11 +24,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from raysearch.data import open_split
+from raysearch.models import get_family
 from raysearch.optimize.options import OptimizeOptions
 from raysearch.optimize.planning import grid_or_search, plan, stage_space
 from raysearch.records import names as obj
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import PRUNED, Requirement, TrialRow, candidates
+from raysearch.reporting.html import write_html
+from raysearch.reporting.plots import plot_front
+from raysearch.reporting.tables import front_table
 from raysearch.search.driver import (
     BudgetExpired,
     SearchOptions,
@@ -39,6 +44,8 @@ from raysearch.search.driver import (
     storage_uri,
 )
 from raysearch.storage import write_atomic
+from raysearch.tracking.readback import onnx_path
+from raysearch.tracking.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,6 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     """Run (or continue) the optimization; see the module doc."""
     from mlflow.tracking import MlflowClient
 
-    from raysearch.data import open_split
-    from raysearch.models import get_family
     from raysearch.tracking.runs import ended_if_interrupted, ensure_experiment, log_params, run_in_store
 
     t_start = time.time()
@@ -246,11 +251,6 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
 
     from mlflow.entities import Metric
 
-    from raysearch.reporting.html import write_html
-    from raysearch.reporting.plots import plot_front
-    from raysearch.reporting.tables import front_table
-    from raysearch.tracking.readback import onnx_path
-    from raysearch.tracking.registry import register
 
     s, req = opt.search, opt.search.requirement
     pool = [r for rs in rows_by_stage.values() for r in candidates(rs)]

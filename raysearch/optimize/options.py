@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raysearch.models import ModelSpec, parse_hw
+from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.search.driver import SearchOptions
 from raysearch.search.presets import preset
 
@@ -32,7 +32,6 @@ class OptimizeOptions:
     fresh: bool = False  # start over even when an earlier run of this optimization exists
 
     def __post_init__(self) -> None:
-        from raysearch.models import get_family
 
         if self.effort not in EFFORTS:
             raise ValueError(f"--effort {self.effort!r} is not one of {EFFORTS}")
@@ -69,7 +68,6 @@ class OptimizeOptions:
 
     def resolutions(self) -> list[tuple[int, int]]:
         """The input sizes to try, largest first."""
-        from raysearch.models import get_family
 
         res = self.res or (preset(True).resolutions if self.search.quick else get_family(self.model).resolutions)
         return sorted({parse_hw(r) for r in res}, reverse=True)

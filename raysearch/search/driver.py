@@ -29,9 +29,12 @@ from raysearch.records.results import Requirement, TrialRow
 from raysearch.search.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.search.presets import preset
 from raysearch.search.ray_console import quiet_worker_exits
-from raysearch.search.samplers import SAMPLERS
+from raysearch.search.samplers import SAMPLERS, make_sampler
 from raysearch.search.trial import TrialSettings, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
+
+# Ray, the data pipeline and the end-of-search reporting are imported inside the functions that
+# use them: SearchOptions and Space (read by the command line and the replay) stay light to import.
 
 log = logging.getLogger(__name__)
 
@@ -558,8 +561,6 @@ class _farm:
 
 def _sampler(opts: SearchOptions):
     """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
-    from raysearch.search.samplers import make_sampler
-
     return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
 

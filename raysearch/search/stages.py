@@ -23,6 +23,7 @@ from raysearch.records import names as obj
 from raysearch.search.driver import SearchOptions, Space, run_search, search_name
 from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
+from raysearch.tracking.readback import row_from_run
 
 log = logging.getLogger("raysearch.stages")
 
@@ -80,7 +81,6 @@ def _front_from_mlflow(opts: SearchOptions, stage: int) -> list[ModelSpec]:
     """The specs of the Pareto-optimal children of the latest finished search of ``stage``."""
     from mlflow.tracking import MlflowClient
 
-    from raysearch.tracking.readback import row_from_run
 
     client = MlflowClient(opts.tracking)
     exp = client.get_experiment_by_name(opts.experiment)

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from raysearch.models import ModelSpec
+from raysearch.data import open_split
+from raysearch.models import ModelSpec, build_model, register_family
 from raysearch.records import names as obj
 from raysearch.search.latency import BenchSettings, Measurement, measure
 from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
@@ -115,7 +116,6 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     import torch
     from ray import tune
 
-    from raysearch.models import register_family
 
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" on every report would flood the driver's console
@@ -170,7 +170,6 @@ class _Trial:
 
     def latency_first(self) -> Measurement:
         """1. Latency first: the untrained model has the trained model's latency."""
-        from raysearch.models import build_model
         from raysearch.training.model_summary import summarize
 
         self.untrained = build_model(self.spec)
@@ -213,7 +212,6 @@ class _Trial:
         import torch
         from ray import tune
 
-        from raysearch.data import open_split
         from raysearch.training.train import EpochMetrics, TrainConfig, train, trained_history
 
         settings, ckpt_dir, state = self.settings, self.ckpt_dir, self.state
@@ -259,7 +257,6 @@ class _Trial:
         the final report (and the results cache, so the configuration never trains again)."""
         from ray import tune
 
-        from raysearch.data import open_split
         from raysearch.training.evaluate import OnnxPredictor, evaluate
 
         settings, spec, final = self.settings, self.spec, self.final
@@ -348,7 +345,6 @@ def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], li
     """The int8 calibration inputs of ``spec`` (validation images fed as at inference), read when
     first called: an fp32 export never reads them."""
     def calibration() -> list:
-        from raysearch.data import open_split
         from raysearch.training.quantize import calibration_inputs
 
         return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
@@ -369,7 +365,6 @@ def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, cali
             return Measurement.from_dict(cached)
         except (KeyError, TypeError, ValueError):
             log.info("the cached latency of %s lacks fields of today's reply: measuring it again", spec.name)
-    from raysearch.models import build_model
 
     path = _export(model if model is not None else build_model(spec), work / "untrained.onnx", settings, calibration)
     measured = measure(path, settings.bench)

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from raysearch.data.transforms import resize_for_test, to_input
 from raysearch.models import ModelSpec
 from raysearch.training.evaluate import SPEC_METADATA_KEY
 
@@ -27,7 +28,6 @@ CALIBRATION_IMAGES = 16
 
 def calibration_inputs(source, spec: ModelSpec, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
     """Up to ``n`` images of ``source`` (spread over it), each as a (1, C, H, W) float32 input."""
-    from raysearch.data.transforms import resize_for_test, to_input
 
     if len(source) == 0:
         raise ValueError("int8 calibration needs at least one validation image; the split is empty")

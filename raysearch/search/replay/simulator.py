@@ -38,8 +38,10 @@ from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import hypervolume
 from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space
-from raysearch.search.replay.table import Run, Table, TableError
+from raysearch.search.latency_first import config_key, grid_configs
+from raysearch.search.replay.table import Run, Table, TableError, load
 from raysearch.search.trial import TrialSettings, base_metrics
+from raysearch.storage import DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,6 @@ class Replay:
 def table_latencies(table: Table, source: str, space: Space | None = None) -> dict[str, float]:
     """Every configuration's latency as the latency sweep gives it to `LatencyFirstSearch`
     (`config_key` of the searched config -> ms), from the table's ``source`` column."""
-    from raysearch.search.latency_first import config_key, grid_configs
 
     space = space or table_space(table)
     to_id = ConfigIndex(table, space)
@@ -282,8 +283,6 @@ def table_trial(table_path: str, source: str = "host", seed: int = 0) -> Callabl
 
         from ray import tune
 
-        from raysearch.search.replay.table import load
-        from raysearch.storage import DocumentStore
 
         table = load(table_path)
         cid = ConfigIndex(table, Space({}, settings.fixed, settings.models))(config)
