@@ -70,3 +70,38 @@ def test_a_workers_sigterm_traceback_stays_off_the_console(tmp_path):
     assert "sigterm_handler" in out["plain"] and "SystemExit: 1" in out["plain"]  # the case is real
     assert "a line of the trial" in out["raysearch"]  # the worker's other output still shows
     assert "sigterm_handler" not in out["raysearch"] and "SystemExit" not in out["raysearch"]
+
+
+def test_a_failed_trial_is_one_line_naming_the_cause():
+    """Ray Tune logs a failed trial with its whole remote traceback; the concise view keeps one line."""
+    import logging
+
+    from ray.exceptions import RayTaskError
+
+    from raysearch.search.ray_console import TUNE_CONTROLLER, condense_trial_errors
+
+    condense_trial_errors()
+    condense_trial_errors()  # idempotent
+    logger = logging.getLogger(TUNE_CONTROLLER)
+    assert len([f for f in logger.filters if type(f).__name__ == "_OneLineTrialErrors"]) == 1
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as cause:
+            wrapped = RayTaskError("ImplicitFunc.train", "Traceback (most recent call last):\n  ...", cause)
+            logger.error("Trial task failed for trial run_trial_00000", exc_info=wrapped.as_instanceof_cause())
+        logger.error("something else", exc_info=ValueError("kept whole"))
+    finally:
+        logger.removeHandler(keep)
+    first, other = records
+    assert first.exc_info is None and "\n" not in first.getMessage()
+    assert first.getMessage() == "Trial task failed for trial run_trial_00000: OSError: [Errno 28] No space left on device"
+    assert other.exc_info is not None  # only the trial failure record is condensed

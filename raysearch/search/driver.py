@@ -28,7 +28,7 @@ from raysearch.records import names as obj
 from raysearch.records.results import Requirement, TrialRow
 from raysearch.search.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.search.presets import preset
-from raysearch.search.ray_console import quiet_worker_exits
+from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exits
 from raysearch.search.samplers import SAMPLERS, make_sampler
 from raysearch.search.trial import TrialSettings, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
@@ -643,6 +643,8 @@ def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
 
 def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str, exp_path: str,
            tracker, scheduler_state: Path, latencies: dict[str, float] | None):
+    if not opts.verbose:  # the concise view: a failed trial in one line (its traceback in its error file)
+        condense_trial_errors()
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)

@@ -1,4 +1,5 @@
-"""Keep Ray's worker output on the search's console free of a worker's own exit.
+"""Keep the search's console readable: no traceback for a worker's own exit, and a failed trial
+in one line.
 
 Ray forwards every worker's stdout and stderr to the driver's console. When Ray retires a worker
 (an idle trial worker, the end of a search) it sends SIGTERM, and Ray's handler in the worker
@@ -7,6 +8,10 @@ callback), Python prints "Exception ignored in ... sigterm_handler ... SystemExi
 traceback. Nothing went wrong (the worker was meant to exit), so that block is dropped from the
 console; every other line, tracebacks of real errors included, is printed as before. The worker's
 own log file under Ray's session folder keeps everything.
+
+A trial that fails is logged by Ray Tune's controller with the trial's whole remote traceback;
+`condense_trial_errors` makes that record one line naming the trial and the cause (the traceback
+stays in the trial's error file, which Ray names on the next line, and in its MLflow run).
 
 How: Ray prints worker output through the handlers of its log dispatcher
 (`ray._private.ray_logging.global_worker_stdstream_dispatcher`, the ``ray_print_logs`` handler
@@ -77,3 +82,24 @@ def quiet_worker_exits() -> bool:
                 if not getattr(handler, "raysearch_filtered", False):
                     handlers[k] = (name, _filtered(handler))
     return found
+
+
+TUNE_CONTROLLER = "ray.tune.execution.tune_controller"  # the logger of "Trial task failed for trial ..."
+
+
+class _OneLineTrialErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            exc = record.exc_info[1]
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the trial's own exception
+            first = (str(cause).strip().splitlines() or [""])[0][:300]
+            record.msg = f"{record.getMessage()}: {type(cause).__name__}: {first}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def condense_trial_errors() -> None:
+    """Ray Tune's "Trial task failed" record as one line (idempotent)."""
+    logger = logging.getLogger(TUNE_CONTROLLER)
+    if not any(isinstance(f, _OneLineTrialErrors) for f in logger.filters):
+        logger.addFilter(_OneLineTrialErrors())
