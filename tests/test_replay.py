@@ -297,3 +297,13 @@ def test_a_cached_comparison_resumes_and_gives_the_same_document(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files[1:]} == mtimes
     compare(table, methods=methods[:1], seeds=3, budgets=[0.5], workers=2, cache=cache)  # other settings: new files
     assert len(list(cache.glob("*.json"))) == 2 * 3 + 3
+
+
+def test_the_recorded_tables_are_found_by_name(tmp_path):
+    """`--table A` / `--table B` name the recorded tables of benchmarks/tables, from any folder."""
+    p = subprocess.run([sys.executable, "-m", "raysearch.cli", "replay", "--table", "B", "--seeds", "1", "--methods",
+                        "latency-first", "--budgets", "0.1", "--jobs", "1", "--json", "-q",
+                        "--plot", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert doc["table"] == "B" and doc["grid_epochs"] == 3240 and doc["seeds"] == 1

@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import raysearch
 from raysearch.cli.options import logit_threshold, optimize_options, spec_from_args
 from raysearch.records import names as obj
 
@@ -196,11 +197,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+RECORDED_TABLES = Path(raysearch.__file__).resolve().parents[1] / "benchmarks" / "tables"  # A and B, in the repository
+
+
 def _table_path(text: str) -> Path:
     """A table file, or the name of one of the recorded tables in benchmarks/tables (A, B)."""
     path = Path(text)
     if not path.exists() and "/" not in text:
-        bundled = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / f"{text}.jsonl.gz"
+        bundled = RECORDED_TABLES / f"{text}.jsonl.gz"
         if bundled.is_file():
             return bundled
     if not path.is_file():
