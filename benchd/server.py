@@ -362,7 +362,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 uploads_before = self._upload_bytes
                 job = {"model_path": str(path), "sha256": sha, "params": dataclasses.asdict(params)}
                 try:
-                    frame = self.worker.run(job, deadline=cap(self.cfg.max_load_s), cancelled=gone,
+                    reply = self.worker.run(job, deadline=cap(self.cfg.max_load_s), cancelled=gone,
                                             loaded_deadline=lambda: cap(params.max_duration_s * 1.1 + 2))
                 except WorkerCancelled as exc:
                     self._restart_worker()
@@ -381,18 +381,18 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                         raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "memory") from None
                     raise _Abort(grpc.StatusCode.INTERNAL, str(exc)) from None
                 upload_overlap = self._upload_bytes - uploads_before
-            if not frame["ok"]:
-                code = ERROR_STATUS.get(frame["error"], grpc.StatusCode.INTERNAL)
-                if frame["error"] == runner.ModelIntegrityError.__name__:
+            if reply.result is None:
+                code = ERROR_STATUS.get(reply.error, grpc.StatusCode.INTERNAL)
+                if reply.error == runner.ModelIntegrityError.__name__:
                     self.cache.discard(sha)
                 if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
                     self._restart_worker()  # a worker that failed that way may be in a bad state
                 reason = "memory" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""
-                raise _Abort(code, frame["message"], reason)
+                raise _Abort(code, reply.message, reason)
         finally:
             self.lock.release()
 
-        resp = wire.benchmark_response(frame["result"], self.device, __version__)
+        resp = wire.benchmark_response(reply.result, self.device, __version__)
         resp.model_sha256 = sha
         resp.queue_wait_ms = waited * 1e3
         resp.upload_bytes_during_window = upload_overlap

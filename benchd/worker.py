@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 log = logging.getLogger("benchd.worker")
@@ -50,6 +51,30 @@ class WorkerCancelled(Exception):
     def __init__(self, message: str, *, loaded: bool = False) -> None:
         super().__init__(message)
         self.loaded = loaded
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    """The worker's answer to one job: the benchmark's result, or the error's kind (the name of a
+    `runner.BenchmarkError` subclass, which the server maps to a status; "" for an unexpected
+    failure) and its message. Crosses the pipe as a JSON frame (`frame` / `from_frame`)."""
+
+    result: dict[str, Any] | None = None
+    error: str = ""
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    def frame(self) -> dict[str, Any]:
+        return {"ok": self.ok, "result": self.result, "error": self.error, "message": self.message}
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> WorkerReply:
+        if frame.get("ok"):
+            return cls(result=frame["result"])
+        return cls(error=str(frame.get("error") or ""), message=str(frame.get("message") or ""))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -127,17 +152,17 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             params = runner.BenchParams(**job["params"])
             result = runner.run_benchmark(job["model_path"], params, job.get("sha256"),
                                           on_loaded=lambda: _write_frame(out, {"op": "loaded"}))
-            reply = {"ok": True, "result": result}
+            reply = WorkerReply(result=result)
         except runner.BenchmarkError as exc:  # a domain error, by kind: the server maps it to a status
-            reply = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+            reply = WorkerReply(error=type(exc).__name__, message=str(exc))
         except MemoryError:
-            reply = {"ok": False, "error": runner.MemoryLimitError.__name__, "message": "out of memory (MemoryError)"}
+            reply = WorkerReply(error=runner.MemoryLimitError.__name__, message="out of memory (MemoryError)")
         except Exception as exc:  # a bug or an unexpected onnxruntime failure: report, keep going
-            reply = {"ok": False, "error": "", "message": f"{type(exc).__name__}: {exc}"}
+            reply = WorkerReply(message=f"{type(exc).__name__}: {exc}")
         try:
-            _write_frame(out, reply)
+            _write_frame(out, reply.frame())
         except MemoryError:
-            _write_frame(out, {"ok": False, "error": runner.MemoryLimitError.__name__, "message": "out of memory"})
+            _write_frame(out, WorkerReply(error=runner.MemoryLimitError.__name__, message="out of memory").frame())
 
 
 # --------------------------------------------------------------------------- server side
@@ -200,8 +225,8 @@ class WorkerHandle:
         deadline: float | None,
         cancelled: Callable[[], bool],
         loaded_deadline: Callable[[], float | None] | None = None,
-    ) -> dict[str, Any]:
-        """Send one job and wait for its reply frame.
+    ) -> WorkerReply:
+        """Send one job and wait for its reply.
 
         Raises WorkerError if the worker dies (it is restarted on the next call) and
         WorkerCancelled if `cancelled()` turns true or the monotonic `deadline` passes; once the
@@ -224,7 +249,7 @@ class WorkerHandle:
             except WorkerCancelled as exc:
                 raise WorkerCancelled(str(exc), loaded=loaded) from None
             if frame.get("op") != "loaded":
-                return frame
+                return WorkerReply.from_frame(frame)
             loaded = True
             if loaded_deadline is not None:
                 deadline = loaded_deadline()

@@ -281,3 +281,15 @@ def test_a_bench_result_survives_its_dict(tmp_path) -> None:
     del broken["latency_ms_p50"]
     with pytest.raises(KeyError):
         BenchResult.from_dict(broken)
+
+
+def test_a_worker_reply_crosses_the_pipe_as_a_frame() -> None:
+    import json
+
+    from benchd.worker import WorkerReply
+
+    for reply in (WorkerReply(result={"runs": 3}), WorkerReply(error="MemoryLimitError", message="out of memory"),
+                  WorkerReply(message="RuntimeError: boom")):
+        back = WorkerReply.from_frame(json.loads(json.dumps(reply.frame())))
+        assert back == reply and back.ok == (reply.result is not None)
+    assert not WorkerReply().ok
