@@ -28,8 +28,7 @@ from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import front_hypervolume
 from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINED, TrialRow, TrialStatus, candidates
-from raysearch.storage import write_atomic
-from raysearch.tracking.runs import checkpoint_uri, log_params
+from raysearch.tracking.runs import SearchState, checkpoint_uri, log_params
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +75,10 @@ class SearchTracker(Callback):
         self.client = MlflowClient(tracking)
         self.experiment_id, self.parent = experiment_id, parent_run_id
         self.stage, self.state_path, self.to_spec, self.hv_latency = stage, state_path, to_spec, hv_latency
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-        self.runs: dict[str, str] = state.get("runs", {})
-        self.finals: dict[str, TrialRow] = {k: TrialRow.from_dict(v) for k, v in state.get("finals", {}).items()}
-        self.names: dict[str, str] = state.get("names", {})
-        self.hv_history: list[list[float]] = state.get("hv_history", [])
-        self.epochs_spent: int = state.get("epochs_spent", 0)  # every epoch trained, redone ones too
-        self.last_epoch: dict[str, int] = state.get("last_epoch", {})  # trial id -> last epoch logged
-        self.done: set[str] = set(state.get("done", []))
+        state = SearchState.load(state_path)
+        self.runs, self.finals, self.names = state.runs, state.finals, state.names
+        self.hv_history, self.epochs_spent = state.hv_history, state.epochs_spent
+        self.last_epoch, self.done = state.last_epoch, state.done
         self.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
         self._last_status = time.time()
 
@@ -104,23 +99,21 @@ class SearchTracker(Callback):
     def ended_cleanly(state_path: Path) -> bool:
         """Whether the last run of the search saw every trial conclude (not interrupted)."""
         try:
-            return bool(json.loads(state_path.read_text()).get("ended"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            return SearchState.load(state_path).ended
+        except json.JSONDecodeError:
             return False
 
     @staticmethod
     def saved_rows(state_path: Path) -> list[TrialRow]:
         """The finished trials a search's state file holds (an interrupted search's so far)."""
         try:
-            return [TrialRow.from_dict(v) for v in json.loads(state_path.read_text()).get("finals", {}).values()]
-        except (FileNotFoundError, json.JSONDecodeError):
+            return list(SearchState.load(state_path).finals.values())
+        except json.JSONDecodeError:
             return []
 
     def _save(self) -> None:
-        write_atomic(self.state_path, json.dumps({
-            "parent": self.parent, "runs": self.runs, "finals": {k: r.to_dict() for k, r in self.finals.items()},
-            "names": self.names, "hv_history": self.hv_history, "epochs_spent": self.epochs_spent,
-            "done": sorted(self.done), "ended": self.ended, "last_epoch": self.last_epoch}))
+        SearchState(self.parent, self.runs, self.finals, self.names, self.hv_history, self.epochs_spent, self.done,
+                    self.ended, self.last_epoch).save(self.state_path)
 
     def _spec(self, trial) -> ModelSpec | None:
         try:

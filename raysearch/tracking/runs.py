@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +16,8 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from raysearch.records import names as obj
+from raysearch.records.results import TrialRow
+from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,47 @@ def run_in_store(client: MlflowClient, run_id: str | None) -> bool:
         return False
 
 
+@dataclass
+class SearchState:
+    """What a search's state file holds (beside the search, rewritten whole after every change; see
+    `SearchTracker`): its parent run, each trial's run and name, the finished trials, the
+    hypervolume history, the epochs trained, and whether the last run of it saw every trial end."""
+
+    parent: str = ""
+    runs: dict[str, str] = field(default_factory=dict)  # trial id -> MLflow run id
+    finals: dict[str, TrialRow] = field(default_factory=dict)  # trial id -> its final figures
+    names: dict[str, str] = field(default_factory=dict)  # trial id -> the spec's short name
+    hv_history: list[list[float]] = field(default_factory=list)  # [trials done, epochs, hv, share]
+    epochs_spent: int = 0  # every epoch trained, redone ones too
+    done: set[str] = field(default_factory=set)  # trials concluded
+    ended: bool = False  # every trial concluded (the search was not interrupted)
+    last_epoch: dict[str, int] = field(default_factory=dict)  # trial id -> last epoch logged
+
+    @classmethod
+    def load(cls, path: Path) -> SearchState:
+        """The state in ``path``; an empty one when there is no file yet."""
+        if not path.is_file():
+            return cls()
+        d = json.loads(path.read_text())
+        return cls(parent=d.get("parent", ""), runs=d.get("runs", {}),
+                   finals={k: TrialRow.from_dict(v) for k, v in d.get("finals", {}).items()},
+                   names=d.get("names", {}), hv_history=d.get("hv_history", []), epochs_spent=d.get("epochs_spent", 0),
+                   done=set(d.get("done", [])), ended=bool(d.get("ended")), last_epoch=d.get("last_epoch", {}))
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps({
+            "parent": self.parent, "runs": self.runs, "finals": {k: r.to_dict() for k, r in self.finals.items()},
+            "names": self.names, "hv_history": self.hv_history, "epochs_spent": self.epochs_spent,
+            "done": sorted(self.done), "ended": self.ended, "last_epoch": self.last_epoch}))
+
+
 def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Path, run_name: str, tags: dict,
                 params: dict) -> tuple[str, str]:
     """(experiment id, parent run id): the saved parent on resume, else a new run."""
     exp_id = ensure_experiment(client, experiment, uri)
     driver = {obj.TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", obj.TAG_COMMAND: command_line()}
     if state_path.is_file():
-        parent = json.loads(state_path.read_text())["parent"]
+        parent = SearchState.load(state_path).parent
         if not run_in_store(client, parent):
             raise ValueError(f"{state_path} continues parent run {parent}, which the tracking store {uri} does not "
                              f"have (another --tracking-uri, or its database was removed); pass the store it ran "
