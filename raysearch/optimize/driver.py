@@ -66,23 +66,51 @@ class OptimizeResult:
 
 
 # ---- running it -------------------------------------------------------------------------------
-class _State:
+@dataclass
+class StageState:
+    """One stage of an optimization: its search, and once done its trials and cost."""
+
+    status: str  # "started" or "done"
+    search: str  # the stage's search name
+    rows: list[TrialRow] = field(default_factory=list)
+    epochs: int = 0
+    parent_run_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "search": self.search, "rows": [r.to_dict() for r in self.rows],
+                "epochs": self.epochs, "parent_run_id": self.parent_run_id}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageState:
+        return cls(status=d["status"], search=d["search"], rows=[TrialRow.from_dict(r) for r in d.get("rows", [])],
+                   epochs=int(d.get("epochs", 0)), parent_run_id=d.get("parent_run_id", ""))
+
+
+@dataclass
+class OptimizeState:
     """What has run, in a small JSON file beside the searches' own state (the resume point)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-        self.data.setdefault("stages", {})
-        self.data.setdefault("spent_s", 0.0)
+    path: Path
+    name: str = ""
+    run_id: str = ""  # the optimization's MLflow run
+    started: float = 0.0
+    spent_s: float = 0.0  # over every run of this optimization
+    complete: bool = False
+    stages: dict[str, StageState] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> OptimizeState:
+        if not path.is_file():
+            return cls(path)
+        d = json.loads(path.read_text())
+        return cls(path, name=d.get("name", ""), run_id=d.get("run_id", ""), started=float(d.get("started", 0.0)),
+                   spent_s=float(d.get("spent_s", 0.0)), complete=bool(d.get("complete")),
+                   stages={k: StageState.from_dict(v) for k, v in d.get("stages", {}).items()})
 
     def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.data, indent=1))
-
-    def stage(self, label: str) -> dict:
-        return self.data["stages"].get(label, {})
-
-    def rows(self, label: str) -> list[TrialRow]:
-        return [TrialRow.from_dict(r) for r in self.stage(label).get("rows", [])]
+        write_atomic(self.path, json.dumps({
+            "name": self.name, "run_id": self.run_id, "started": self.started, "spent_s": self.spent_s,
+            "complete": self.complete, "stages": {k: v.to_dict() for k, v in self.stages.items()}}, indent=1))
 
 
 def _partial_rows(opt: OptimizeOptions, search: str) -> list[TrialRow]:
@@ -107,16 +135,16 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     name = opt.name or opt.ident()
     if opt.fresh and (root / "optimize" / f"{name}.json").is_file():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    state = _State(root / "optimize" / f"{name}.json")
+    state = OptimizeState.load(root / "optimize" / f"{name}.json")
     client = MlflowClient(sopts.tracking)
-    if state.data.get("run_id") and not run_in_store(client, state.data["run_id"]):
+    if state.run_id and not run_in_store(client, state.run_id):
         # the saved state belongs to another tracking store: continuing would log into runs it lacks
         fresh = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        print(f"optimization {name}: its saved state ({state.path}) names run {state.data['run_id']}, which the "
+        print(f"optimization {name}: its saved state ({state.path}) names run {state.run_id}, which the "
               f"tracking store {sopts.tracking} does not have; starting afresh as {fresh}")
         name = fresh
-        state = _State(root / "optimize" / f"{name}.json")
-    spent_before = float(state.data["spent_s"])
+        state = OptimizeState.load(root / "optimize" / f"{name}.json")
+    spent_before = state.spent_s
     deadline = None if opt.time_budget_s is None else t_start + opt.time_budget_s - spent_before
     stages = plan(opt.effort, opt.quantize)
     if not sopts.farm:
@@ -129,8 +157,8 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     results_cache = f"{storage_uri(sopts)}/results/{name}"
     complete = True
     rows_by_stage: dict[str, list[TrialRow]] = {}
-    if state.data.get("run_id"):
-        run_id = state.data["run_id"]
+    if state.run_id:
+        run_id = state.run_id
         log.info("continuing optimization %s (%.0f s spent so far)", name, spent_before)
         client.update_run(run_id, status="RUNNING")  # from here on, the try below ends it
     else:
@@ -144,7 +172,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
                 "min_iou": sopts.min_iou, "data": sopts.data, "device_class": sopts.device_class,
                 "epochs": opt.train_epochs, "resolutions": ["x".join(map(str, hw)) for hw in opt.resolutions()],
                 "int8": opt.quantize, "y_channel": opt.y_channel, "stages": stages, "time_budget_s": opt.time_budget_s})
-            state.data.update(name=name, run_id=run_id, started=t_start, stages={})
+            state.name, state.run_id, state.started, state.stages = name, run_id, t_start, {}
             state.save()
     try:
         try:
@@ -152,13 +180,13 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
         except BudgetExpired:
             complete = False
             label = stages[len(rows_by_stage)]
-            search = state.stage(label).get("search")
+            search = state.stages[label].search if label in state.stages else None
             rows_by_stage[label] = [r.with_stage(label) for r in _partial_rows(opt, search)] if search else []
             print(f"\ntime budget reached during stage {label!r}; these are the best candidates so far. To "
                   f"continue, run the same command with a --time-budget above the "
                   f"{spent_before + time.time() - t_start:.0f} s spent in all.")
         spent = spent_before + time.time() - t_start
-        state.data.update(spent_s=spent, complete=complete)
+        state.spent_s, state.complete = spent, complete
         state.save()
         return _conclude(client, opt, name, run_id, rows_by_stage, stages, complete, spent, state)
     except KeyboardInterrupt:
@@ -170,7 +198,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
         raise
 
 
-def _run_stages(state: _State, opt: OptimizeOptions, name: str, run_id: str, family, stages: list[str],
+def _run_stages(state: OptimizeState, opt: OptimizeOptions, name: str, run_id: str, family, stages: list[str],
                 rows_by_stage: dict[str, list[TrialRow]], deadline: float | None, results_cache: str) -> None:
     for i, label in enumerate(stages, 1):
         space, weights, epochs = stage_space(label, family, opt, rows_by_stage)
@@ -182,30 +210,30 @@ def _run_stages(state: _State, opt: OptimizeOptions, name: str, run_id: str, fam
                                           weights, deadline, results_cache)
 
 
-def _end(state: _State, client, run_id: str, spent: float, status: str) -> None:
-    state.data["spent_s"] = spent
+def _end(state: OptimizeState, client, run_id: str, spent: float, status: str) -> None:
+    state.spent_s = spent
     state.save()
     client.set_terminated(run_id, status)
 
 
-def _run_stage(state: _State, opt: OptimizeOptions, name: str, run_id: str, label: str, i: int, n: int,
+def _run_stage(state: OptimizeState, opt: OptimizeOptions, name: str, run_id: str, label: str, i: int, n: int,
                space: Space, epochs: int, weights: dict | None, deadline: float | None,
                results_cache: str) -> list[TrialRow]:
-    st = state.stage(label)
-    if st.get("status") == "done":
-        print(f"[{i}/{n}] {label}: done in an earlier run ({len(st['rows'])} trials)")
-        return state.rows(label)
+    st = state.stages.get(label)
+    if st is not None and st.status == "done":
+        print(f"[{i}/{n}] {label}: done in an earlier run ({len(st.rows)} trials)")
+        return st.rows
     if deadline is not None and time.time() >= deadline:
         raise BudgetExpired
     search = f"{name}-{label}"
     size = space.size()
     grid, trials = grid_or_search(size, opt.trials_per_stage)
     sopts = replace(opt.search, mode="grid" if grid else "search", num_samples=trials, name=search,
-                    resume=bool(st))
+                    resume=st is not None)
     what = ", ".join(f"{k} {v}" for k, v in space.grid.items() if k != "model") or f"{size} models"
     print(f"\n[{i}/{n}] {label}: {what} -> {'grid of' if grid else 'search, ' + str(trials) + ' trials of'} "
-          f"{size} point(s), {epochs} epochs each" + (" (continuing)" if st else ""))
-    state.data["stages"][label] = {"status": "started", "search": search}
+          f"{size} point(s), {epochs} epochs each" + (" (continuing)" if st is not None else ""))
+    state.stages[label] = StageState("started", search)
     state.save()
     outcome = run_search(f"optimize-{label}", space, sopts, epochs=epochs, name=search,
                          tags={obj.TAG_OPTIMIZATION: name, obj.TAG_PARENT: run_id, obj.TAG_OPTIMIZE_STAGE: label},
@@ -217,8 +245,7 @@ def _run_stage(state: _State, opt: OptimizeOptions, name: str, run_id: str, labe
         if not candidates(rows) and not any(r.status == PRUNED for r in rows):
             raise RuntimeError(f"stage {label}: every trial failed, so the optimization cannot go on. "
                                f"The first error:\n{failed}")
-    state.data["stages"][label] = {"status": "done", "search": search, "rows": [r.to_dict() for r in rows],
-                                   "epochs": outcome.epochs_spent, "parent_run_id": outcome.parent_run_id}
+    state.stages[label] = StageState("done", search, rows, outcome.epochs_spent, outcome.parent_run_id)
     state.save()
     return rows
 
@@ -246,7 +273,7 @@ def why_not(row: TrialRow, requirement: Requirement) -> list[str]:
 
 
 def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stage: dict[str, list[TrialRow]],
-              stages: list[str], complete: bool, spent: float, state: _State) -> OptimizeResult:
+              stages: list[str], complete: bool, spent: float, state: OptimizeState) -> OptimizeResult:
     import tempfile
 
     from mlflow.entities import Metric
@@ -261,7 +288,7 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
     closest = [] if quals else _closest(pool, req)
     if not quals and not pool:  # everything was over the latency requirement before training
         closest = _fastest_pruned([r for rs in rows_by_stage.values() for r in rs])
-    epochs = sum(int(st.get("epochs", 0)) for st in state.data["stages"].values())
+    epochs = sum(st.epochs for st in state.stages.values())
     registered = register(client, name, quals, opt.model) if quals else None
 
     table = front_table(pool, req) if pool else "(no candidate trained to the end)"
