@@ -51,7 +51,7 @@ _NOT_OUR_NAMES = {
     ("raysearch/search/latency.py", "device_class"): "a field of the latency cache's key",
     ("raysearch/search/stages.py", "mode"): "SearchOptions' field",
     ("raysearch/search/trial.py", "final"): "a folder of the trial",
-    ("raysearch/tracking/callback.py", "epochs_spent"): "a field of the search's state file",
+    ("raysearch/tracking/runs.py", "epochs_spent"): "a field of the search's state file",
     ("raysearch/training/evaluate.py", "raysearch.spec"): "the ONNX metadata key of the spec",
     ("raysearch/training/train.py", "stopped_early"): "TrainResult's summary field",
     ("raysearch/training/train.py", "epoch"): "a field of the checkpoint files",
