@@ -123,9 +123,7 @@ class ReplayCache:
         path = self._path(task)
         try:
             return SeedResult(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError):  # a torn or foreign file: replay it again
+        except (FileNotFoundError, ValueError, TypeError):  # not there, or a torn or foreign file: replay it
             return None
 
     def put(self, task: tuple, result: SeedResult) -> None:
