@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="longest benchmark (and largest min_duration_s): past it a watchdog kills the worker")
     s.add_argument("--max-load-s", type=float, default=120,
                    help="longest onnxruntime session creation before the watchdog kills the worker")
+    s.add_argument("--max-predict-mb", type=float, default=3,
+                   help="Predict: input data and output data per call, each (clients split larger sets into calls)")
+    s.add_argument("--max-predict-batch", type=int, default=64, help="Predict: images per call")
     s.add_argument("--max-uploads", type=int, default=4,
                    help="uploads received at once (more are refused as busy; health never starves)")
     s.add_argument("--upload-idle-s", type=float, default=30, help="cancel an upload stream silent this long")
@@ -161,6 +164,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_runs=args.max_runs,
         max_duration_s=args.max_duration_s,
         max_load_s=args.max_load_s,
+        max_predict_bytes=_mb(args.max_predict_mb),
+        max_predict_batch=args.max_predict_batch,
         max_uploads=args.max_uploads,
         upload_idle_s=args.upload_idle_s,
         worker_memory_bytes=None if args.worker_memory_mb is None else _mb(args.worker_memory_mb),

@@ -1,4 +1,4 @@
-"""BenchClient: talk to one benchd server (upload-if-missing, benchmark, info, status).
+"""BenchClient: talk to one benchd server (upload-if-missing, benchmark, predict, info, status).
 
 Every call carries a deadline; only UNAVAILABLE is retried (with backoff); gRPC failures are
 raised as benchd.errors exceptions that keep the server's message.
@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchd import wire
+from benchd import predict, wire
 from benchd.cache import SHA256_RE, sha256_file
 from benchd.errors import BenchError, BenchNotFound, from_rpc_error
+from benchd.predict import PredictParams
 from benchd.runner import BenchParams
 from benchd.security import ClientTls, auth_metadata, read_token_file
 from benchd.v1 import benchd_pb2 as pb
@@ -34,6 +36,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 15_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 40 << 20),  # Predict outputs of a server with a raised --max-predict-mb
 ]
 
 
@@ -161,6 +164,30 @@ class BenchResult:
         values["inputs"] = tuple(values["inputs"])
         values["samples_ms"] = tuple(values["samples_ms"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's outputs for a set of inputs, computed by one device (in one or more calls).
+    ``output``: (N, H, W) booleans for masks, the first output as float32 for raw."""
+
+    model_sha256: str
+    device_name: str
+    device_class: str
+    target: str
+    encoding: str
+    output: np.ndarray
+    calls: int
+    run_ms: float  # session.run on the device, all calls together
+    queue_wait_ms: float
+    call_wall_s: float  # client-side, all calls together (uploading the model not included)
+    bytes_sent: int  # input data on the wire
+    bytes_received: int  # output data on the wire
+    onnxruntime_version: str
+    benchd_version: str
+    uploaded: bool = False
+    farm_device: str | None = None
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -317,6 +344,66 @@ class BenchClient:
                 resp, self.target, call_wall_s=time.monotonic() - start, uploaded=uploaded
             )
         raise BenchError("unreachable", target=self.target)
+
+    def predict(
+        self,
+        model: Model | str | os.PathLike[str] | bytes,
+        inputs: np.ndarray,
+        params: PredictParams | None = None,
+        *,
+        reject_if_busy: bool = False,
+        timeout_s: float | None = None,
+    ) -> Prediction:
+        """Upload if missing, then run the model on ``inputs`` (N, ...) on the device, in as many
+        calls as the server's limits need. ``reject_if_busy`` applies to the first call: once the
+        device has started on the set, the remaining calls wait their turn."""
+        opts = params or PredictParams()
+        opts.validate()
+        x = np.asarray(inputs, dtype=np.float32)
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"inputs must be a batch (N, ...) of at least one item, got shape {list(x.shape)}")
+        m = Model.of(model)
+        limits = self.info().limits
+        max_bytes = limits.max_predict_bytes or 3 << 20  # 0: a server from before Predict (it says UNIMPLEMENTED)
+        per_item = x[0].nbytes
+        if per_item > max_bytes:
+            raise ValueError(f"one input of shape {list(x.shape[1:])} is {per_item} bytes; {self.target} takes at "
+                             f"most {max_bytes} bytes per Predict call (benchd serve --max-predict-mb)")
+        step = max(1, min(limits.max_predict_batch or 64, max_bytes // per_item))
+        uploaded = self.ensure_model(m).uploaded
+        timeout = timeout_s or self.benchmark_timeout_s
+        outputs: list[np.ndarray] = []
+        run_ms = wait_ms = wall = 0.0
+        sent = received = calls = 0
+        resp = None
+        for start in range(0, x.shape[0], step):
+            req = wire.predict_request(m.sha256, x[start:start + step], opts, reject_if_busy and not calls)
+            t0 = time.monotonic()
+            try:
+                resp = self._predict_call(req, timeout)
+            except BenchNotFound:  # evicted meanwhile: send it again, once per call
+                uploaded = self.upload(m).uploaded or uploaded
+                resp = self._predict_call(req, timeout)
+            wall += time.monotonic() - t0
+            calls += 1
+            sent += len(req.input_data)
+            received += len(resp.output_data)
+            run_ms += resp.run_ms
+            wait_ms += resp.queue_wait_ms
+            dims = list(resp.output_dims)
+            if wire.encoding_name(resp.encoding) == "mask":
+                outputs.append(predict.unpack_mask(resp.output_data, dims))
+            else:
+                outputs.append(predict.decode(resp.output_data, dims))
+        assert resp is not None
+        return Prediction(
+            model_sha256=m.sha256, device_name=resp.device.name, device_class=resp.device.device_class,
+            target=self.target, encoding=opts.encoding, output=np.concatenate(outputs), calls=calls, run_ms=run_ms,
+            queue_wait_ms=wait_ms, call_wall_s=wall, bytes_sent=sent, bytes_received=received,
+            onnxruntime_version=resp.onnxruntime_version, benchd_version=resp.benchd_version, uploaded=uploaded)
+
+    def _predict_call(self, req: pb.PredictRequest, timeout_s: float) -> pb.PredictResponse:
+        return self._call(lambda t: self._stub.Predict(req, timeout=t, metadata=self._metadata), timeout_s)
 
     def info(self) -> pb.GetInfoResponse:
         return self._call(

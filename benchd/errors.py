@@ -60,6 +60,10 @@ class BenchCancelled(BenchError):
     """CANCELLED: the call was cancelled (for example the server shut down mid-call)."""
 
 
+class BenchUnimplemented(BenchError):
+    """UNIMPLEMENTED: the device's benchd predates this call."""
+
+
 class FarmError(Exception):
     """The farm could not place a job (no such device class, every device down, timeout)."""
 
@@ -74,6 +78,7 @@ _BY_CODE: dict[grpc.StatusCode, type[BenchError]] = {
     grpc.StatusCode.UNAVAILABLE: BenchUnavailable,
     grpc.StatusCode.INTERNAL: BenchInternal,
     grpc.StatusCode.CANCELLED: BenchCancelled,
+    grpc.StatusCode.UNIMPLEMENTED: BenchUnimplemented,
 }
 
 
@@ -94,4 +99,6 @@ def from_rpc_error(err: grpc.RpcError, target: str = "") -> BenchError:
         cls: type[BenchError] = BenchBusy if overloaded else BenchResourceExhausted
     else:
         cls = _BY_CODE.get(code, BenchError)
+    if cls is BenchUnimplemented:  # gRPC says only "Method not found!"
+        details = f"{details[:200]} (the device's benchd is older than this call: update it, clusters/setup_pi.sh)"
     return cls(details, code=code, target=target, reason=reason)

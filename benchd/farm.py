@@ -16,29 +16,32 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from benchd import wire
-from benchd.client import BenchClient, BenchResult, Model
+from benchd.client import BenchClient, BenchResult, Model, Prediction
 from benchd.errors import (
     BenchAuthError,
     BenchBusy,
     BenchCancelled,
     BenchError,
     BenchUnavailable,
+    BenchUnimplemented,
     FarmError,
 )
+from benchd.predict import PredictParams
 from benchd.runner import BenchParams
 from benchd.security import ClientTls, split_address
 from benchd.v1 import benchd_pb2 as pb
 
 log = logging.getLogger("benchd.farm")
+R = TypeVar("R", BenchResult, Prediction)
 
 _DEVICE_KEYS = {"name", "address", "class", "labels", "token_file", "tls"}
 _TLS_KEYS = {"ca", "cert", "key", "server_name"}
@@ -270,6 +273,30 @@ class BenchFarm:
         """Measure on one healthy device of the class; fails over until `timeout_s` passes."""
         opts = dataclasses.replace(options or BenchParams(), **knobs)
         m = Model.of(model)
+        return self._place(lambda c, busy, t: c.benchmark(m, opts, reject_if_busy=busy, timeout_s=t),
+                           "benchmark", device_class, labels, timeout_s)
+
+    def predict(
+        self,
+        model: Model | str | os.PathLike[str] | bytes,
+        inputs: Any,
+        params: PredictParams | None = None,
+        *,
+        device_class: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float = 1800.0,
+    ) -> Prediction:
+        """Run the model on ``inputs`` on one healthy device of the class (all on that one device);
+        fails over like `benchmark`."""
+        m = Model.of(model)
+        return self._place(lambda c, busy, t: c.predict(m, inputs, params, reject_if_busy=busy, timeout_s=t),
+                           "prediction", device_class, labels, timeout_s)
+
+    def _place(self, job: Callable[[BenchClient, bool, float], R], what: str, device_class: str | None,
+               labels: Mapping[str, str] | None, timeout_s: float) -> R:
+        """Run ``job(client, reject_if_busy, seconds left)`` on one device of the class: idle
+        devices first (refused at once if someone else got there first), then the queue of the
+        least-loaded one; a device that fails is marked down and the job reruns elsewhere."""
         candidates = self.matching(device_class, labels)
         if not candidates:
             raise FarmError(f"no device of class {device_class!r} with labels {dict(labels or {})} in the farm")
@@ -285,32 +312,28 @@ class BenchFarm:
             random.shuffle(ready)  # spread callers that see the same loads
             ready.sort(key=lambda ds: (ds[1].busy + ds[1].queue_depth))
             idle = [d for d, s in ready if not s.busy and not s.queue_depth]
-            # Pass 1: idle devices, refused at once if someone else got there first.
-            # Pass 2: queue on the least-loaded device.
             for device, reject_if_busy in [(d, True) for d in idle] + [(d, False) for d, _ in ready]:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 attempts += 1
                 try:
-                    result = self.client(device).benchmark(
-                        m, opts, reject_if_busy=reject_if_busy, timeout_s=remaining
-                    )
+                    result = job(self.client(device), reject_if_busy, remaining)
                 except BenchBusy:
                     continue
-                except (BenchUnavailable, BenchCancelled, BenchAuthError) as exc:
-                    # died mid-benchmark, or unusable: rerun elsewhere
-                    self._mark_down(device, str(exc), permanent=isinstance(exc, BenchAuthError))
+                except (BenchUnavailable, BenchCancelled, BenchAuthError, BenchUnimplemented) as exc:
+                    # died mid-call, or unusable for this job: rerun elsewhere
+                    self._mark_down(device, str(exc), permanent=isinstance(exc, (BenchAuthError, BenchUnimplemented)))
                     continue
-                return dataclasses.replace(result, farm_device=device.name, attempts=attempts)
+                return dataclasses.replace(result, farm_device=device.name, attempts=attempts)  # type: ignore[type-var]
             with self._lock:
                 refused = {d.name: self._refused[d.name] for d in candidates if d.name in self._refused}
             if len(refused) == len(candidates):
-                raise FarmError(f"every device that could run the benchmark refused it: {refused}")
+                raise FarmError(f"every device that could run the {what} refused it: {refused}")
             if time.monotonic() + pause >= deadline:
                 with self._lock:
                     errors = {d.name: self._last_error.get(d.name, "busy or not ready") for d in candidates}
-                raise FarmError(f"no device could run the benchmark within {timeout_s:.0f} s: {errors}")
+                raise FarmError(f"no device could run the {what} within {timeout_s:.0f} s: {errors}")
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 

@@ -18,6 +18,12 @@ class Metrics:
         self.benchmarks = Counter(
             "benchd_benchmarks_total", "Benchmark requests by final gRPC status", ["device", "status"], registry=r
         )
+        self.predictions = Counter(
+            "benchd_predictions_total", "Predict requests by final gRPC status", ["device", "status"], registry=r
+        )
+        self.predict_seconds = Histogram(
+            "benchd_predict_request_seconds", "Predict request time incl. queueing (s)", ["device"], registry=r
+        )
         self.latency_p50 = Histogram(
             "benchd_latency_p50_ms", "p50 latency of each successful benchmark (ms)", ["device"],
             buckets=_LATENCY_BUCKETS_MS, registry=r,

@@ -169,7 +169,7 @@ def session_options(threads: int, graph_optimization: str = "all") -> Any:
     return so
 
 
-def _is_memory_error(exc: BaseException) -> bool:
+def is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _MEMORY_MARKERS)
 
 
@@ -345,7 +345,7 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams, sha25
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        if _is_memory_error(exc):
+        if is_memory_error(exc):
             raise MemoryLimitError(f"out of memory while loading the model: {exc}") from exc
         raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from exc
     session_create_ns = time.perf_counter_ns() - t0
@@ -389,7 +389,7 @@ def run_benchmark(model_path: str | os.PathLike[str], params: BenchParams, sha25
                 hit_max = True
                 break
     except Exception as exc:
-        if _is_memory_error(exc):
+        if is_memory_error(exc):
             raise MemoryLimitError(f"out of memory while running the model: {exc}") from exc
         raise ModelRunError(f"onnxruntime failed to run the model: {exc}") from exc
     window_end = time.time_ns()

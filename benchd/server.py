@@ -14,16 +14,16 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from benchd import __version__, runner, sysinfo, wire
+from benchd import __version__, predict, runner, sysinfo, wire
 from benchd.admission import SPARE_THREADS, AdmissionInterceptor
 from benchd.cache import CacheError, ModelCache, check_sha
 from benchd.devicelock import DeviceLock, QueueAbandoned, QueueFull, QueueTimeout
@@ -40,9 +40,10 @@ from benchd.security import (
 )
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
-from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle
+from benchd.worker import WorkerCancelled, WorkerError, WorkerHandle, predict_job, predict_result
 
 log = logging.getLogger("benchd.server")
+R = TypeVar("R")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BenchService"].full_name
 DEFAULT_PORT = 50051
@@ -56,6 +57,7 @@ ERROR_STATUS = {
     runner.MemoryLimitError.__name__: grpc.StatusCode.RESOURCE_EXHAUSTED,
     runner.ModelIntegrityError.__name__: grpc.StatusCode.NOT_FOUND,  # the client uploads it again
 }
+MAX_PREDICT_BYTES = 32 << 20  # the largest --max-predict-mb: a call's data stays well under the worker's frames
 MAX_DETAILS = 1024  # characters of an error's details: never echo unbounded client input
 
 
@@ -78,6 +80,8 @@ class ServerConfig:
     max_load_s: float = 120.0  # cap on creating the onnxruntime session (a hang there is killed)
     max_uploads: int = 4  # uploads received at once; more are refused as busy
     upload_idle_s: float = 30.0  # an upload stream silent this long is cancelled and cleaned up
+    max_predict_bytes: int = 3 << 20  # Predict: input and output data per call (under gRPC's 4 MiB messages)
+    max_predict_batch: int = 64  # Predict: images per call
     max_calls: int | None = None  # service calls in progress at once; more are busy (None: queue_size + 16)
     worker_memory_bytes: int | None = None  # None: 80% of RAM; 0: unlimited
     worker_prefix: tuple[str, ...] = ()  # e.g. ("nice", "-n", "-5")
@@ -292,17 +296,23 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         return pb.UploadModelResponse(model_sha256=sha, size_bytes=size, received_bytes=received)
 
     def Benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
+        return self._counted(context, lambda: self._benchmark(request, context), self.metrics.benchmarks,
+                             self.metrics.request_seconds)
+
+    def _counted(self, context: grpc.ServicerContext, call: Callable[[], R], calls: Any, seconds: Any) -> R:
+        """Run an RPC's body: an `_Abort` becomes its status; the call is counted by final status in
+        ``calls`` and timed in ``seconds`` (the metrics' counter and histogram)."""
         t0 = time.monotonic()
         status = "OK"
         try:
-            return self._benchmark(request, context)
+            return call()
         except _Abort as err:
             status = err.code.name
             _abort(context, err)
         finally:
             dev = self.cfg.device_name
-            self.metrics.benchmarks.labels(dev, status).inc()
-            self.metrics.request_seconds.labels(dev).observe(time.monotonic() - t0)
+            calls.labels(dev, status).inc()
+            seconds.labels(dev).observe(time.monotonic() - t0)
 
     def _params(self, request: pb.BenchmarkRequest) -> BenchParams:
         cfg = self.cfg
@@ -322,35 +332,47 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return params
 
-    def _benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
-        dev = self.cfg.device_name
+    def _cached_sha(self, model_sha256: str) -> str:
+        """The request's model hash, checked, of a model this device caches."""
         try:
-            sha = check_sha(request.model_sha256)
+            sha = check_sha(model_sha256)
         except CacheError as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        params = self._params(request)
-        not_found = _Abort(grpc.StatusCode.NOT_FOUND, f"model {sha} is not in this device's cache; upload it first")
+        counter = self.metrics.cache_hits
         if self.cache.lookup(sha, touch=False) is None:
-            self.metrics.cache_misses.labels(dev).inc()
-            raise not_found
-        self.metrics.cache_hits.labels(dev).inc()
+            counter = self.metrics.cache_misses
+        counter.labels(self.cfg.device_name).inc()
+        if counter is self.metrics.cache_misses:
+            raise self._not_found(sha)
+        return sha
 
+    @staticmethod
+    def _not_found(sha: str) -> _Abort:
+        return _Abort(grpc.StatusCode.NOT_FOUND, f"model {sha} is not in this device's cache; upload it first")
+
+    def _on_device(self, context: grpc.ServicerContext, sha: str, job: dict[str, Any], *, what: str,
+                   reject_if_busy: bool, run_s: float) -> tuple[dict[str, Any], float, int]:
+        """Run one worker job on the device: wait in its queue, pin the model in the cache, watch
+        the worker. Returns (the worker's result, seconds waited for the device, bytes uploaded
+        meanwhile); every failure is an `_Abort` with its status.
+
+        The watchdog: until the worker says the session exists, --max-load-s; then ``run_s``;
+        past either, the worker is killed."""
+        dev = self.cfg.device_name
         remaining = context.time_remaining()
         client_deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None
         gone = lambda: not context.is_active()  # noqa: E731
         context.add_callback(self.lock.wake)
         try:
-            waited = self.lock.acquire(deadline=client_deadline, abandoned=gone, reject_if_busy=request.reject_if_busy)
+            waited = self.lock.acquire(deadline=client_deadline, abandoned=gone, reject_if_busy=reject_if_busy)
         except QueueFull as exc:
-            reason = "busy" if request.reject_if_busy else "queue-full"
+            reason = "busy" if reject_if_busy else "queue-full"
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{dev}: {exc}", reason) from None
         except QueueTimeout as exc:
             raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{dev}: {exc}") from None
         except QueueAbandoned as exc:
             raise _Abort(grpc.StatusCode.CANCELLED, str(exc)) from None
 
-        # The watchdog: session creation gets --max-load-s, the benchmark its duration cap (and a
-        # grace for the run in flight at the cap); past either, the worker is killed.
         def cap(seconds: float) -> float:
             own = time.monotonic() + seconds
             return own if client_deadline is None else min(client_deadline, own)
@@ -358,23 +380,23 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         try:
             with self.cache.pinned(sha) as path:
                 if path is None:
-                    raise not_found
+                    raise self._not_found(sha)
                 uploads_before = self._upload_bytes
-                job = {"model_path": str(path), "sha256": sha, "params": dataclasses.asdict(params)}
                 try:
-                    reply = self.worker.run(job, deadline=cap(self.cfg.max_load_s), cancelled=gone,
-                                            loaded_deadline=lambda: cap(params.max_duration_s * 1.1 + 2))
+                    reply = self.worker.run({**job, "model_path": str(path), "sha256": sha},
+                                            deadline=cap(self.cfg.max_load_s),
+                                            cancelled=gone, loaded_deadline=lambda: cap(run_s))
                 except WorkerCancelled as exc:
                     self._restart_worker()
                     if gone():
-                        raise _Abort(grpc.StatusCode.CANCELLED, "client went away; benchmark aborted") from None
+                        raise _Abort(grpc.StatusCode.CANCELLED, f"client went away; {what} aborted") from None
                     if client_deadline is not None and time.monotonic() >= client_deadline:
                         raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     "the call's deadline passed; benchmark aborted") from None
-                    what = (f"benchmark ran past this server's {params.max_duration_s:g} s limit (--max-duration-s)"
-                            if exc.loaded else
-                            f"creating the onnxruntime session took over {self.cfg.max_load_s:g} s (--max-load-s)")
-                    raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}; aborted, the worker was restarted") from None
+                                     f"the call's deadline passed; {what} aborted") from None
+                    why = (f"{what} ran past this server's {run_s:g} s limit (--max-duration-s)"
+                           if exc.loaded else
+                           f"creating the onnxruntime session took over {self.cfg.max_load_s:g} s (--max-load-s)")
+                    raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{why}; aborted, the worker was restarted") from None
                 except WorkerError as exc:
                     self._restart_worker()
                     if exc.memory:
@@ -391,8 +413,16 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 raise _Abort(code, reply.message, reason)
         finally:
             self.lock.release()
+        return reply.result, waited, upload_overlap
 
-        resp = wire.benchmark_response(reply.result, self.device, __version__)
+    def _benchmark(self, request: pb.BenchmarkRequest, context: grpc.ServicerContext) -> pb.BenchmarkResponse:
+        dev = self.cfg.device_name
+        sha = self._cached_sha(request.model_sha256)
+        params = self._params(request)
+        result, waited, upload_overlap = self._on_device(
+            context, sha, {"params": dataclasses.asdict(params)}, what="benchmark",
+            reject_if_busy=request.reject_if_busy, run_s=params.max_duration_s * 1.1 + 2)
+        resp = wire.benchmark_response(result, self.device, __version__)
         resp.model_sha256 = sha
         resp.queue_wait_ms = waited * 1e3
         resp.upload_bytes_during_window = upload_overlap
@@ -407,6 +437,34 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         if resp.HasField("cpu_temperature_c_after"):
             self.metrics.temperature.labels(dev).set(resp.cpu_temperature_c_after)
         return resp
+
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+        return self._counted(context, lambda: self._predict(request, context), self.metrics.predictions,
+                             self.metrics.predict_seconds)
+
+    def _predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+        cfg = self.cfg
+        if len(request.input_data) > cfg.max_predict_bytes:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"input_data is {len(request.input_data)} bytes; this server takes at most "
+                         f"{cfg.max_predict_bytes} per call (--max-predict-mb): send fewer images per call")
+        try:
+            dims = predict.check_dims(request.input_dims, len(request.input_data), max_batch=cfg.max_predict_batch)
+            params = wire.predict_params_of(request)
+            params.validate()
+        except BenchmarkError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        sha = self._cached_sha(request.model_sha256)
+        job = predict_job("", sha, dataclasses.asdict(params), dims, request.input_data, cfg.max_predict_bytes)
+        # the run's cap: the server's benchmark duration limit, as for a benchmark's timing
+        result, waited, _ = self._on_device(context, sha, job, what="prediction", reject_if_busy=request.reject_if_busy,
+                                            run_s=cfg.max_duration_s * 1.1 + 2)
+        out = predict_result(result)
+        return pb.PredictResponse(
+            model_sha256=sha, device=self.device, encoding=wire.encoding_enum(params.encoding),
+            output_dims=out["dims"], output_data=out["data"], run_ms=out["run_ms"], queue_wait_ms=waited * 1e3,
+            session_reused=out["session_reused"], onnxruntime_version=out["onnxruntime_version"],
+            benchd_version=__version__)
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
         facts = sysinfo.host_facts()
@@ -429,6 +487,8 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
                 max_duration_s=self.cfg.max_duration_s,
                 queue_capacity=self.cfg.queue_size,
                 worker_memory_bytes=self.worker.memory_limit_bytes,
+                max_predict_bytes=self.cfg.max_predict_bytes,
+                max_predict_batch=self.cfg.max_predict_batch,
             ),
             ready=self.serving,
             throttled=wire.throttle_enum(self._throttled_now),
@@ -488,6 +548,9 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
             )
         if cfg.tls is None:
             log.warning("serving on %s without TLS: the bearer token travels in clear text", address)
+    if not (1 << 10) <= cfg.max_predict_bytes <= MAX_PREDICT_BYTES or cfg.max_predict_batch < 1:
+        raise ValueError(f"Predict limits must be 1 KiB..{MAX_PREDICT_BYTES >> 20} MiB per call and >= 1 image, got "
+                         f"{cfg.max_predict_bytes} bytes and {cfg.max_predict_batch} images")
     if cfg.max_model_bytes > cfg.cache_max_bytes:
         raise ValueError(
             f"max model size ({cfg.max_model_bytes} bytes) exceeds the cache cap ({cfg.cache_max_bytes} bytes)"
@@ -504,6 +567,9 @@ def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = No
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
             ("grpc.http2.max_ping_strikes", 0),
             ("grpc.so_reuseport", 0),
+            # a Predict call: its data and the message's own fields
+            ("grpc.max_receive_message_length", max(4 << 20, cfg.max_predict_bytes + (64 << 10))),
+            ("grpc.max_send_message_length", max(4 << 20, cfg.max_predict_bytes + (64 << 10))),
         ],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -147,12 +147,63 @@ def reset_peak_rss() -> bool:
         return False
 
 
+_ARM = ("aarch64", "arm64", "armv7l", "armv8l")
+# The aarch64 HWCAP / HWCAP2 bits that pick onnxruntime's kernels (int8 dot product and matrix
+# multiply, fp16, SVE), named as the kernel's /proc/cpuinfo "Features" line names them.
+_HWCAP = {"fp": 0, "asimd": 1, "aes": 3, "crc32": 7, "atomics": 8, "fphp": 9, "asimdhp": 10, "asimdrdm": 12,
+          "asimddp": 20, "sve": 22, "asimdfhm": 23}
+_HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14}
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+# x86 flags with the same role (VNNI and AVX-512 int8 paths, fp16 conversion).
+_X86_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _cpuinfo_x86() -> bool:
+    return any(line.startswith(("vendor_id", "flags")) for line in (_read("/proc/cpuinfo") or "").splitlines())
+
+
+def emulator() -> str:
+    """"" on real hardware; under qemu-user, what emulates this process (e.g. "qemu-user, cpu
+    cortex-a72"). qemu-user passes the host's /proc/cpuinfo through: an x86 CPU described to an
+    ARM process gives the emulator away."""
+    if platform.machine() not in _ARM or not _cpuinfo_x86():
+        return ""
+    return f"qemu-user, cpu {os.environ.get('QEMU_CPU') or 'the emulator default'}"
+
+
+def cpu_features() -> list[str]:
+    """The CPU features that select onnxruntime's kernels, as this process sees them: aarch64 from
+    the auxiliary vector (what the kernel, or qemu, tells programs), x86 from /proc/cpuinfo."""
+    if platform.machine() in _ARM:
+        try:
+            import ctypes
+
+            getauxval = ctypes.CDLL(None).getauxval
+            getauxval.restype = ctypes.c_ulong
+            hwcap, hwcap2 = getauxval(_AT_HWCAP), getauxval(_AT_HWCAP2)
+        except (OSError, AttributeError):
+            return []
+        return [n for n, b in _HWCAP.items() if hwcap >> b & 1] + [n for n, b in _HWCAP2.items() if hwcap2 >> b & 1]
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("flags") and ":" in line:
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in _X86_FLAGS if f in flags]
+    return []
+
+
 def host_facts() -> dict[str, object]:
-    """Static facts for GetInfo (onnxruntime's are reported by the worker)."""
+    """Static facts for GetInfo (onnxruntime's are reported by the worker). Under emulation the
+    CPU model is the emulated one (the host's goes to host_cpu_model), never the host's passed off
+    as the device's."""
     total, available = meminfo_bytes()
+    emulated_by = emulator()
     return {
         "hostname": socket.gethostname(),
-        "cpu_model": cpu_model(),
+        "cpu_model": f"{os.environ.get('QEMU_CPU') or 'unknown'} (emulated)" if emulated_by else cpu_model(),
+        "emulated": bool(emulated_by),
+        "emulator": emulated_by,
+        "host_cpu_model": cpu_model() if emulated_by else "",
+        "cpu_features": cpu_features(),
         "device_model": device_model(),
         "cpu_cores": os.cpu_count() or 1,
         "architecture": platform.machine(),

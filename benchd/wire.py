@@ -6,18 +6,22 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+from benchd.predict import ENCODINGS, PredictParams
 from benchd.runner import DEFAULTS, GRAPH_OPTIMIZATIONS, BenchParams, ModelInputError
 from benchd.v1 import benchd_pb2 as pb
 
 GraphOptimization: TypeAlias = pb.GraphOptimization  # the enum types (the generated stubs: int subclasses)
 ThrottleState: TypeAlias = pb.ThrottleState
+OutputEncoding: TypeAlias = pb.OutputEncoding
 
 _GRAPH_OPT: dict[str, GraphOptimization] = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
               "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
 _GRAPH_OPT_NAME = {v: k for k, v in _GRAPH_OPT.items()} | {pb.GRAPH_OPTIMIZATION_UNSPECIFIED: "all"}
 _THROTTLE: dict[ThrottleState, bool | None] = {pb.THROTTLE_STATE_UNKNOWN: None, pb.THROTTLE_STATE_NOT_THROTTLED: False,
              pb.THROTTLE_STATE_THROTTLED: True}
-assert set(_GRAPH_OPT) == set(GRAPH_OPTIMIZATIONS)
+_ENCODING: dict[str, OutputEncoding] = {"mask": pb.OUTPUT_ENCODING_MASK, "raw": pb.OUTPUT_ENCODING_RAW}
+_ENCODING_NAME = {v: k for k, v in _ENCODING.items()} | {pb.OUTPUT_ENCODING_UNSPECIFIED: "mask"}
+assert set(_GRAPH_OPT) == set(GRAPH_OPTIMIZATIONS) and set(_ENCODING) == set(ENCODINGS)
 
 
 def graph_optimization_enum(name: str) -> GraphOptimization:
@@ -112,3 +116,34 @@ def inputs_of(resp: pb.BenchmarkResponse) -> tuple[dict[str, Any], ...]:
 def optional(msg: Any, name: str) -> Any:
     """An ``optional`` field's value, or None when the sender left it out."""
     return getattr(msg, name) if msg.HasField(name) else None
+
+
+def encoding_enum(name: str) -> OutputEncoding:
+    try:
+        return _ENCODING[name]
+    except KeyError:
+        raise ModelInputError(f"encoding must be one of {ENCODINGS}, got {name!r}") from None
+
+
+def encoding_name(value: OutputEncoding) -> str:
+    """The encoding a Predict request asks for (UNSPECIFIED: mask); a number outside the enum is refused."""
+    try:
+        return _ENCODING_NAME[value]
+    except KeyError:
+        raise ModelInputError(f"encoding={value} is not an OutputEncoding value ({sorted(_ENCODING_NAME)})") from None
+
+
+def predict_request(sha: str, batch: Any, params: PredictParams, reject_if_busy: bool = False) -> pb.PredictRequest:
+    """A Predict call for one batch (a float32 numpy array, sent little-endian in C order)."""
+    import numpy as np
+
+    data = np.ascontiguousarray(batch, dtype="<f4")
+    return pb.PredictRequest(model_sha256=sha, input_dims=list(data.shape), input_data=data.tobytes(),
+                             encoding=encoding_enum(params.encoding), logit_threshold=params.logit_threshold,
+                             intra_op_threads=params.intra_op_threads, reject_if_busy=reject_if_busy)
+
+
+def predict_params_of(request: pb.PredictRequest) -> PredictParams:
+    """The request's knobs; not validated (`PredictParams.validate` does that)."""
+    return PredictParams(encoding=encoding_name(request.encoding), logit_threshold=request.logit_threshold,
+                         intra_op_threads=request.intra_op_threads)

@@ -1,7 +1,8 @@
 """The benchmark worker process, and the server-side handle that drives it.
 
 Each server keeps one worker (`python -m benchd.worker`): the server sends a job, the worker
-runs `runner.run_benchmark` and answers. A model that crashes onnxruntime or exceeds the
+runs `runner.run_benchmark` (or, for Predict, `predict.run_predict`, keeping the last model's
+session between calls) and answers. A model that crashes onnxruntime or exceeds the
 worker's address-space limit (RLIMIT_AS) kills or fails the worker only; the handle reports
 that as an error and starts a fresh worker for the next job.
 
@@ -13,6 +14,7 @@ library prints can corrupt the stream).
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import json
 import logging
@@ -111,6 +113,31 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def predict_job(model_path: str, sha256: str, params: dict[str, Any], dims: Sequence[int], data: bytes,
+                max_output_bytes: int) -> dict[str, Any]:
+    """The frame that asks the worker to run one Predict batch (bytes travel as base64)."""
+    return {"op": "predict", "model_path": model_path, "sha256": sha256, "params": params, "dims": list(dims),
+            "data_b64": base64.b64encode(data).decode(), "max_output_bytes": max_output_bytes}
+
+
+def predict_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A Predict job's result with its output bytes decoded."""
+    decoded = dict(result)
+    decoded["data"] = base64.b64decode(decoded.pop("data_b64"))
+    return decoded
+
+
+def _predict(sessions: Any, job: dict[str, Any], on_loaded: Callable[[], object]) -> dict[str, Any]:
+    from benchd import predict
+
+    x = predict.decode(base64.b64decode(job["data_b64"]), job["dims"])
+    result = predict.run_predict(sessions, job["model_path"], job.get("sha256"), x,
+                                 predict.PredictParams(**job["params"]), max_output_bytes=job["max_output_bytes"],
+                                 on_loaded=on_loaded)
+    result["data_b64"] = base64.b64encode(result.pop("data")).decode()
+    return result
+
+
 def worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="benchd benchmark worker (started by the server)")
     parser.add_argument("--memory-limit-bytes", type=int, default=0)
@@ -128,8 +155,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from benchd import runner
+    from benchd import predict, runner
 
+    sessions = predict.SessionCache()
     _write_frame(
         out,
         {
@@ -148,11 +176,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         if body is None:
             return 0
         job = json.loads(body)
+        loaded = lambda: _write_frame(out, {"op": "loaded"})  # noqa: E731
         try:
-            params = runner.BenchParams(**job["params"])
-            result = runner.run_benchmark(job["model_path"], params, job.get("sha256"),
-                                          on_loaded=lambda: _write_frame(out, {"op": "loaded"}))
-            reply = WorkerReply(result=result)
+            if job.get("op") == "predict":
+                reply = WorkerReply(result=_predict(sessions, job, loaded))
+            else:
+                sessions.drop()  # a benchmark times a cold load, and its peak memory is its own
+                params = runner.BenchParams(**job["params"])
+                reply = WorkerReply(result=runner.run_benchmark(job["model_path"], params, job.get("sha256"),
+                                                                on_loaded=loaded))
         except runner.BenchmarkError as exc:  # a domain error, by kind: the server maps it to a status
             reply = WorkerReply(error=type(exc).__name__, message=str(exc))
         except MemoryError:

@@ -59,3 +59,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_boxes(root: Path, sizes: dict[str, int] | None = None) -> Path:
+    """Bright boxes on a noisy dark background (96x128), split into train/val/test folders:
+    learnable in a few epochs."""
+    rng = np.random.default_rng(0)
+    for split, n in (sizes or {"train": 24, "val": 6, "test": 6}).items():
+        for i in range(n):
+            img = rng.integers(0, 60, (96, 128, 3), dtype=np.uint8)
+            mask = np.zeros((96, 128), np.uint8)
+            y, x = rng.integers(5, 40), rng.integers(5, 60)
+            h, w = rng.integers(25, 50), rng.integers(30, 60)
+            img[y:y + h, x:x + w] = rng.integers(150, 255, 3)
+            mask[y:y + h, x:x + w] = 255
+            write_pair(root / split, f"{split}{i}", img, mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_boxes(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Fast-SCNN trained on the boxes (64x64), exported: ``fp32`` and ``int8`` ONNX files, and
+    the dataset's folder (``data``)."""
+    from raysearch.data.folder import FolderSource
+    from raysearch.models import ModelSpec
+    from raysearch.training.export import export_onnx
+    from raysearch.training.quantize import calibration_inputs, quantize_int8
+    from raysearch.training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained-boxes")
+    data = write_boxes(root / "data")
+    spec = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)
+    train_src, val_src = FolderSource(data / "train"), FolderSource(data / "val")
+    res = train(spec, train_src, val_src, TrainConfig(epochs=25, batch_size=4, progress=False), out_dir=root / "train")
+    fp32 = export_onnx(res.model, root / "fp32.onnx").path
+    int8 = quantize_int8(fp32, root / "int8.onnx", calibration_inputs(val_src, spec))
+    return {"fp32": fp32, "int8": int8, "data": data}

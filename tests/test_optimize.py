@@ -241,6 +241,13 @@ def test_entry_with_int8_a_budget_that_expires_then_resumes(tmp_path, monkeypatc
     assert int8_kids and all(k.data.params["precision"] == "int8" and "iou" in k.data.metrics
                              and "latency_ms" in k.data.metrics for k in int8_kids)  # measured like any candidate
     assert all(k.data.metrics.get("epochs_trained", 0) == 0 for k in int8_kids)  # quantized, not retrained
+    # int8 candidates are judged by the device's own onnxruntime (--device-iou int8, the default): here the
+    # local benchd, the same CPU, so the same masks; fp32 candidates keep the host's IoU
+    for k in (k for k in int8_kids if k.info.status == "FINISHED"):
+        m = k.data.metrics
+        assert m["iou"] == m["iou_device"] == m["iou_host"] and m["iou_device_gap"] == 0.0
+        assert m["mask_disagreement_max"] == 0.0 and k.data.tags["device_iou_disagrees"] == "false"
+    assert not any("iou_device" in k.data.metrics for k in res_kids)
 
     # the qualifying candidates, best first, registered with aliases
     cands = result["candidates"]

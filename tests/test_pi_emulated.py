@@ -244,3 +244,73 @@ def test_a_fast_scnn_benchmarked_through_the_farm(emulated_pi: EmulatedPi, tmp_p
     assert [i["dims"] for i in r.inputs] == [[1, 3, 64, 64]]
     print(f"\nemulated (NOT a Pi latency): p50 {r.latency_ms_p50:.2f} ms, mean {r.latency_ms_mean:.2f} ms "
           f"over {r.runs} runs, session {r.session_create_ms:.0f} ms")
+
+
+def test_get_info_says_the_device_is_emulated_and_which_cpu_it_emulates(emulated_pi: EmulatedPi) -> None:
+    with BenchClient(emulated_pi.address, token_file=emulated_pi.token_file, timeout_s=60) as client:
+        info = client.info()
+    assert info.emulated and info.emulator == "qemu-user, cpu cortex-a72"
+    assert info.cpu_model == "cortex-a72 (emulated)" and info.host_cpu_model  # the host's CPU, named as such
+    # the Pi 4's instruction set: NEON, but no int8 dot product (what picks onnxruntime's int8 kernels)
+    assert "asimd" in info.cpu_features and "asimddp" not in info.cpu_features and "i8mm" not in info.cpu_features
+
+
+def _emulated_farm(emulated_pi: EmulatedPi, tmp_path: Path) -> BenchFarm:
+    inventory = tmp_path / "farm.yaml"
+    inventory.write_text(f"defaults:\n  token_file: {emulated_pi.token_file}\n"
+                         f"devices:\n  - {{name: {DEVICE_NAME}, address: '{emulated_pi.address}', "
+                         f"class: {DEVICE_CLASS}}}\n")
+    return BenchFarm.from_file(inventory)
+
+
+def test_test_iou_computed_on_the_emulated_device(emulated_pi: EmulatedPi, trained_boxes: dict,
+                                                  tmp_path: Path) -> None:
+    """Predict end to end on aarch64: the fp32 model's device IoU is the host's to rounding; the int8
+    model is judged by the device's own kernels (the figures are printed, not assumed equal)."""
+    from raysearch.data.folder import FolderSource
+    from raysearch.search.device_iou import evaluate_on_device
+
+    source = FolderSource(trained_boxes["data"] / "test")
+    with _emulated_farm(emulated_pi, tmp_path) as farm:
+        got = {p: evaluate_on_device(trained_boxes[p], source, farm, device_class=DEVICE_CLASS, timeout_s=900)
+               for p in ("fp32", "int8")}
+    fp32, int8 = got["fp32"], got["int8"]
+    assert fp32.device_name == DEVICE_NAME and fp32.onnxruntime_version == emulated_pi.facts["onnxruntime"]
+    assert fp32.host.iou > 0.5 and abs(fp32.iou_gap) < 1e-3 and fp32.max_pixel_disagreement < 1e-3
+    assert 0 < int8.device.iou <= 1 and int8.device.n_images == int8.host.n_images == 6
+    for p, c in got.items():
+        print(f"\n{p}: IoU device {c.device.iou:.5f} host {c.host.iou:.5f} (gap {c.iou_gap:+.5f}, largest per "
+              f"image {c.max_iou_gap:.5f}), masks differ on at most {c.max_pixel_disagreement:.3%} of the pixels")
+
+
+def test_the_bundle_example_runs_inside_the_root_and_masks_as_the_host_does(emulated_pi: EmulatedPi,
+                                                                           trained_boxes: dict) -> None:
+    """`pick --bundle`'s output, run by the Pi's own Python (numpy + onnxruntime, no torch, no
+    OpenCV) inside the root: the mask equals the host's prediction of the same image."""
+    import numpy as np
+
+    from raysearch.data.folder import FolderSource
+    from raysearch.models import ModelSpec
+    from raysearch.records.results import TrialRow
+    from raysearch.reporting import bundle_predict
+    from raysearch.reporting.bundle import write_bundle
+
+    inside = Path("/tmp") / f"bundle-test-{os.getpid()}"
+    folder = PI_ROOT / inside.relative_to("/")
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        row = TrialRow(name="boxes-64", run_id="r1", spec=ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64),
+                       iou=0.9, latency_ms=1.0, device_class=DEVICE_CLASS, onnx=str(trained_boxes["fp32"]))
+        write_bundle(row, folder, logit_threshold=0.0, provenance={"run_id": "r1"})
+        image, _ = FolderSource(trained_boxes["data"] / "test").load(0)
+        np.save(folder / "image.npy", image)
+        ran = pi_root_sh("exec", VENV_PYTHON, str(inside / "predict.py"), str(inside / "image.npy"),
+                         "--format", "npy", "--out-dir", str(inside / "masks"), timeout=600)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "image.npy -> " in ran.stdout
+        on_device = np.load(folder / "masks" / "image.npy")
+        on_host = bundle_predict.Model(folder).mask(image)
+        assert on_device.shape == image.shape[:2] and on_device.any()
+        assert np.array_equal(on_device, on_host)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

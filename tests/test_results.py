@@ -86,3 +86,19 @@ def test_requirement_checks_its_bounds_and_describes_itself():
 def test_a_bad_requirement_names_the_value(kw, match):
     with pytest.raises(ValueError, match=match):
         Requirement(**kw)
+
+
+def test_the_front_table_says_whose_iou_each_candidate_has():
+    from raysearch.reporting.tables import DISAGREES, front_table
+
+    rows = [{"name": "fp32", "iou": 0.9, "latency_ms": 9.0},
+            {"name": "int8-same", "iou": 0.8, "latency_ms": 5.0, "iou_device": 0.8, "iou_host": 0.8,
+             "device_iou_disagrees": 0.0},
+            {"name": "int8-off", "iou": 0.7, "latency_ms": 4.0, "iou_device": 0.7, "iou_host": 0.75,
+             "device_iou_disagrees": 1.0}]
+    lines = front_table(rows).splitlines()
+    assert "iou from" in lines[0]
+    by_name = {line.split()[0]: line for line in lines[2:5]}
+    assert by_name["fp32"].rstrip(" *").endswith("host") and "device" in by_name["int8-same"]
+    assert DISAGREES in by_name["int8-off"] and lines[-1].startswith(DISAGREES)
+    assert "iou from" not in front_table(rows[:1])  # nothing measured on a device: no column

@@ -435,6 +435,7 @@ def test_pick_and_report_read_the_searches_back(stage2, tmp_path):
     assert [r["iou"] for r in picked] == sorted((r["iou"] for r in picked), reverse=True)  # best first
     nothing = _raysearch("pick", "--tracking-uri", store.uri, "--min-iou", "0.999999", "--max-latency-ms", "1e-6")
     assert nothing.returncode == 1 and "no candidate meets the requirements" in nothing.stderr
+    _check_bundle(store, picked, tmp_path)
 
     out = tmp_path / "report.html"
     r = _raysearch("report", "--tracking-uri", store.uri, "--out", str(out))
@@ -443,6 +444,54 @@ def test_pick_and_report_read_the_searches_back(stage2, tmp_path):
     assert page.count("data:image/png;base64,") >= 1 and "data:image/jpeg;base64," in page  # plot + overlays
     for run in picked:
         assert run["name"] in page
+
+
+def _check_bundle(store, picked: list[dict], tmp_path: Path) -> None:
+    """`pick --bundle`: the second candidate's files, its config read back from MLflow, and an
+    example that masks an image as the search's evaluation did."""
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    from raysearch.data import open_split
+    from raysearch.data.transforms import resize_for_test, to_input
+    from raysearch.training.evaluate import OnnxPredictor, thresholded
+
+    rank = min(2, len(picked))
+    folder = tmp_path / "bundle"
+    p = _raysearch("pick", "--tracking-uri", store.uri, "--bundle", str(folder), "--bundle-rank", str(rank))
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in folder.iterdir()) == ["README.md", "model.json", "model.onnx", "predict.py"]
+    config = json.loads((folder / "model.json").read_text())
+    chosen = picked[rank - 1]
+    run = store.client.get_run(chosen["run_id"])
+    parent = store.client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert config["name"] == chosen["name"] and config["provenance"]["run_id"] == chosen["run_id"]
+    assert config["measured"]["iou"] == chosen["iou"] and config["measured"]["latency_ms"] == chosen["latency_ms"]
+    assert {k: str(v) for k, v in config["spec"].items() if k in run.data.params} == \
+        {k: v for k, v in run.data.params.items() if k in config["spec"]}
+    assert config["postprocessing"]["logit_threshold"] == float(parent.data.params["logit_threshold"])
+    assert config["model_sha256"] == hashlib.sha256(Path(chosen["onnx"]).read_bytes()).hexdigest()
+    assert (folder / "model.onnx").read_bytes() == Path(chosen["onnx"]).read_bytes()
+
+    # the example, run as a user would, against the study's evaluation path on the same image
+    image, _ = open_split("synthetic", "test", seed=0, limit=1).load(0)
+    np.save(tmp_path / "image.npy", image)
+    ran = subprocess.run([sys.executable, str(folder / "predict.py"), str(tmp_path / "image.npy"), "--format", "npy",
+                          "--out-dir", str(tmp_path / "masks")], capture_output=True, text=True, timeout=120, env=ENV)
+    assert ran.returncode == 0, ran.stderr
+    mask = np.load(tmp_path / "masks" / "image.npy")
+    host = OnnxPredictor(folder / "model.onnx")
+    x = to_input(resize_for_test(image, host.input_hw), host.in_channels)[None]
+    expected = thresholded(host, config["postprocessing"]["logit_threshold"])(x)[0]
+    expected = cv2.resize(expected.astype(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+    assert mask.shape == image.shape[:2] and np.array_equal(mask, expected)
+
+    again = _raysearch("pick", "--tracking-uri", store.uri, "--bundle", str(tmp_path / "masks"))
+    assert again.returncode == 2 and "holds other files (image.npy)" in again.stderr
+    too_far = _raysearch("pick", "--tracking-uri", store.uri, "--bundle", str(folder), "--bundle-rank", "99")
+    assert too_far.returncode == 2 and "--bundle-rank 99: only" in too_far.stderr
 
 
 @pytest.mark.realdata

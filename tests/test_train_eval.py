@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_pair
+from conftest import write_boxes
 from raysearch.data.folder import FolderSource
 from raysearch.models import ModelSpec
 from raysearch.training.evaluate import TorchPredictor, evaluate, evaluate_onnx, prob_to_logit
@@ -18,18 +18,7 @@ SPEC = ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)
 
 @pytest.fixture(scope="module")
 def boxes(tmp_path_factory):
-    """Bright boxes on a noisy dark background (96x128): learnable in a few epochs."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("boxes")
-    for split, n in (("train", 24), ("val", 6), ("test", 6)):
-        for i in range(n):
-            img = rng.integers(0, 60, (96, 128, 3), dtype=np.uint8)
-            mask = np.zeros((96, 128), np.uint8)
-            y, x = rng.integers(5, 40), rng.integers(5, 60)
-            h, w = rng.integers(25, 50), rng.integers(30, 60)
-            img[y:y + h, x:x + w] = rng.integers(150, 255, 3)
-            mask[y:y + h, x:x + w] = 255
-            write_pair(root / split, f"{split}{i}", img, mask)
+    root = write_boxes(tmp_path_factory.mktemp("boxes"))
     return {s: FolderSource(root / s) for s in ("train", "val", "test")}
 
 

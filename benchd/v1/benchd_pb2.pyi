@@ -20,6 +20,12 @@ class GraphOptimization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRAPH_OPTIMIZATION_BASIC: _ClassVar[GraphOptimization]
     GRAPH_OPTIMIZATION_EXTENDED: _ClassVar[GraphOptimization]
     GRAPH_OPTIMIZATION_ALL: _ClassVar[GraphOptimization]
+
+class OutputEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_ENCODING_UNSPECIFIED: _ClassVar[OutputEncoding]
+    OUTPUT_ENCODING_MASK: _ClassVar[OutputEncoding]
+    OUTPUT_ENCODING_RAW: _ClassVar[OutputEncoding]
 THROTTLE_STATE_UNKNOWN: ThrottleState
 THROTTLE_STATE_NOT_THROTTLED: ThrottleState
 THROTTLE_STATE_THROTTLED: ThrottleState
@@ -28,6 +34,9 @@ GRAPH_OPTIMIZATION_DISABLE: GraphOptimization
 GRAPH_OPTIMIZATION_BASIC: GraphOptimization
 GRAPH_OPTIMIZATION_EXTENDED: GraphOptimization
 GRAPH_OPTIMIZATION_ALL: GraphOptimization
+OUTPUT_ENCODING_UNSPECIFIED: OutputEncoding
+OUTPUT_ENCODING_MASK: OutputEncoding
+OUTPUT_ENCODING_RAW: OutputEncoding
 
 class Device(_message.Message):
     __slots__ = ("name", "device_class")
@@ -244,21 +253,25 @@ class CachedModel(_message.Message):
     def __init__(self, model_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_used_unix_ns: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_model_bytes", "max_runs", "max_duration_s", "queue_capacity", "worker_memory_bytes")
+    __slots__ = ("max_model_bytes", "max_runs", "max_duration_s", "queue_capacity", "worker_memory_bytes", "max_predict_bytes", "max_predict_batch")
     MAX_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     WORKER_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREDICT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREDICT_BATCH_FIELD_NUMBER: _ClassVar[int]
     max_model_bytes: int
     max_runs: int
     max_duration_s: float
     queue_capacity: int
     worker_memory_bytes: int
-    def __init__(self, max_model_bytes: _Optional[int] = ..., max_runs: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., queue_capacity: _Optional[int] = ..., worker_memory_bytes: _Optional[int] = ...) -> None: ...
+    max_predict_bytes: int
+    max_predict_batch: int
+    def __init__(self, max_model_bytes: _Optional[int] = ..., max_runs: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., queue_capacity: _Optional[int] = ..., worker_memory_bytes: _Optional[int] = ..., max_predict_bytes: _Optional[int] = ..., max_predict_batch: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("device", "hostname", "cpu_model", "device_model", "cpu_cores", "architecture", "os", "kernel", "memory_total_bytes", "memory_available_bytes", "governor", "onnxruntime_version", "onnxruntime_providers", "benchd_version", "python_version", "cached_models", "cache_size_bytes", "cache_capacity_bytes", "limits", "ready", "cpu_temperature_c", "throttled")
+    __slots__ = ("device", "hostname", "cpu_model", "device_model", "cpu_cores", "architecture", "os", "kernel", "memory_total_bytes", "memory_available_bytes", "governor", "onnxruntime_version", "onnxruntime_providers", "benchd_version", "python_version", "cached_models", "cache_size_bytes", "cache_capacity_bytes", "limits", "ready", "cpu_temperature_c", "throttled", "emulated", "emulator", "host_cpu_model", "cpu_features")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +294,10 @@ class GetInfoResponse(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     CPU_TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
     THROTTLED_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    EMULATOR_FIELD_NUMBER: _ClassVar[int]
+    HOST_CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
     device: Device
     hostname: str
     cpu_model: str
@@ -303,7 +320,53 @@ class GetInfoResponse(_message.Message):
     ready: bool
     cpu_temperature_c: float
     throttled: ThrottleState
-    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., hostname: _Optional[str] = ..., cpu_model: _Optional[str] = ..., device_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., architecture: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., governor: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnxruntime_providers: _Optional[_Iterable[str]] = ..., benchd_version: _Optional[str] = ..., python_version: _Optional[str] = ..., cached_models: _Optional[_Iterable[_Union[CachedModel, _Mapping]]] = ..., cache_size_bytes: _Optional[int] = ..., cache_capacity_bytes: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., ready: _Optional[bool] = ..., cpu_temperature_c: _Optional[float] = ..., throttled: _Optional[_Union[ThrottleState, str]] = ...) -> None: ...
+    emulated: bool
+    emulator: str
+    host_cpu_model: str
+    cpu_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., hostname: _Optional[str] = ..., cpu_model: _Optional[str] = ..., device_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., architecture: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., governor: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnxruntime_providers: _Optional[_Iterable[str]] = ..., benchd_version: _Optional[str] = ..., python_version: _Optional[str] = ..., cached_models: _Optional[_Iterable[_Union[CachedModel, _Mapping]]] = ..., cache_size_bytes: _Optional[int] = ..., cache_capacity_bytes: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., ready: _Optional[bool] = ..., cpu_temperature_c: _Optional[float] = ..., throttled: _Optional[_Union[ThrottleState, str]] = ..., emulated: _Optional[bool] = ..., emulator: _Optional[str] = ..., host_cpu_model: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("model_sha256", "input_dims", "input_data", "encoding", "logit_threshold", "intra_op_threads", "reject_if_busy")
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIMS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DATA_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    REJECT_IF_BUSY_FIELD_NUMBER: _ClassVar[int]
+    model_sha256: str
+    input_dims: _containers.RepeatedScalarFieldContainer[int]
+    input_data: bytes
+    encoding: OutputEncoding
+    logit_threshold: float
+    intra_op_threads: int
+    reject_if_busy: bool
+    def __init__(self, model_sha256: _Optional[str] = ..., input_dims: _Optional[_Iterable[int]] = ..., input_data: _Optional[bytes] = ..., encoding: _Optional[_Union[OutputEncoding, str]] = ..., logit_threshold: _Optional[float] = ..., intra_op_threads: _Optional[int] = ..., reject_if_busy: _Optional[bool] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("model_sha256", "device", "encoding", "output_dims", "output_data", "run_ms", "queue_wait_ms", "session_reused", "onnxruntime_version", "benchd_version")
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIMS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DATA_FIELD_NUMBER: _ClassVar[int]
+    RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_REUSED_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BENCHD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_sha256: str
+    device: Device
+    encoding: OutputEncoding
+    output_dims: _containers.RepeatedScalarFieldContainer[int]
+    output_data: bytes
+    run_ms: float
+    queue_wait_ms: float
+    session_reused: bool
+    onnxruntime_version: str
+    benchd_version: str
+    def __init__(self, model_sha256: _Optional[str] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., encoding: _Optional[_Union[OutputEncoding, str]] = ..., output_dims: _Optional[_Iterable[int]] = ..., output_data: _Optional[bytes] = ..., run_ms: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., session_reused: _Optional[bool] = ..., onnxruntime_version: _Optional[str] = ..., benchd_version: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

@@ -59,6 +59,11 @@ class BenchServiceStub:
                 request_serializer=benchd_dot_v1_dot_benchd__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=benchd_dot_v1_dot_benchd__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/benchd.v1.BenchService/Predict',
+                request_serializer=benchd_dot_v1_dot_benchd__pb2.PredictRequest.SerializeToString,
+                response_deserializer=benchd_dot_v1_dot_benchd__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class BenchServiceServicer:
@@ -99,6 +104,16 @@ class BenchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Predict(self, request, context):
+        """Run a cached model on a batch of inputs sent by the client and return its outputs: accuracy
+        as the device's own onnxruntime computes it. Waits for the device like Benchmark. Bounded by
+        Limits.max_predict_bytes (input and output data per call) and max_predict_batch: a client
+        sends a larger set as several calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BenchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +141,11 @@ def add_BenchServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=benchd_dot_v1_dot_benchd__pb2.GetStatusRequest.FromString,
                     response_serializer=benchd_dot_v1_dot_benchd__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=benchd_dot_v1_dot_benchd__pb2.PredictRequest.FromString,
+                    response_serializer=benchd_dot_v1_dot_benchd__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +283,33 @@ class BenchService:
             '/benchd.v1.BenchService/GetStatus',
             benchd_dot_v1_dot_benchd__pb2.GetStatusRequest.SerializeToString,
             benchd_dot_v1_dot_benchd__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/benchd.v1.BenchService/Predict',
+            benchd_dot_v1_dot_benchd__pb2.PredictRequest.SerializeToString,
+            benchd_dot_v1_dot_benchd__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from raysearch.training.evaluate import evaluate_onnx
 
     source = open_split(args.data, args.split, seed=args.seed, limit=args.limit)
+    if args.farm:
+        return _evaluate_on_device(args, source)
     res = evaluate_onnx(args.onnx, source, logit_threshold=logit_threshold(args), threads=args.threads,
                         progress=not args.json)
     if args.json:
@@ -90,6 +92,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k, v in res.metrics().items():
             print(f"  {k:<16} {v:.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
     return 0
+
+
+def _evaluate_on_device(args: argparse.Namespace, source) -> int:
+    from benchd.errors import FarmError
+    from raysearch.search.device_iou import evaluate_on_device
+    from raysearch.search.latency import open_farm
+
+    with open_farm(args.farm, args.device_class) as farm:
+        states = [s for s in farm.status() if s.device.device_class == args.device_class]
+        if not states:
+            raise FarmError(f"--farm {args.farm} has no device of class {args.device_class!r} (--device-class)")
+        if all(s.health == "DOWN" for s in states):  # the farm would wait for them: say it now
+            raise FarmError(f"no device of class {args.device_class!r} answers: "
+                            + "; ".join(f"{s.device.name}: {s.error}" for s in states))
+        cmp = evaluate_on_device(args.onnx, source, farm, device_class=args.device_class,
+                                 logit_threshold=logit_threshold(args), progress=not args.json,
+                                 timeout_s=args.timeout_s)
+    disagrees = cmp.disagrees(args.tolerance)
+    if args.json:
+        doc = cmp.to_dict()
+        if args.per_image:
+            doc["device_per_image"], doc["host_per_image"] = cmp.device.per_image, cmp.host.per_image
+        print(json.dumps({**doc, "tolerance": args.tolerance, "disagrees": disagrees}, indent=2))
+    else:
+        print(f"{args.onnx} on {args.data} [{args.split}, {cmp.device.n_images} images], "
+              f"on {cmp.device_name} (onnxruntime {cmp.onnxruntime_version}) and on this host")
+        print(f"  {'':<16} {'device':>8} {'host':>8}")
+        for k, v in cmp.device.metrics().items():
+            if isinstance(v, float) and k != "logit_threshold":
+                print(f"  {k:<16} {v:8.4f} {cmp.host.metrics()[k]:8.4f}")
+        print(f"  device - host IoU {cmp.iou_gap:+.4f}; largest per-image gap {cmp.max_iou_gap:.4f} "
+              f"({cmp.worst_image}); masks differ on at most {cmp.max_pixel_disagreement:.2%} of an image's pixels")
+        print(f"  {cmp.calls} Predict call(s), {cmp.bytes_sent / 2**20:.1f} MiB sent, "
+              f"{cmp.bytes_received / 2**10:.0f} KiB back, {cmp.wall_s:.2f} s ({cmp.device_run_s:.2f} s running)")
+        if disagrees:
+            print(f"  the device's IoU differs from the host's by more than {args.tolerance} (--tolerance): "
+                  f"rank this model by the device's figure")
+    return 3 if disagrees else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -157,15 +197,37 @@ def cmd_pick(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(rows_json(rows))
-        return 0 if rows else 1
-    if not rows:
+    elif rows:
+        for i, r in enumerate(rows, 1):
+            print(f"{i}. {r.name}  IoU {r.iou:.4f}  {r.latency_ms:.3f} ms on {r.device_class or '?'}  "
+                  f"({r.stage}, run {r.run_id})\n"
+                  f"   {r.onnx}")
+            if r.device_iou_note():
+                print(f"   {r.device_iou_note()}")
+    else:
         print("no candidate meets the requirements; `raysearch report` shows the closest", file=sys.stderr)
+    if not rows:
         return 1
-    for i, r in enumerate(rows, 1):
-        print(f"{i}. {r.name}  IoU {r.iou:.4f}  {r.latency_ms:.3f} ms on {r.device_class or '?'}  "
-              f"({r.stage}, run {r.run_id})\n"
-              f"   {r.onnx}")
+    if args.bundle:
+        if args.bundle_rank > len(rows):
+            print(f"--bundle-rank {args.bundle_rank}: only {len(rows)} candidate(s) qualify", file=sys.stderr)
+            return 2
+        folder = _bundle(client, rows[args.bundle_rank - 1], args)
+        print(f"bundle of candidate {args.bundle_rank} written to {folder}/ (run: python predict.py IMAGE)",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _bundle(client, row, args: argparse.Namespace) -> Path:
+    from raysearch.reporting.bundle import write_bundle
+
+    parent_id = client.get_run(row.run_id).data.tags.get(obj.TAG_PARENT)
+    params = client.get_run(parent_id).data.params if parent_id else {}
+    provenance = {"run_id": row.run_id, "search_run_id": parent_id, obj.TAG_STAGE: row.stage, "search": row.search,
+                  "experiment": args.experiment}
+    # a search's parent run logs its options' fields as params: the threshold it evaluated with
+    threshold = float(params.get("logit_threshold", 0.0))
+    return write_bundle(row, args.bundle, logit_threshold=threshold, provenance=provenance)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from benchd.errors import BenchError, FarmError
 from raysearch.cli.commands import (
     cmd_evaluate,
     cmd_export,
@@ -44,6 +45,7 @@ log = logging.getLogger("raysearch")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raysearch.search.device_iou import DEFAULT_TOLERANCE
     from raysearch.search.replay.methods import METHOD_KEYS
 
     p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores)")
     s.add_argument("--json", action="store_true", help="print the metrics as JSON")
     s.add_argument("--per-image", action="store_true", help="with --json: include every image's IoU")
+    g = s.add_argument_group("on the device (benchd Predict: the device's own onnxruntime computes the masks)")
+    g.add_argument("--farm", help="farm inventory (clusters/farm.yaml) or HOST:PORT of one benchd: evaluate there, "
+                                  "and on this host beside it, and say where they disagree")
+    g.add_argument("--device-class", default="local", help="device class to evaluate on (default %(default)s)")
+    g.add_argument("--tolerance", type=number(float, 0), default=DEFAULT_TOLERANCE,
+                   help="flag a device IoU that differs from the host's by more than this (default %(default)s); "
+                        "the exit status is 3 when it does")
+    g.add_argument("--timeout-s", type=number(float, 0, lo_open=True), default=600.0,
+                   help="give up when no device has run a batch within this many seconds (default %(default)s)")
     add_threshold_args(s)
     s.set_defaults(func=cmd_evaluate)
 
@@ -129,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--max-latency-ms and --min-iou, best IoU first, with their ONNX files.")
     add_mlflow_args(s)
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--bundle", metavar="DIR",
+                   help="write what a device needs to run the best candidate into DIR: its ONNX file, model.json "
+                        "(spec, preprocessing, threshold, measured figures) and a runnable predict.py (numpy + "
+                        "onnxruntime only)")
+    s.add_argument("--bundle-rank", type=POSITIVE, default=1, metavar="N",
+                   help="bundle the N-th candidate of the list instead of the first (default %(default)s)")
     s.set_defaults(func=cmd_pick)
 
     from raysearch.optimize.options import EFFORTS
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # one clear line, no traceback (-v for one)
+    except (ValueError, FileNotFoundError, RuntimeError, BenchError, FarmError) as e:  # one line (-v: a traceback)
         if args.verbose:
             raise
         print(f"raysearch {args.command}: error: {store_error(e, getattr(args, 'tracking_uri', None)) or e}",

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from raysearch.records import names as obj
 from raysearch.search.presets import QUICK, STUDY, preset
 
 # The option checks import the model and search modules inside the functions that need them:
@@ -171,6 +172,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help=f"time each model at least this long, whatever the precision says (default "
                         f"{STUDY.bench_min_s:g}, {QUICK.bench_min_s:g} with --quick): the runs of a fast model "
                         f"are not independent, a window of milliseconds is precise about that moment only")
+    g.add_argument("--device-iou", choices=obj.DEVICE_IOU_MODES, default="int8",
+                   help="whose test IoU the device computes with its own onnxruntime (benchd Predict), beside the "
+                        "host's: int8 candidates (their kernels differ by CPU), all, or off; where measured, the "
+                        "device's IoU is the one candidates are ranked by (default %(default)s)")
     g.add_argument("--bench-max-s", type=number(float, 0, lo_open=True), default=30.0,
                    help="stop chasing --bench-precision after this many seconds per model (default %(default)s)")
     g = p.add_argument_group("tracking and storage")

@@ -50,6 +50,16 @@ LATENCY_PRECISION = {
     "latency_ms_p50_first_tenth": "latency_ms_p50_first_tenth",
     "latency_ms_p50_last_tenth": "latency_ms_p50_last_tenth",
 }  # metric name -> the reply's field
+# Test IoU computed by the device's own onnxruntime (benchd Predict). Where it is measured (--device-iou)
+# it is the trial's IOU objective (a candidate is ranked by the IoU it gets where it runs); the host
+# onnxruntime's figure is kept as IOU_HOST.
+DEVICE_IOU_MODES = ("off", "int8", "all")  # which candidates --device-iou measures on the device
+IOU_DEVICE = "iou_device"
+IOU_HOST = "iou_host"
+DEVICE_IOU_DISAGREES = "device_iou_disagrees"  # flag (metric 1/0 and tag): device and host IoU differ past the tolerance
+IOU_DEVICE_GAP = "iou_device_gap"  # iou_device - iou
+IOU_DEVICE_MAX_IMAGE_GAP = "iou_device_max_image_gap"  # the largest per-image |device - host| IoU
+PIXEL_DISAGREEMENT_MAX = "mask_disagreement_max"  # the largest per-image share of pixels whose masks differ
 PARAMS_TOTAL = "params_total"
 PARAMS_EXECUTED = "params_executed"  # parameters of the modules the forward pass calls
 MACS = "macs"

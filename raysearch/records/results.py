@@ -83,6 +83,17 @@ class TrialRow:
     def precision(self) -> str:
         return self.spec.precision if self.spec else ""
 
+    def device_iou_note(self) -> str:
+        """Where the device computed the IoU (--device-iou): the host's beside it, and whether they
+        disagree past the tolerance; "" otherwise."""
+        host = self.value(obj.IOU_HOST)
+        if self.value(obj.IOU_DEVICE) is None or host is None:
+            return ""
+        note = f"IoU computed on the device (the host's onnxruntime: {host:.4f})"
+        if self.metrics.get(obj.DEVICE_IOU_DISAGREES):
+            note += f"; DISAGREES: largest per-image gap {self.value(obj.IOU_DEVICE_MAX_IMAGE_GAP) or 0:.4f}"
+        return note
+
     def with_stage(self, stage: str) -> "TrialRow":
         return replace(self, stage=stage)
 

@@ -61,7 +61,10 @@ def front_table(
     """
     on_front = set(pareto_front(rows, objectives))
     constrained = requirement.constrained
+    on_device = any(_get(row, obj.IOU_DEVICE) is not None for row in rows)  # --device-iou measured some
     header = ["name", obj.IOU.name, obj.LATENCY_MS.name, obj.FPS, "params", "macs (M)"]
+    if on_device:
+        header.append(IOU_FROM)
     if constrained:
         header.append(obj.TAG_QUALIFIES)
     header.append("pareto")
@@ -84,6 +87,8 @@ def front_table(
             "-" if params is None else f"{int(round(params)):,}",
             _fmt(None if macs is None else macs / 1e6, ",.2f"),
         ]
+        if on_device:
+            cells.append(_iou_source(row))
         if constrained:
             cells.append("yes" if requirement.qualifies(row) else "no")
         cells.append("*" if i in on_front else "")
@@ -101,7 +106,21 @@ def front_table(
     text += [render(r) for r in lines]
     if not lines:
         text.append("(no candidates)")
+    if on_device and any(r[header.index(IOU_FROM)] == DISAGREES for r in lines):
+        text.append(f"{DISAGREES}: the device's IoU differs from the host onnxruntime's past the tolerance (the "
+                    f"candidate is ranked by the device's; {obj.IOU_HOST} is beside it in MLflow)")
     return "\n".join(text)
+
+
+IOU_FROM = "iou from"
+DISAGREES = "device (!= host)"
+
+
+def _iou_source(row: Any) -> str:
+    """Who computed the row's IoU: the device (benchd Predict), flagged when it disagrees, or the host."""
+    if _get(row, obj.IOU_DEVICE) is None:
+        return "host"
+    return DISAGREES if _get(row, obj.DEVICE_IOU_DISAGREES) else "device"
 
 
 def _csv_cell(value: Any) -> Any:

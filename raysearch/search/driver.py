@@ -81,6 +81,7 @@ class SearchOptions:
     grace_period: int = 1
     reduction_factor: float = 3.0
     logit_threshold: float = 0.0
+    device_iou: str = "int8"  # whose test IoU the device computes: off, int8 candidates, all
     hv_ref_latency_ms: float | None = None
     verbose: bool = False  # Ray Tune's own per-trial tables instead of the concise view
 
@@ -93,6 +94,8 @@ class SearchOptions:
             raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not one of {SAMPLERS}")
+        if self.device_iou not in obj.DEVICE_IOU_MODES:
+            raise ValueError(f"--device-iou {self.device_iou!r} is not one of {obj.DEVICE_IOU_MODES}")
         _ = self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
@@ -432,7 +435,8 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
             results_cache=results_cache or f"{storage}/results/{name}", trial_state=f"{storage}/trial_state/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.amp,
             max_latency_ms=opts.max_latency_ms,
-            logit_threshold=opts.logit_threshold, init_checkpoint=init_checkpoint, fixed=space.fixed,
+            logit_threshold=opts.logit_threshold, device_iou=opts.device_iou, init_checkpoint=init_checkpoint,
+            fixed=space.fixed,
             models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
         t0 = time.time()
         alarm = _Deadline(deadline)

@@ -65,17 +65,17 @@ class BenchSettings:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def open_farm(settings: BenchSettings):
-    """A `BenchFarm` for the settings: the inventory file, or one device at HOST:PORT."""
+def open_farm(farm: str, device_class: str):
+    """A `BenchFarm`: the inventory file ``farm``, or one device at HOST:PORT (of ``device_class``)."""
     from benchd.farm import BenchFarm, FarmDevice
 
-    if settings.farm.endswith((".yaml", ".yml")):
-        if not Path(settings.farm).is_file():
-            raise FileNotFoundError(f"{settings.farm}: farm inventory not found")
-        return BenchFarm.from_file(settings.farm)
-    if ":" not in settings.farm:
-        raise ValueError(f"--farm {settings.farm!r}: expected a farm inventory (.yaml) or HOST:PORT of one benchd")
-    return BenchFarm([FarmDevice(name=settings.farm, address=settings.farm, device_class=settings.device_class)])
+    if farm.endswith((".yaml", ".yml")):
+        if not Path(farm).is_file():
+            raise FileNotFoundError(f"{farm}: farm inventory not found")
+        return BenchFarm.from_file(farm)
+    if ":" not in farm:
+        raise ValueError(f"--farm {farm!r}: expected a farm inventory (.yaml) or HOST:PORT of one benchd")
+    return BenchFarm([FarmDevice(name=farm, address=farm, device_class=device_class)])
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Measurement:
 def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> Measurement:
     """Benchmark a model on the farm (one of ``settings``' own unless ``farm`` is given)."""
     own = farm is None
-    farm = farm or open_farm(settings)
+    farm = farm or open_farm(settings.farm, settings.device_class)
     try:
         r = farm.benchmark(str(onnx_path), device_class=settings.device_class, runs=settings.runs,
                            warmup_runs=settings.warmup_runs, intra_op_threads=settings.threads,

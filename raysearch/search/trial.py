@@ -50,6 +50,7 @@ class TrialSettings:
     num_workers: int = 0
     max_latency_ms: float | None = None
     logit_threshold: float = 0.0
+    device_iou: str = "int8"  # which candidates' test IoU the device computes (records.names.DEVICE_IOU_MODES)
     init_checkpoint: str | None = None  # with epochs=0: evaluate these weights (path or URI), no training
     overlays: int = 3
     exporter: str = "torchscript"
@@ -71,7 +72,13 @@ class TrialSettings:
                  self.seed, init_checkpoint or self.init_checkpoint, self.logit_threshold, self.bench.cache_key(spec)]
         if self.amp:  # appended only when set, so the keys of fp32 results stored before it existed still match
             ident.append("amp")
+        if self.device_iou_of(spec):  # likewise: a result measured on the device is another result
+            ident.append("device_iou")
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
+
+    def device_iou_of(self, spec: ModelSpec) -> bool:
+        """Whether the device computes this candidate's test IoU (``device_iou``: off, int8, all)."""
+        return self.device_iou == "all" or (self.device_iou == "int8" and spec.precision == "int8")
 
     def spec_for(self, config: dict) -> ModelSpec:
         """The trial's spec: fixed knobs, then the named model's knobs, then the config's."""
@@ -272,6 +279,7 @@ class _Trial:
         ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
         bench = measure(onnx_path, settings.bench)
+        on_device = self._device_iou(onnx_path, test) if settings.device_iou_of(spec) else {}
         if (self.ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
             shutil.copy(self.ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
         (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench.to_dict(), indent=2))
@@ -289,12 +297,32 @@ class _Trial:
             latency_ms_mean=bench.result.latency_ms_mean, latency_ms_p90=bench.result.latency_ms_p90,
             latency_cv=bench.result.latency_cv, **self.shape, **bench.precision_metrics(),
             **({obj.GPU_MAX_MEMORY_MIB: gpu_mib} if gpu_mib is not None else {}))
+        final_metrics.update(on_device)  # the device's IoU, where it computed one, is the objective
         if self.results is not None:  # the artifacts first: a result in the cache always has them
             publish_tree(final, f"{self.results.root}/{self.result_key}")  # best.pt included: int8 and stage 1 start from it
             self.results.put(self.result_key, {**final_metrics, RAN_AS: self.trial_id})
         tune.report(final_metrics, checkpoint=tune.Checkpoint.from_directory(str(final)))
         if self.results is not None and self.state is not None:  # the cached result (with best.pt) stands for it now
             self.state.remove()
+
+
+    def _device_iou(self, onnx_path: Path, test: Any) -> dict[str, float]:
+        """The test IoU as the device computes it (benchd Predict on a device of the latency's class),
+        beside the host's: these metrics replace the objective's IoU with the device's."""
+        from raysearch.search.device_iou import evaluate_on_device
+        from raysearch.search.latency import open_farm
+
+        bench = self.settings.bench
+        with open_farm(bench.farm, bench.device_class) as farm:
+            cmp = evaluate_on_device(onnx_path, test, farm, device_class=bench.device_class,
+                                     logit_threshold=self.settings.logit_threshold, timeout_s=bench.timeout_s)
+        if cmp.disagrees():
+            log.warning("%s: the device's test IoU %.4f differs from the host's %.4f (largest per-image gap %.4f); "
+                        "ranked by the device's", self.spec.name, cmp.device.iou, cmp.host.iou, cmp.max_iou_gap)
+        return {obj.IOU.name: cmp.device.iou, obj.IOU_DEVICE: cmp.device.iou, obj.IOU_HOST: cmp.host.iou,
+                obj.IOU_DEVICE_GAP: cmp.iou_gap, obj.IOU_DEVICE_MAX_IMAGE_GAP: cmp.max_iou_gap,
+                obj.PIXEL_DISAGREEMENT_MAX: cmp.max_pixel_disagreement,
+                obj.DEVICE_IOU_DISAGREES: float(cmp.disagrees())}
 
 
 STATE_FILES = (obj.BEST_WEIGHTS, obj.LAST_WEIGHTS)

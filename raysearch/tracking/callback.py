@@ -31,6 +31,7 @@ from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINE
 from raysearch.tracking.runs import SearchState, checkpoint_uri, log_params
 
 log = logging.getLogger(__name__)
+_UNRECORDED: set[str] = set()  # state files this process could not write at close (warned once)
 
 _EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
 _FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint",
@@ -173,6 +174,8 @@ class SearchTracker(Callback):
         tags = [RunTag(obj.PRUNED, obj.flag(row.status == PRUNED))]
         if row.status == DUPLICATE:
             tags.append(RunTag(obj.DUPLICATE, "true"))
+        if obj.DEVICE_IOU_DISAGREES in result:  # measured on the device: whether its IoU is the host's
+            tags.append(RunTag(obj.DEVICE_IOU_DISAGREES, obj.flag(result[obj.DEVICE_IOU_DISAGREES])))
         tags += [RunTag(k, str(result[k])) for k in (obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS) if result.get(k)]
         step = int(result.get(obj.EPOCH, 0))  # at the last epoch's step, so it is the figure MLflow shows
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in final.items()], tags=tags)
@@ -273,5 +276,7 @@ class SearchTracker(Callback):
                 log.warning("could not end run %s: %s", run_id, e)
         try:  # the runs have ended whatever happens here; a full disk must not keep the parent RUNNING
             self._save()
-        except OSError as e:
-            log.warning("could not record the ended runs in %s: %s", self.state_path, e)
+        except OSError as e:  # said once: Ray Tune's copy of the tracker and the driver's both close
+            if str(self.state_path) not in _UNRECORDED:
+                _UNRECORDED.add(str(self.state_path))
+                log.warning("could not record the ended runs in %s: %s", self.state_path, e)

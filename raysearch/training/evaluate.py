@@ -1,7 +1,9 @@
 """Evaluation as the study measured it, on a torch model or an ONNX file (onnxruntime).
 
 For each image: resize to the network input (the test transform), predict, threshold, resize the
-prediction back to the original size (nearest), and compare with the ground truth. The study's
+prediction back to the original size (nearest), and compare with the ground truth. The predictor is
+the host's onnxruntime or torch, or a device's onnxruntime through benchd's Predict, which
+returns the thresholded masks (`raysearch.search.device_iou`). The study's
 ground truth made the same round trip (nearest to the input size and back): that is ``iou``.
 ``iou_native_gt`` compares with the untouched original mask instead.
 
@@ -22,12 +24,15 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchd.predict import foreground
 from raysearch.data.sources import SegSource
 from raysearch.data.transforms import resize_for_test, to_input
 from raysearch.training.iou import IoUAccumulator
 
 #: (N, C, H, W) float32 inputs -> (N, classes, H, W) float32 logits
 Predictor = Callable[[np.ndarray], np.ndarray]
+#: (N, C, H, W) float32 inputs -> (N, H, W) boolean foreground at the input size
+MaskPredictor = Callable[[np.ndarray], np.ndarray]
 
 SPEC_METADATA_KEY = "raysearch.spec"
 
@@ -101,18 +106,23 @@ class TorchPredictor:
             return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
-def foreground(logits: np.ndarray, logit_threshold: float) -> np.ndarray:
-    """(classes, H, W) logits of one image -> boolean foreground mask."""
-    if logits.shape[0] == 1:
-        return logits[0] > logit_threshold
-    return logits.argmax(axis=0) > 0
+def thresholded(predict: Predictor, logit_threshold: float) -> MaskPredictor:
+    """The foreground masks of ``predict``'s logits (benchd's rule, the one a device's Predict applies)."""
+    return lambda x: foreground(predict(x), logit_threshold)
 
 
-def evaluate(predict: Predictor, source: SegSource, *, input_hw: tuple[int, int], in_channels: int,
+def evaluate(predict: Predictor | None, source: SegSource, *, input_hw: tuple[int, int], in_channels: int,
              logit_threshold: float = 0.0, batch_size: int = 8, progress: bool = False,
-             on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> EvalResult:
+             on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+             masks: MaskPredictor | None = None) -> EvalResult:
     """Evaluate ``predict`` on every sample of ``source`` (see the module doc for the protocol).
-    ``on_prediction(i, image, gt, pred)`` sees each native-size result (e.g. to draw overlays)."""
+    ``on_prediction(i, image, gt, pred)`` sees each native-size result (e.g. to draw overlays).
+    ``masks``: take the foreground masks from it instead of thresholding ``predict``'s logits
+    (a device that thresholds with ``logit_threshold`` itself)."""
+    if masks is None:
+        if predict is None:
+            raise ValueError("evaluate needs a predictor of logits or of masks")
+        masks = thresholded(predict, logit_threshold)
     h, w = input_hw
     study, native = IoUAccumulator(), IoUAccumulator()
     per_image: dict[str, float] = {}
@@ -122,10 +132,9 @@ def evaluate(predict: Predictor, source: SegSource, *, input_hw: tuple[int, int]
         idx = range(start, min(start + batch_size, len(source)))
         pairs = [source.load(i) for i in idx]
         x = np.stack([to_input(resize_for_test(img, (h, w)), in_channels) for img, _ in pairs])
-        logits = predict(x)
-        for i, (img, gt), lg in zip(idx, pairs, logits):
+        for i, (img, gt), fg in zip(idx, pairs, masks(x)):
             H, W = gt.shape
-            pred = cv2.resize(foreground(lg, logit_threshold).astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
+            pred = cv2.resize(fg.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
             gt_rt = cv2.resize(cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST), (W, H), interpolation=cv2.INTER_NEAREST)
             per_image[stems[i]] = study.add(pred, gt_rt)
             native.add(pred, gt)

@@ -106,17 +106,17 @@ class ReplayCache:
     our own search code are not in it: clear the folder after changing the search."""
 
     def __init__(self, folder: str | Path, table_path: str | Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._table_sha = hashlib.sha256(Path(table_path).read_bytes()).hexdigest()
-
-    def _path(self, task: tuple) -> Path:
         import optuna
         import ray
 
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._table_sha = hashlib.sha256(Path(table_path).read_bytes()).hexdigest()
+        self._versions = (optuna.__version__, ray.__version__)
+
+    def _path(self, task: tuple) -> Path:
         _, method, seed, *settings = task
-        key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, optuna.__version__,
-                          ray.__version__])
+        key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, *self._versions])
         return self.folder / f"{method.key}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
     def get(self, task: tuple) -> SeedResult | None:
