@@ -24,7 +24,7 @@ from common import machine
 from raysearch.optimize.driver import optimize
 from raysearch.optimize.options import OptimizeOptions
 from raysearch.records.results import Requirement
-from raysearch.search.driver import SearchOptions, run_search
+from raysearch.search.driver import SearchOptions, SearchRequest, run_search
 from raysearch.search.stages import stage7_space, stage_space
 from raysearch.tracking.readback import row_from_run
 
@@ -63,7 +63,7 @@ def measure(client: MlflowClient, t0: float, wall: float, max_latency_ms: float,
 def run_grid(opts: SearchOptions, res: list[int], epochs: int) -> None:
     for stage in (2, 4, 5, 6, 7):
         space = stage7_space(opts, res) if stage == 7 else stage_space(stage, opts, res)
-        run_search(f"stage{stage}", space, opts, epochs=epochs, name=f"grid-stage{stage}")
+        run_search(SearchRequest(f"stage{stage}", space, opts, epochs, name=f"grid-stage{stage}"))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from common import machine
 from raysearch.records.pareto import default_reference, normalized_hypervolume, pareto_front
 from raysearch.records.results import STOPPED, candidates
-from raysearch.search.driver import SearchOptions, Space, run_search
+from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 # (label, mode, sampler, scheduler)
@@ -114,8 +114,8 @@ def main() -> None:
                                      tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup=3,
                                      concurrency=1)
                 t0 = time.time()
-                out = run_search("efficiency", space, opts, epochs=args.epochs,
-                                 name=f"s{seed}-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
+                out = run_search(SearchRequest("efficiency", space, opts, args.epochs,
+                                               name=f"s{seed}-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")))
                 results[seed][label] = {"rows": out.rows, "epochs": out.epochs_spent, "wall_s": time.time() - t0}
             grid = results[seed]["grid"]
             ref = default_reference(None, [r.latency_ms for r in grid["rows"]])  # the grid's box

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -304,3 +305,16 @@ def test_the_farm_runs_a_prediction_on_a_device_of_the_class(server: tuple[Bench
         got = farm.predict(models["conv"], x, PredictParams(encoding="raw"), device_class="test", timeout_s=60)
     assert got.farm_device == "alive"
     np.testing.assert_allclose(got.output, host_output(models["conv"], x), rtol=1e-5, atol=1e-5)
+
+
+def test_benchd_serve_takes_the_predict_limits_from_its_flags(tmp_path: Path, models: dict[str, Path]) -> None:
+    with fx.serve_subprocess(tmp_path, "flags", "--max-predict-mb", "0.05", "--max-predict-batch", "2") as (_, port):
+        with BenchClient(f"127.0.0.1:{port}", retries=1) as c:
+            fx.wait_serving(c)
+            limits = c.info().limits
+            assert (limits.max_predict_bytes, limits.max_predict_batch) == (int(0.05 * 2**20), 2)
+            got = c.predict(models["conv"], images(5), PredictParams(encoding="raw"))  # 12 KiB per image
+            assert got.calls == 3  # 2 + 2 + 1: the batch limit, read from GetInfo
+    bad = subprocess.run([sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--max-predict-mb", "64",
+                          "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "Predict limits must be" in bad.stderr and "Traceback" not in bad.stderr

@@ -150,7 +150,7 @@ def test_an_unreachable_tracking_server_is_said_in_seconds(tmp_path):
 
 def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_path):
     """Two drivers of one search would log it twice: the second is refused in one line, before Ray."""
-    from raysearch.search.driver import SearchOptions, Space, _SearchLock, run_search, search_state_path
+    from raysearch.search.driver import SearchOptions, SearchRequest, Space, _SearchLock, run_search, search_state_path
 
     opts = SearchOptions(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                          data="synthetic:30", name="twice")
@@ -158,7 +158,7 @@ def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_
     first = _SearchLock(state.with_name("driver.lock"), "twice")  # what the first driver holds while it runs
     try:
         with pytest.raises(ValueError, match=r"a search named 'twice' is already running \(pid \d+ on "):
-            run_search("stage7", Space({"a": [0.25]}, {"input_hw": 64}), opts, epochs=1, name="twice")
+            run_search(SearchRequest("stage7", Space({"a": [0.25]}, {"input_hw": 64}), opts, 1, name="twice"))
     finally:
         first.release()
     _SearchLock(state.with_name("driver.lock"), "twice").release()  # free again once the first is done
@@ -260,6 +260,6 @@ def test_a_state_file_that_cannot_be_written_does_not_keep_runs_open(tmp_path):
     blocked.write_text("a file where the state folder should be")
     tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", exp, parent, "stage7", blocked / "state.json",
                             lambda c: None, None)
-    tracker.runs = {"trial-1": child}
+    tracker.state.runs = {"trial-1": child}
     tracker.close("KILLED")  # must not raise
     assert client.get_run(child).info.status == "KILLED"

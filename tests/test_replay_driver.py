@@ -10,7 +10,7 @@ import pytest
 from raysearch.models import ModelSpec
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import DUPLICATE, STOPPED, TRAINED
-from raysearch.search.driver import SearchOptions, run_search
+from raysearch.search.driver import SearchOptions, SearchRequest, run_search
 from raysearch.search.replay.simulator import simulate, table_space, table_trial
 from raysearch.search.replay.table import load
 from replay_tables import make_table
@@ -36,7 +36,7 @@ def test_the_driver_and_the_simulator_make_the_same_search(tmp_path, scheduler):
                          data="synthetic:30", bench_runs=3, storage_path=str(tmp_path / "ray"),
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        live = run_search("replay", table_space(table), opts, epochs=table.epochs, trial_fn=table_trial(str(path)))
+        live = run_search(SearchRequest("replay", table_space(table), opts, table.epochs, trial_fn=table_trial(str(path))))
     finally:
         ray.shutdown()
     sim = simulate(table, opts, workers=1)

@@ -74,7 +74,8 @@ def hw(run) -> int:
 def stage2(tmp_path_factory):
     """A quick stage-2 grid on synthetic data, shared by the tests that read it."""
     store = Store(tmp_path_factory.mktemp("stage2"))
-    out = store.stage(2, "--quick", "--res", "96", "64", "--epochs", "2", "--bench-runs", "5")
+    # --device-iou all: the local benchd computes every candidate's test IoU too (fp32: the host's figure)
+    out = store.stage(2, "--quick", "--res", "96", "64", "--epochs", "2", "--bench-runs", "5", "--device-iou", "all")
     return store, out
 
 
@@ -97,6 +98,7 @@ def test_stage2_grid_logs_everything(stage2):
         assert len(store.client.list_artifacts(k.info.run_id, "overlays")) == 3
         assert k.data.tags["pruned_by_latency"] == "false" and k.data.tags["pareto_optimal"] in ("true", "false")
         assert k.data.tags["device_class"] == "local"
+        assert m["iou"] == m["iou_device"] == m["iou_host"] and k.data.tags["device_iou_disagrees"] == "false"
         epochs = store.client.get_metric_history(k.info.run_id, "val_loss")
         assert [e.step for e in epochs][:2] == [1, 2]
     assert any(k.data.tags["pareto_optimal"] == "true" for k in kids)
@@ -544,7 +546,7 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     import ray
 
     from raysearch.models import ModelFamily, register_family
-    from raysearch.search.driver import SearchOptions, Space, run_search
+    from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search
 
     register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
                                 resolutions=(64,)), replace=True)
@@ -553,7 +555,7 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
                          quick=True, bench_runs=3,
                          concurrency=1, max_failures=1, storage_path=store.storage, tracking_uri=store.uri)
     try:
-        out = run_search("flaky", Space({"a": [1.0, 0.5]}, {"arch": "flaky", "input_hw": 64}), opts, epochs=3)
+        out = run_search(SearchRequest("flaky", Space({"a": [1.0, 0.5]}, {"arch": "flaky", "input_hw": 64}), opts, 3))
     finally:
         ray.shutdown()
     assert out.errors >= 1

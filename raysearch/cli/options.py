@@ -89,7 +89,7 @@ def add_spec_args(p: argparse.ArgumentParser, res_default: str | None = None,
         meta = f.metadata
         flag = "--" + meta.get("flag", f.name).replace("_", "-")
         if f.name == "input_hw":
-            default = hw_arg(res_default) if res_default else f.default
+            default: tuple[int, int] = hw_arg(res_default) if res_default else f.default  # type: ignore[assignment]
             g.add_argument(flag, dest=f.name, type=hw_arg, default=default,
                            help=f"{meta['help']} (default {'x'.join(map(str, default))})")
         else:

@@ -119,7 +119,7 @@ class CocoSource:
                                 f"among the {len(index)} images listed in 'images'")
             i = index[int(a["image_id"])]
             cid = a.get("category_id")
-            if not _is_int(cid) or int(cid) not in cat_names:
+            if not _is_int(cid) or int(cid) not in cat_names:  # type: ignore[arg-type]  # an int when _is_int
                 raise DataError(f"{jp}: annotation {aid} on {self._file_names[i]} has category_id {cid!r}, which is "
                                 f"not in 'categories' (ids {sorted(cat_names)})")
             self._check_segmentation(a, aid, i)

@@ -67,7 +67,7 @@ class _Camera:
         zz = np.maximum(z, 1e-6)
         p2 = np.stack([self.f * Q[..., 0] / zz + self.cx, self.f * Q[..., 1] / zz + self.cy], -1)
         keep = front
-        if W is not None:
+        if W is not None and H is not None:
             lo, hi = p2.min(1), p2.max(1)
             keep = keep & (hi[:, 0] > -2) & (lo[:, 0] < W + 2) & (hi[:, 1] > -2) & (lo[:, 1] < H + 2)
         out = list(p2[keep])
@@ -385,8 +385,8 @@ def _draw_background(img, rng, cam: _Camera, view, W, H, s, light, Bw, bx):
         fill(seams, base_c * 0.55)
         if rng.random() < 0.5:  # metal lacing: staples across the seam
             yy = np.arange(y_near + 1.5, y_far - 1.0, 2.5)
-            X, Y = np.meshgrid(xs, yy, indexing="ij")
-            X, Y = X.ravel() + skew * Y.ravel(), Y.ravel()
+            Xg, Yg = np.meshgrid(xs, yy, indexing="ij")
+            X, Y = Xg.ravel() + skew * Yg.ravel(), Yg.ravel()
             fill(_quads(X - 0.8, X + seam_w + 0.8, Y, Y + 0.6, 0.05), np.full(3, 150.0) * light(1.0))
         else:  # a lighter vulcanized band beside the seam
             band = seams.copy()
@@ -401,9 +401,9 @@ def _draw_background(img, rng, cam: _Camera, view, W, H, s, light, Bw, bx):
         ys = np.arange(y_near + py * 0.5, y_far - py * 0.5, py)
         slot_c = np.full(3, rng.uniform(15, 45))
         if len(xs) * len(ys) < 8000 and len(ys):
-            X, Y = np.meshgrid(xs, ys, indexing="ij")
-            flip = np.where(np.arange(len(xs)) % 2 == 0, 1.0, -1.0)[:, None] * np.ones(len(ys))
-            X, Y, flip = X.ravel(), Y.ravel(), flip.ravel()
+            Xg, Yg = np.meshgrid(xs, ys, indexing="ij")
+            flip = (np.where(np.arange(len(xs)) % 2 == 0, 1.0, -1.0)[:, None] * np.ones(len(ys))).ravel()
+            X, Y = Xg.ravel(), Yg.ravel()
             a, b, ln = 0.30 * px, 0.15 * px, 0.36 * py
             P = np.zeros((len(X), 4, 3))
             P[:, 0, 0], P[:, 0, 1] = X - a, Y - flip * ln
@@ -754,7 +754,7 @@ def render_sample(seed: int, hw: tuple[int, int] = (540, 960), view: str | None 
     q = 4
     hs, ws = -(-H // q), -(-W // q)
     ground = box.corners - box.corners[:, 2:3] / Ldir[2] * Ldir
-    sh = np.zeros((hs, ws), np.float32)
+    sh: np.ndarray = np.zeros((hs, ws), np.float32)
     sh_hull = cv2.convexHull(np.concatenate([cam.project(ground), corners2d[:4]]).astype(np.float32)).reshape(-1, 2)
     cv2.fillPoly(sh, [_ipts(sh_hull / q)], 1.0, cv2.LINE_8, _SHIFT)
     foot = cv2.convexHull(corners2d[:4].astype(np.float32)).reshape(-1, 2)
@@ -808,7 +808,7 @@ def render_sample(seed: int, hw: tuple[int, int] = (540, 960), view: str | None 
     ntile = rng.standard_normal((96, 96)).astype(np.float32) * rng.uniform(1.0, 4.0)
     img += _tiled(ntile, H, W, rng)[..., None]
     np.clip(img, 0, 255, out=img)
-    out = img.astype(np.uint8)
+    out: np.ndarray = img.astype(np.uint8)
     temp = rng.uniform(-1, 1)
     gains = np.array([1 + 0.08 * temp, 1 + rng.uniform(-0.03, 0.03), 1 - 0.1 * temp])
     lut = np.clip(np.arange(256)[:, None] * gains[None, :] + 0.5, 0, 255).astype(np.uint8).reshape(256, 1, 3)

@@ -17,5 +17,5 @@ __all__ = ["ModelSpec", "ModelFamily", "build_model", "families", "get_family", 
 def build_model(spec: ModelSpec) -> "nn.Module":
     """Build the network a spec describes; the spec is attached as ``model.spec``."""
     model = get_family(spec.arch).build(spec)
-    model.spec = spec  # the one place a model's defining config is read back from
+    model.spec = spec  # type: ignore[assignment]  # the one place a model's defining config is read back from
     return model

@@ -87,7 +87,7 @@ class GELayer(nn.Module):
         if stride == 1:
             if cin != cout:
                 raise ValueError(f"a stride-1 GE layer keeps its width ({cin} != {cout})")
-            self.expand = ConvBNAct(cin, mid, 3, groups=cin)
+            self.expand: nn.Module = ConvBNAct(cin, mid, 3, groups=cin)
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.expand = nn.Sequential(

@@ -49,6 +49,9 @@ def adaptive_pool_matrix(m: int, b: int) -> torch.Tensor:
 class BinPool(nn.Module):
     """Average pooling of an (M_h, M_w) map into (b_h, b_w) bins, static in shape."""
 
+    ph: torch.Tensor  # the pooling matrices (buffers) where the bins do not divide the map
+    pw: torch.Tensor
+
     def __init__(self, map_hw: tuple[int, int], bins: int) -> None:
         super().__init__()
         self.map_hw = map_hw

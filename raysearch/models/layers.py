@@ -19,6 +19,7 @@ def init_weights(model: nn.Module, classifier: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    assert isinstance(classifier, nn.Conv2d), "the classifier is the head's last conv"
     classifier.reset_parameters()
 
 

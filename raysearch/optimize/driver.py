@@ -37,6 +37,7 @@ from raysearch.reporting.tables import front_table
 from raysearch.search.driver import (
     BudgetExpired,
     SearchOptions,
+    SearchRequest,
     Space,
     local_root,
     run_search,
@@ -235,9 +236,10 @@ def _run_stage(state: OptimizeState, opt: OptimizeOptions, name: str, run_id: st
           f"{size} point(s), {epochs} epochs each" + (" (continuing)" if st is not None else ""))
     state.stages[label] = StageState("started", search)
     state.save()
-    outcome = run_search(f"optimize-{label}", space, sopts, epochs=epochs, name=search,
-                         tags={obj.TAG_OPTIMIZATION: name, obj.TAG_PARENT: run_id, obj.TAG_OPTIMIZE_STAGE: label},
-                         init_checkpoints=weights, deadline=deadline, results_cache=results_cache)
+    outcome = run_search(SearchRequest(
+        f"optimize-{label}", space, sopts, epochs, name=search, init_checkpoints=weights, deadline=deadline,
+        tags={obj.TAG_OPTIMIZATION: name, obj.TAG_PARENT: run_id, obj.TAG_OPTIMIZE_STAGE: label},
+        results_cache=results_cache))
     rows = [r.with_stage(label) for r in outcome.rows]
     if outcome.errors:
         failed = _first_error(sopts, outcome.parent_run_id)

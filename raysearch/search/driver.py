@@ -320,24 +320,54 @@ def search_name(label: str, opts: SearchOptions) -> str:
 
 
 # ---- one search -------------------------------------------------------------------------------
-def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str | None = None,
-               init_checkpoint: str | None = None, parent: tuple | None = None,
-               keep_parent_open: bool = False, tags: dict | None = None, init_checkpoints: dict | None = None,
-               deadline: float | None = None, results_cache: str | None = None,
-               trial_fn: Callable[[dict, TrialSettings], None] | None = None) -> SearchOutcome:
-    """Run one Ray Tune search over ``space`` and log it to MLflow (see the module doc).
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search for `run_search`: the stage's label, the space, the options and the epochs, and
+    what a caller other than a stage script may add.
 
     ``parent``: (client, experiment id, parent run id) to log under an existing parent (stage 1's
     second phase, which then ends it); otherwise a parent run is opened (or reopened with
     ``opts.resume``), tagged with ``tags`` as well, and ended unless ``keep_parent_open``.
-    ``init_checkpoints``: weights per named model of ``space.models`` (with ``epochs=0``).
-    ``deadline`` (``time.time()`` seconds): stop there like Ctrl-C and raise `BudgetExpired`;
-    the search continues with ``opts.resume``. ``results_cache``: where finished trials are kept
-    by spec (default: per search), so searches sharing one never train a configuration twice.
-    ``trial_fn``: the trainable instead of `run_trial` (`raysearch.search.replay.simulator.table_trial`
-    replays a recorded table through this very driver).
-    """
+    ``init_checkpoint``: the weights every trial starts from; ``init_checkpoints``: weights per named
+    model of ``space.models`` (with ``epochs=0``). ``deadline`` (``time.time()`` seconds): stop there
+    like Ctrl-C and raise `BudgetExpired`; the search continues with ``opts.resume``.
+    ``results_cache``: where finished trials are kept by spec (default: per search), so searches
+    sharing one never train a configuration twice. ``trial_fn``: the trainable instead of
+    `run_trial` (`raysearch.search.replay.simulator.table_trial` replays a recorded table through
+    this very driver)."""
+
+    stage: str
+    space: Space
+    opts: SearchOptions
+    epochs: int
+    name: str | None = None  # default: search_name(stage, opts)
+    init_checkpoint: str | None = None
+    init_checkpoints: dict | None = None
+    parent: tuple | None = None
+    keep_parent_open: bool = False
+    tags: dict | None = None
+    deadline: float | None = None
+    results_cache: str | None = None
+    trial_fn: Callable[[dict, TrialSettings], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a search lives: its name, its storage (a folder or URI) and local root, its experiment
+    folder in the storage and its state file beside the driver."""
+
+    name: str
+    storage: str
+    root: Path
+    exp_path: str
+    state_path: Path
+
+
+def run_search(req: SearchRequest) -> SearchOutcome:
+    """Run one Ray Tune search over ``req.space`` and log it to MLflow (see the module doc)."""
     from raysearch.data import check_data
+
+    stage, space, opts = req.stage, req.space, req.opts
 
     space.check()  # bad input, one line each, before Ray starts
     if opts.mode == "search" and opts.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
@@ -346,14 +376,12 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
     check_data(opts.data, limit=opts.limit, seed=opts.seed)
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
-    root = local_root(opts)
-    name = name or search_name(stage, opts)
-    exp_path = f"{storage}/{name}"
-    state_path = search_state_path(opts, name)
-    lock = _SearchLock(state_path.with_name("driver.lock"), name)  # released when this returns or the process dies
-    if not opts.resume and state_path.exists():
+    name = req.name or search_name(stage, opts)
+    where = _Where(name, storage, local_root(opts), f"{storage}/{name}", search_state_path(opts, name))
+    lock = _SearchLock(where.state_path.with_name("driver.lock"), name)  # released when this returns or the process dies
+    if not opts.resume and where.state_path.exists():
         lock.release()
-        raise ValueError(f"a search named {name!r} already exists under {storage} (state {state_path}); "
+        raise ValueError(f"a search named {name!r} already exists under {storage} (state {where.state_path}); "
                          f"pass --resume to continue it or --name to start another")
     reservation = local_reservation(opts)
     try:
@@ -365,11 +393,7 @@ def run_search(stage: str, space: Space, opts: SearchOptions, *, epochs: int, na
             # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
             # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
             os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        return _run_locked(stage, space, opts, epochs=epochs, name=name, storage=storage, root=root, exp_path=exp_path,
-                           state_path=state_path, init_checkpoint=init_checkpoint, parent=parent,
-                           keep_parent_open=keep_parent_open, tags=tags, init_checkpoints=init_checkpoints,
-                           deadline=deadline, results_cache=results_cache, trial_fn=trial_fn,
-                           reservation=reservation)
+        return _run_locked(req, where, reservation)
     finally:
         lock.release()
 
@@ -401,11 +425,7 @@ class _SearchLock:
             self._fd = None
 
 
-def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, name: str, storage: str, root: Path,
-                exp_path: str, state_path: Path, init_checkpoint: str | None, parent: tuple | None,
-                keep_parent_open: bool, tags: dict | None, init_checkpoints: dict | None, deadline: float | None,
-                results_cache: str | None, trial_fn: Callable | None,
-                reservation: CpuReservation | None) -> SearchOutcome:
+def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation | None) -> SearchOutcome:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
@@ -414,8 +434,10 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
     from raysearch.tracking.callback import SearchTracker
     from raysearch.tracking.runs import open_parent
 
+    stage, space, opts, epochs, parent = req.stage, req.space, req.opts, req.epochs, req.parent
+    name, storage, exp_path, state_path = where.name, where.storage, where.exp_path, where.state_path
     remote = "://" in opts.storage_path
-    data = prepare_data(opts.data, None if remote else root, opts.seed)
+    data = prepare_data(opts.data, None if remote else where.root, opts.seed)
     hv_latency = opts.hv_ref_latency_ms or opts.max_latency_ms  # None: the largest latency measured
     client = parent[0] if parent else MlflowClient(opts.tracking)
 
@@ -432,14 +454,14 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
         settings = TrialSettings(
             # trial-side files live in the storage every node reaches (a folder or an object store)
             data=data, bench=bench_settings(opts, farm, reservation), latency_cache=f"{storage}/latency_cache",
-            results_cache=results_cache or f"{storage}/results/{name}", trial_state=f"{storage}/trial_state/{name}",
+            results_cache=req.results_cache or f"{storage}/results/{name}", trial_state=f"{storage}/trial_state/{name}",
             data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.amp,
             max_latency_ms=opts.max_latency_ms,
-            logit_threshold=opts.logit_threshold, device_iou=opts.device_iou, init_checkpoint=init_checkpoint,
-            fixed=space.fixed,
-            models=space.models, init_checkpoints=init_checkpoints or {}, families=shipped_families())
+            logit_threshold=opts.logit_threshold, device_iou=opts.device_iou,
+            init_checkpoint=req.init_checkpoint, fixed=space.fixed, models=space.models,
+            init_checkpoints=req.init_checkpoints or {}, families=shipped_families())
         t0 = time.time()
-        alarm = _Deadline(deadline)
+        alarm = _Deadline(req.deadline)
         tracker = None
         if parent:
             _, exp_id, parent_id = parent
@@ -447,14 +469,14 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
             exp_id, parent_id = open_parent(
                 client, opts.experiment, opts.tracking, state_path, run_name=name,
                 tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
-                      **(tags or {})},
+                      **(req.tags or {})},
                 params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency,
                         **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
                                     hv_latency, planned_trials(space, opts))
-            trainable = tune.with_resources(tune.with_parameters(trial_fn or run_trial, settings=settings),
+            trainable = tune.with_resources(tune.with_parameters(req.trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
             latencies = None
             if opts.mode == "search" and opts.sampler == "latency-first":  # every latency before any training
@@ -492,14 +514,14 @@ def _run_locked(stage: str, space: Space, opts: SearchOptions, *, epochs: int, n
             delete_tree(settings.trial_state)
         except OSError as e:  # only storage is wasted
             log.warning("could not remove %s: %s", settings.trial_state, e)
-        rows = list(tracker.finals.values())
-        front, hv = finish_search(client, parent_id, stage, rows, tracker.hv_history, opts.requirement, hv_latency)
+        rows = list(tracker.state.finals.values())
+        front, hv = finish_search(client, parent_id, stage, rows, tracker.state.hv_history, opts.requirement, hv_latency)
         if errors:
             client.set_tag(parent_id, obj.TAG_TRIAL_ERRORS, str(errors))
-        if not keep_parent_open:
+        if not req.keep_parent_open:
             client.set_terminated(parent_id, "FINISHED")
         log.info("%s: %d trials, %d errors, %.0f s", name, len(rows), errors, time.time() - t0)
-        return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.epochs_spent)
+        return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.state.epochs_spent)
 
 
 class _Deadline:

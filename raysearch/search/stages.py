@@ -20,7 +20,7 @@ import logging
 
 from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.records import names as obj
-from raysearch.search.driver import SearchOptions, Space, run_search, search_name
+from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search, search_name
 from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
 from raysearch.tracking.readback import row_from_run
@@ -121,7 +121,7 @@ def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list | None = N
         return run_stage1(opts, epochs, res)
     space = stage7_space(opts, res) if stage == 7 else stage_space(stage, opts, res)
     log.info("%s (%s): %d grid points, %s", label, opts.mode, space.size(), DESCRIPTIONS[stage])
-    return run_search(label, space, opts, epochs=epochs)
+    return run_search(SearchRequest(label, space, opts, epochs))
 
 
 def run_stage1(opts: SearchOptions, epochs: int, res: list | None):
@@ -133,16 +133,16 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list | None):
     # the two phases are searches NAME-train and NAME-eval; --resume finds NAME from either
     name = search_name("stage1", opts).removesuffix("-train").removesuffix("-eval")
     fixed = dict(BASELINE)  # the study's baseline (pp=1: our pyramid pooling adapts to every input size)
-    base = run_search("stage1", Space({"input_hw": [max(res)]}, fixed), opts, epochs=epochs, name=f"{name}-train",
-                      keep_parent_open=True)
+    base = run_search(SearchRequest("stage1", Space({"input_hw": [max(res)]}, fixed), opts, epochs, name=f"{name}-train",
+                                    keep_parent_open=True))
     # the trained weights go where every node can read them: the search's storage
     weights = f"{base.experiment_path}/stage1_weights.pt"
     write_bytes(weights, read_bytes(_checkpoint_of(base)))
     client = MlflowClient(opts.tracking)
     exp_id = client.get_run(base.parent_run_id).info.experiment_id
     eval_opts = SearchOptions(**{**opts.__dict__, "mode": "grid"})  # evaluation only: nothing to search
-    return run_search("stage1", Space({"input_hw": res}, fixed), eval_opts, epochs=0, name=f"{name}-eval",
-                      init_checkpoint=weights, parent=(client, exp_id, base.parent_run_id))
+    return run_search(SearchRequest("stage1", Space({"input_hw": res}, fixed), eval_opts, 0, name=f"{name}-eval",
+                                    init_checkpoint=weights, parent=(client, exp_id, base.parent_run_id)))
 
 
 def _checkpoint_of(outcome) -> str:

@@ -74,13 +74,11 @@ class SearchTracker(Callback):
         self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency, expected_trials)
         self.expected_trials = expected_trials  # the grid's points or --num-samples
         self.client = MlflowClient(tracking)
-        self.experiment_id, self.parent = experiment_id, parent_run_id
+        self.experiment_id = experiment_id
         self.stage, self.state_path, self.to_spec, self.hv_latency = stage, state_path, to_spec, hv_latency
-        state = SearchState.load(state_path)
-        self.runs, self.finals, self.names = state.runs, state.finals, state.names
-        self.hv_history, self.epochs_spent = state.hv_history, state.epochs_spent
-        self.last_epoch, self.done = state.last_epoch, state.done
-        self.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
+        self.state = SearchState.load(state_path)  # what earlier runs of this search recorded, kept up to date
+        self.state.parent = parent_run_id
+        self.state.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
         self._last_status = time.time()
 
     # ---- state ---------------------------------------------------------------------------
@@ -113,8 +111,7 @@ class SearchTracker(Callback):
             return []
 
     def _save(self) -> None:
-        SearchState(self.parent, self.runs, self.finals, self.names, self.hv_history, self.epochs_spent, self.done,
-                    self.ended, self.last_epoch).save(self.state_path)
+        self.state.save(self.state_path)
 
     def _spec(self, trial) -> ModelSpec | None:
         try:
@@ -124,19 +121,19 @@ class SearchTracker(Callback):
 
     def _run_for(self, trial) -> str:
         tid = trial.trial_id
-        if tid in self.runs:
-            return self.runs[tid]
+        if tid in self.state.runs:
+            return self.state.runs[tid]
         spec = self._spec(trial)
         name = spec.name if spec else f"invalid-{tid}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            obj.TAG_PARENT: self.parent, obj.TAG_STAGE: self.stage, obj.TAG_TRIAL_ID: tid, obj.TAG_SPEC: name})
+            obj.TAG_PARENT: self.state.parent, obj.TAG_STAGE: self.stage, obj.TAG_TRIAL_ID: tid, obj.TAG_SPEC: name})
         log_params(self.client, run.info.run_id, spec.to_params() if spec else dict(trial.config))
-        self.runs[tid], self.names[tid] = run.info.run_id, name
+        self.state.runs[tid], self.state.names[tid] = run.info.run_id, name
         self._save()
         return run.info.run_id
 
     def _row(self, trial, status: TrialStatus, values: dict, **kw) -> TrialRow:
-        return TrialRow(name=self.names.get(trial.trial_id, trial.trial_id), run_id=self.runs[trial.trial_id],
+        return TrialRow(name=self.state.names.get(trial.trial_id, trial.trial_id), run_id=self.state.runs[trial.trial_id],
                         spec=self._spec(trial), status=status, iou=values.get(obj.IOU.name),
                         latency_ms=values.get(obj.LATENCY_MS.name), stage=self.stage, **kw)
 
@@ -144,25 +141,25 @@ class SearchTracker(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
         self.client.update_run(run_id, status="RUNNING")
-        print(f"  {self.names[trial.trial_id]}: started", flush=True)
+        print(f"  {self.state.names[trial.trial_id]}: started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self._run_for(trial)
         ts = int(time.time() * 1000)
         if not result.get(obj.FINAL):
             step = int(result.get(obj.EPOCH, 0))
-            new = step > self.last_epoch.get(trial.trial_id, 0)
+            new = step > self.state.last_epoch.get(trial.trial_id, 0)
             # a restored trial sends its earlier epochs again (replayed): spent once, when first seen
             # (the driver may have died before it saw them); an epoch trained again after a restore
             # (since the trial's last saved state) is spent again. Either way its step is logged once.
             if new or not result.get(obj.REPLAYED):
-                self.epochs_spent += 1
+                self.state.epochs_spent += 1
             if new:
                 metrics = [Metric(k, float(result[k]), ts, step) for k in _EPOCH_METRICS
                            if _num(result.get(k)) is not None]
                 metrics.append(Metric(obj.LATENCY_UNTRAINED, float(result[obj.LATENCY_MS.name]), ts, step))
                 self.client.log_batch(run_id, metrics=metrics)
-                self.last_epoch[trial.trial_id] = step
+                self.state.last_epoch[trial.trial_id] = step
             self._save()  # the count survives a driver that dies before the trial's end
             return
         final = {k: v for k, v in result.items() if k not in _FINAL_SKIP and _num(v) is not None
@@ -170,7 +167,7 @@ class SearchTracker(Callback):
         row = self._row(trial, _status_of(result), final, device_name=str(result.get(obj.TAG_DEVICE_NAME) or ""),
                         device_class=str(result.get(obj.TAG_DEVICE_CLASS) or ""),
                         metrics={k: float(v) for k, v in final.items() if k not in (obj.IOU.name, obj.LATENCY_MS.name)})
-        self.finals[trial.trial_id] = row
+        self.state.finals[trial.trial_id] = row
         tags = [RunTag(obj.PRUNED, obj.flag(row.status == PRUNED))]
         if row.status == DUPLICATE:
             tags.append(RunTag(obj.DUPLICATE, "true"))
@@ -183,7 +180,7 @@ class SearchTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
-        row = self.finals.get(trial.trial_id)
+        row = self.state.finals.get(trial.trial_id)
         if trial.checkpoint is not None and row is not None:
             row.checkpoint = checkpoint_uri(trial.checkpoint)
             try:
@@ -203,11 +200,11 @@ class SearchTracker(Callback):
             stopped_at = int(last.get(obj.EPOCH, 0))
             row = self._row(trial, STOPPED, {k: last.get(k) for k in (obj.IOU.name, obj.LATENCY_MS.name)},
                             metrics={obj.VAL_IOU.name: v} if (v := _num(last.get(obj.VAL_IOU.name))) is not None else {})
-            self.finals[trial.trial_id] = row
+            self.state.finals[trial.trial_id] = row
             self.client.set_tag(run_id, obj.TAG_STOPPED_AT, str(stopped_at))
         self.client.set_tag(run_id, obj.STOPPED, obj.flag(row.status == STOPPED))
         self.client.set_terminated(run_id, "FINISHED")
-        self.done.add(trial.trial_id)
+        self.state.done.add(trial.trial_id)
         print(progress_line(row, stopped_at), flush=True)
         self._log_hypervolume()
         self._save()
@@ -221,8 +218,8 @@ class SearchTracker(Callback):
             pass
         self.client.set_tag(run_id, obj.TAG_ERROR, reason or "trial failed (see the Ray Tune logs)")
         self.client.set_terminated(run_id, "FAILED")
-        self.finals[trial.trial_id] = row = self._row(trial, FAILED, {})
-        self.done.add(trial.trial_id)
+        self.state.finals[trial.trial_id] = row = self._row(trial, FAILED, {})
+        self.state.done.add(trial.trial_id)
         print(progress_line(row), flush=True)
         self._save()
 
@@ -237,17 +234,17 @@ class SearchTracker(Callback):
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-        cands = candidates(list(self.finals.values()))
+        cands = candidates(list(self.state.finals.values()))
         best = max(cands, key=lambda r: r.iou if r.iou is not None else -math.inf, default=None)
         print(f"[{self.stage}] " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-              + f"; {self.epochs_spent} epochs trained"
+              + f"; {self.state.epochs_spent} epochs trained"
               + (f"; best IoU {best.iou:.4f} ({best.name}, {best.latency_ms:.3g} ms)" if best else ""), flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         # Ray Tune also ends the experiment when Ctrl-C (or our deadline's SIGINT) stops it early:
         # only a run where every trial it was to run exists and concluded ended cleanly (a stop
         # before the first trial, or between two, leaves none or fewer, all concluded)
-        self.ended = len(trials) >= max(1, self.expected_trials) and all(
+        self.state.ended = len(trials) >= max(1, self.expected_trials) and all(
             t.status in ("TERMINATED", "ERROR") for t in trials)
         self.close("KILLED")
 
@@ -255,19 +252,19 @@ class SearchTracker(Callback):
     def _log_hypervolume(self) -> None:
         # the candidates only, as the final figure counts them (not stopped, repeated or pruned
         # trials), in the box of the budget or of every latency measured so far
-        rows = list(self.finals.values())
+        rows = list(self.state.finals.values())
         front = front_hypervolume(candidates(rows), rows, self.hv_latency)
         hv, share = front.value, front.share
-        step = len(self.done)
-        self.hv_history.append([step, self.epochs_spent, hv, share])
-        self.client.log_batch(self.parent, metrics=[
+        step = len(self.state.done)
+        self.state.hv_history.append([step, self.state.epochs_spent, hv, share])
+        self.client.log_batch(self.state.parent, metrics=[
             Metric(k, float(v), int(time.time() * 1000), step) for k, v in
-            ((obj.HYPERVOLUME, hv), (obj.HYPERVOLUME_NORMALIZED, share), (obj.EPOCHS_SPENT, self.epochs_spent))])
+            ((obj.HYPERVOLUME, hv), (obj.HYPERVOLUME_NORMALIZED, share), (obj.EPOCHS_SPENT, self.state.epochs_spent))])
 
     def close(self, status: str) -> None:
         """End every child run still open with ``status`` (the search ended or was interrupted)."""
-        for tid, run_id in self.runs.items():
-            if tid in self.done:
+        for tid, run_id in self.state.runs.items():
+            if tid in self.state.done:
                 continue
             try:
                 if self.client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
