@@ -44,17 +44,17 @@ def _decode(path: Path) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        Image = None
-    if Image is not None:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return _decode_with_opencv(path)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _decode_with_opencv(path: Path) -> np.ndarray:
     try:
         import cv2
     except ImportError:
-        cv2 = None
-    if cv2 is None:
         raise SystemExit(f"{path}: reading {path.suffix} needs Pillow or OpenCV (pip install pillow); "
-                         f"or pass the image as .npy (H x W x 3 uint8 RGB)")
+                         f"or pass the image as .npy (H x W x 3 uint8 RGB)") from None
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"{path}: not an image OpenCV can read")

@@ -40,8 +40,8 @@ def stopped_near_front(rows: Sequence[TrialRow], front: Sequence[TrialRow]) -> s
     stopped = [r for r in rows if r.status == STOPPED and r.iou is not None and r.latency_ms is not None]
     if not stopped or not front:
         return ""
-    lo, hi = min(r.latency_ms for r in front), max(r.latency_ms for r in front)
-    near = [r for r in stopped if lo <= r.latency_ms <= hi]
+    lo, hi = min(r.latency_ms or 0.0 for r in front), max(r.latency_ms or 0.0 for r in front)
+    near = [r for r in stopped if lo <= (r.latency_ms or 0.0) <= hi]
     free = [r for r in near if not any(dominates(f, r) for f in front)]
     return (f"{len(near)} of the {len(stopped)} stopped trials lie within the front's latency range "
             f"({lo:.3g}-{hi:.3g} ms); {len(free)} of them were not dominated by the front when stopped")
@@ -75,8 +75,8 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
         closest = sorted(cands, key=lambda r: len(requirement.misses(r)))[:3]
         table += "\nnothing qualifies; the closest:\n" + "\n".join(
             f"  {r.name}: {', '.join(requirement.misses(r))}" for r in closest)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         if rows:
             write_front_csv(rows, tmp / "front.csv")
             plot_front(cands or rows, tmp / "front.png", title=f"{stage}: IoU vs frames per second",
@@ -89,7 +89,7 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
     print(f"\n{stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {share:.3f} of the box "
           f"IoU 0..1 x latency 0..{ref[LATENCY_MS.name]:.3g} ms ({hv:.4g} IoU x ms)")
     print(table)
-    front.sort(key=lambda r: -r.iou)
+    front.sort(key=lambda r: -(r.iou or 0.0))
     return front, hv
 
 

@@ -29,7 +29,9 @@ def _img(path: Path, jpeg: bool = False) -> str:
     if jpeg:
         import cv2
 
-        ok, buf = cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        image = cv2.imread(str(path))
+        assert image is not None, f"{path}: an overlay this search wrote"
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.tobytes()).decode()}">'
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
@@ -44,8 +46,8 @@ def write_html(client: "MlflowClient", experiment: str, out: str | Path, *, run_
              f"<p>MLflow: {html.escape(client.tracking_uri)}, experiment {html.escape(experiment)}"
              + (f"; requirement: {html.escape(requirement.describe())}" if requirement.constrained else "")
              + "</p>", preface]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         for n, parent in enumerate(searches(client, experiment, run_id, optimization)):
             rows = candidates_of(client, parent, device_class)
             stage = parent.data.tags.get(obj.TAG_STAGE, "")

@@ -111,6 +111,7 @@ def _place_labels(fig, ax, anchors, names, obstacles_xy, extra_obstacles=()) -> 
             if cost < 1.0:
                 break
         probe.remove()
+        assert best is not None  # the offsets tried are not empty
         _, dx, dy, box = best
         far = abs(dx) > 6 or abs(dy) > 11
         arrow = {"arrowstyle": "-", "color": "0.55", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3,

@@ -55,7 +55,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, exporter: str = "to
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r} is not one of {EXPORTERS}")
-    spec: ModelSpec = model.spec
+    spec: ModelSpec = model.spec  # type: ignore[assignment]  # build_model attaches it
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -95,8 +95,9 @@ def _export_bytes(model: torch.nn.Module, dummy: torch.Tensor, exporter: str, op
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             f = io.BytesIO()
-            torch.onnx.export(model, (dummy,), f, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(model, (dummy,), f, dynamo=False, opset_version=opset,  # type: ignore[arg-type]
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],  # (a file object is fine)
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             return f.getvalue()
         for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # very chatty at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -104,6 +105,7 @@ def _export_bytes(model: torch.nn.Module, dummy: torch.Tensor, exporter: str, op
         program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False,
                                     verbose=False)
+        assert program is not None, "the dynamo exporter returns its program"
         return program.model_proto.SerializeToString()
 
 

@@ -30,9 +30,9 @@ class IoUAccumulator:
 
     def add(self, pred: np.ndarray, gt: np.ndarray) -> float:
         pred, gt = pred.astype(bool), gt.astype(bool)
-        tp = np.count_nonzero(pred & gt)
-        fp = np.count_nonzero(pred & ~gt)
-        fn = np.count_nonzero(~pred & gt)
+        tp = int(np.count_nonzero(pred & gt))
+        fp = int(np.count_nonzero(pred & ~gt))
+        fn = int(np.count_nonzero(~pred & gt))
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
         self.tn += pred.size - tp - fp - fn
         iou = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)

@@ -45,7 +45,7 @@ class ModelSummary:
 def summarize(spec_or_model: ModelSpec | nn.Module) -> ModelSummary:
     """Summary of a spec (the model is built) or of a built model carrying ``.spec``."""
     model = build_model(spec_or_model) if isinstance(spec_or_model, ModelSpec) else spec_or_model
-    spec: ModelSpec = model.spec
+    spec: ModelSpec = model.spec  # type: ignore[assignment]  # build_model attaches it
     macs = 0
     out_bytes = 0
     executed: set[int] = set()

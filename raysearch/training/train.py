@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
     train_ds = SegDataset(train_source, spec, "train", scale=cfg.train_scale, seed=cfg.seed, progress=cfg.progress)
     val_ds = SegDataset(val_source, spec, "val", scale=cfg.train_scale, progress=cfg.progress)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader_kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    loader_kw: dict[str, Any] = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                      persistent_workers=cfg.num_workers > 0, worker_init_fn=seed_worker)
     # the study kept the last partial batch (38 steps over 300 images); only a last batch of one
     # image is dropped, since batch norm cannot train on a single 1x1 pooled feature
