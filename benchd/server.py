@@ -338,11 +338,9 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             sha = check_sha(model_sha256)
         except CacheError as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        counter = self.metrics.cache_hits
-        if self.cache.lookup(sha, touch=False) is None:
-            counter = self.metrics.cache_misses
-        counter.labels(self.cfg.device_name).inc()
-        if counter is self.metrics.cache_misses:
+        cached = self.cache.lookup(sha, touch=False) is not None
+        (self.metrics.cache_hits if cached else self.metrics.cache_misses).labels(self.cfg.device_name).inc()
+        if not cached:
             raise self._not_found(sha)
         return sha
 

@@ -92,9 +92,10 @@ class _DeviceMasks:
 
 def evaluate_on_device(onnx_path: str | Path, source: SegSource, farm: Any, *, device_class: str,
                        logit_threshold: float = 0.0, batch_size: int = 8, timeout_s: float = 1800.0,
-                       progress: bool = False) -> DeviceComparison:
+                       progress: bool = False, on_host: EvalResult | None = None) -> DeviceComparison:
     """The study's evaluation of ``onnx_path`` on ``source``, with the masks computed by a device of
-    ``device_class`` of ``farm`` (a `benchd.farm.BenchFarm`), and the same on the host."""
+    ``device_class`` of ``farm`` (a `benchd.farm.BenchFarm`), and the same on the host (``on_host``:
+    that evaluation, when the caller has it already)."""
     from raysearch.training.evaluate import OnnxPredictor, evaluate
 
     path = Path(onnx_path)
@@ -103,7 +104,7 @@ def evaluate_on_device(onnx_path: str | Path, source: SegSource, farm: Any, *, d
                           "logit_threshold": logit_threshold, "batch_size": batch_size}
     device_masks = _DeviceMasks(farm, path, device_class, logit_threshold, host, timeout_s)
     on_device = evaluate(None, source, masks=device_masks, progress=progress, **kw)
-    on_host = evaluate(host, source, **kw)
+    on_host = on_host or evaluate(host, source, **kw)
     gaps = {stem: abs(iou - on_host.per_image[stem]) for stem, iou in on_device.per_image.items()}
     worst = max(gaps, key=gaps.__getitem__) if gaps else ""
     pixels = device_masks.disagreement

@@ -279,7 +279,7 @@ class _Trial:
         ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
         bench = measure(onnx_path, settings.bench)
-        on_device = self._device_iou(onnx_path, test) if settings.device_iou_of(spec) else {}
+        on_device = self._device_iou(onnx_path, test, ev) if settings.device_iou_of(spec) else {}
         if (self.ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
             shutil.copy(self.ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
         (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench.to_dict(), indent=2))
@@ -306,7 +306,7 @@ class _Trial:
             self.state.remove()
 
 
-    def _device_iou(self, onnx_path: Path, test: Any) -> dict[str, float]:
+    def _device_iou(self, onnx_path: Path, test: Any, on_host: Any) -> dict[str, float]:
         """The test IoU as the device computes it (benchd Predict on a device of the latency's class),
         beside the host's: these metrics replace the objective's IoU with the device's."""
         from raysearch.search.device_iou import evaluate_on_device
@@ -314,7 +314,7 @@ class _Trial:
 
         bench = self.settings.bench
         with open_farm(bench.farm, bench.device_class) as farm:
-            cmp = evaluate_on_device(onnx_path, test, farm, device_class=bench.device_class,
+            cmp = evaluate_on_device(onnx_path, test, farm, device_class=bench.device_class, on_host=on_host,
                                      logit_threshold=self.settings.logit_threshold, timeout_s=bench.timeout_s)
         if cmp.disagrees():
             log.warning("%s: the device's test IoU %.4f differs from the host's %.4f (largest per-image gap %.4f); "
