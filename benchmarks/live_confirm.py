@@ -95,8 +95,8 @@ def run_search(client, seed: int, budget: int, concurrency: int) -> None:
            "--epochs", "20", "--data", str(DATA), "--limit", "120", "--seed", str(seed),
            "--name", search_name(seed), "--experiment", EXPERIMENT, "--tracking-uri", tracking_uri(),
            "--storage-path", str(WORK / "ray"), "--concurrency", str(concurrency),
-           "--bench-threads", "1", "--bench-precision", "0.01", "--bench-runs", "50",
-           "--bench-min-s", "2", "--bench-max-s", "30"]
+           "--bench-intra-op-threads", "1", "--bench-target-rel-ci", "0.01", "--bench-runs", "50",
+           "--bench-min-duration-s", "2", "--bench-max-duration-s", "30"]
     if parent is not None:
         cmd.append("--resume")
     print(f"seed {seed}: {' '.join(cmd)}", flush=True)

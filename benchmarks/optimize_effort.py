@@ -82,7 +82,7 @@ def main() -> None:
     for level in args.levels:
         with tempfile.TemporaryDirectory() as tmp:
             search = SearchOptions(data=args.data, limit=args.limit, storage_path=f"{tmp}/ray",
-                                   tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup=3,
+                                   tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup_runs=3,
                                    concurrency=1, verbose=0,
                                    max_latency_ms=None if level == "grid" else args.max_latency_ms,
                                    min_iou=None if level == "grid" else args.min_iou)

@@ -143,7 +143,8 @@ def measure_latency(table: Table, passes: int, work: Path) -> None:
     paths = {}
     for cid in todo:
         paths[cid] = export_onnx(build_model(ModelSpec.from_dict(table.configs[cid])), work / f"{cid}.onnx").path
-    settings = dict(runs=50, warmup_runs=10, threads=1, min_seconds=2.0, precision=0.01, max_seconds=30.0)
+    settings = dict(runs=50, warmup_runs=10, intra_op_threads=1, min_duration_s=2.0, target_rel_ci=0.01,
+                    max_duration_s=30.0)
     table.meta["latency_sources"]["host"] = {
         "what": "a local benchd on this machine, its worker on a reserved core", "passes": passes, **settings,
         "machine": machine(), "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}

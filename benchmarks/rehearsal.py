@@ -395,7 +395,7 @@ def run(root: Path, pi: bool, epochs: int) -> dict:
         tracking = Tracking(topo.tracking_uri)
         common = ["--quick", "--epochs", str(epochs), "--farm", str(farm), "--device-class", DEVICE_CLASS,
                   "--tracking-uri", topo.tracking_uri, "--storage-path", topo.storage, "--max-failures", "3",
-                  "--bench-runs", "5", "--bench-min-s", "0.5"]
+                  "--bench-runs", "5", "--bench-min-duration-s", "0.5"]
 
         # 1. faults under a running search: 3 models x 2 sizes
         name1, expected1 = "rehearsal-faults", 6

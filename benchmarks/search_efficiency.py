@@ -111,7 +111,7 @@ def main() -> None:
                     continue
                 opts = SearchOptions(mode=mode, num_samples=args.trials, data=args.data, limit=args.limit, seed=seed,
                                      sampler=sampler, scheduler=scheduler, storage_path=f"{tmp}/ray",
-                                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup=3,
+                                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup_runs=3,
                                      concurrency=1)
                 t0 = time.time()
                 out = run_search(SearchRequest("efficiency", space, opts, args.epochs,

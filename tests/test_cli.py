@@ -146,6 +146,30 @@ def test_real_data_evaluate_with_the_studys_threshold(packages_dir, tmp_path):
     assert 0.0 <= b["iou"] <= 1.0 and a["iou"] != b["iou"]
 
 
+def test_each_bench_flag_has_one_name_from_flag_to_wire():
+    """--bench-X -> SearchOptions.bench_X -> BenchSettings.X -> BenchmarkRequest.X."""
+    from benchd import wire
+    from benchd.runner import BenchParams
+    from raysearch.search.driver import bench_settings
+    from raysearch.search.latency import WIRE_KNOBS
+
+    values = {"runs": 7, "warmup_runs": 3, "intra_op_threads": 2, "min_duration_s": 0.5, "target_rel_ci": 0.03,
+              "max_duration_s": 12.0}
+    assert set(values) == set(WIRE_KNOBS)
+    argv = [a for k, v in values.items() for a in (f"--bench-{k.replace('_', '-')}", str(v))]
+    opts = cli.search_options(cli.build_stage_parser(2).parse_args(argv))
+    settings = bench_settings(opts, "127.0.0.1:1")
+    req = wire.benchmark_request(BenchParams(**settings.knobs()), "0" * 64)
+    for k, v in values.items():
+        assert getattr(opts, f"bench_{k}") == v and getattr(settings, k) == v
+        assert getattr(req, k) == pytest.approx(v), k
+    # the older flags are aliases of the same options
+    old = cli.search_options(cli.build_stage_parser(2).parse_args(
+        ["--bench-warmup", "3", "--bench-threads", "2", "--bench-precision", "0.03", "--bench-min-s", "0.5",
+         "--bench-max-s", "12"]))
+    assert all(getattr(old, f"bench_{k}") == v for k, v in values.items() if k != "runs")
+
+
 def test_amp_is_asked_for_and_changes_the_result_key():
     from raysearch.models import ModelSpec
     from raysearch.search.latency import BenchSettings

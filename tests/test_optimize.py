@@ -328,7 +328,7 @@ def test_a_custom_family_and_nothing_qualifies(tmp_path, capsys):
 def test_entry_and_intermediate_on_the_real_data(packages_dir, tmp_path, effort):
     res = ["96", "64"] if effort == "intermediate" else ["64"]
     p = _optimize(tmp_path, "--effort", effort, "--data", str(packages_dir), "--limit", "12", "--res", *res,
-                  "--epochs", "2", "--bench-runs", "5", "--bench-warmup", "1", "--max-latency-ms", "1000",
+                  "--epochs", "2", "--bench-runs", "5", "--bench-warmup-runs", "1", "--max-latency-ms", "1000",
                   "--min-iou", "0.2", "--json")
     assert p.returncode in (0, 1), p.stdout[-3000:] + p.stderr[-3000:]
     result = json.loads(p.stdout[p.stdout.index("{\n"):])

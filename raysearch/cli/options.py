@@ -158,26 +158,28 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-class", default="local", help="device class to measure on (default %(default)s)")
     g.add_argument("--latency-stat", choices=("p50", "mean"), default="p50",
                    help="which figure is the latency objective: p50, or the study's mean (default %(default)s)")
+    # each --bench-X is benchd's BenchmarkRequest.X (the older short flags stay as aliases)
     g.add_argument("--bench-runs", type=POSITIVE, help=f"timed runs per benchmark (default {STUDY.bench_runs}, "
                                                   f"{QUICK.bench_runs} with --quick)")
-    g.add_argument("--bench-warmup", type=COUNT, help=f"discarded warm-up runs (default {STUDY.bench_warmup}, "
-                                                    f"{QUICK.bench_warmup} with --quick)")
-    g.add_argument("--bench-threads", type=COUNT, default=0,
+    g.add_argument("--bench-warmup-runs", "--bench-warmup", type=COUNT,
+                   help=f"discarded warm-up runs (default {STUDY.bench_warmup_runs}, {QUICK.bench_warmup_runs} with "
+                        "--quick)")
+    g.add_argument("--bench-intra-op-threads", "--bench-threads", type=COUNT, default=0,
                    help="onnxruntime intra-op threads (0: all the device's cores; 1 on the core reserved for "
                         "a local benchd)")
-    g.add_argument("--bench-precision", type=number(float, 0, 1, hi_open=True), default=0.02,
+    g.add_argument("--bench-target-rel-ci", "--bench-precision", type=number(float, 0, 1, hi_open=True), default=0.02,
                    help="after --bench-runs, keep timing until the 95%% CI of the p50 is within +-this share "
                         "of it (default %(default)s; 0: exactly --bench-runs)")
-    g.add_argument("--bench-min-s", type=number(float, 0),
+    g.add_argument("--bench-min-duration-s", "--bench-min-s", type=number(float, 0),
                    help=f"time each model at least this long, whatever the precision says (default "
-                        f"{STUDY.bench_min_s:g}, {QUICK.bench_min_s:g} with --quick): the runs of a fast model "
-                        f"are not independent, a window of milliseconds is precise about that moment only")
+                        f"{STUDY.bench_min_duration_s:g}, {QUICK.bench_min_duration_s:g} with --quick): the runs of a "
+                        "fast model are not independent, a window of milliseconds is precise about that moment only")
+    g.add_argument("--bench-max-duration-s", "--bench-max-s", type=number(float, 0, lo_open=True), default=30.0,
+                   help="stop chasing --bench-target-rel-ci after this many seconds per model (default %(default)s)")
     g.add_argument("--device-iou", choices=obj.DEVICE_IOU_MODES, default="int8",
                    help="whose test IoU the device computes with its own onnxruntime (benchd Predict), beside the "
                         "host's: int8 candidates (their kernels differ by CPU), all, or off; where measured, the "
                         "device's IoU is the one candidates are ranked by (default %(default)s)")
-    g.add_argument("--bench-max-s", type=number(float, 0, lo_open=True), default=30.0,
-                   help="stop chasing --bench-precision after this many seconds per model (default %(default)s)")
     g = p.add_argument_group("tracking and storage")
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     g.add_argument("--experiment", type=nonempty, default="raysearch", help="MLflow experiment (default %(default)s)")

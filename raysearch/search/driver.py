@@ -60,11 +60,12 @@ class SearchOptions:
     device_class: str = "local"
     latency_stat: str = "p50"
     bench_runs: int | None = None
-    bench_warmup: int | None = None
-    bench_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
-    bench_precision: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly bench_runs)
-    bench_max_s: float = 30.0  # ... or for this long
-    bench_min_s: float | None = None  # time each model at least this long (None: the preset's)
+    # --bench-X -> bench_X -> BenchSettings.X -> benchd's BenchmarkRequest.X: one name from flag to wire
+    bench_warmup_runs: int | None = None
+    bench_intra_op_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
+    bench_target_rel_ci: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly bench_runs)
+    bench_max_duration_s: float = 30.0  # ... or for this long
+    bench_min_duration_s: float | None = None  # time each model at least this long (None: the preset's)
     tracking_uri: str | None = None
     experiment: str = "raysearch"
     address: str | None = None
@@ -247,13 +248,14 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
 
 
 def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation | None = None) -> BenchSettings:
-    runs = opts.bench_runs or preset(opts.quick).bench_runs
-    warmup = opts.bench_warmup if opts.bench_warmup is not None else preset(opts.quick).bench_warmup
-    threads = opts.bench_threads or (len(reservation.benchd) if reservation else 0)
-    min_s = opts.bench_min_s if opts.bench_min_s is not None else preset(opts.quick).bench_min_s
-    return BenchSettings(farm=farm, device_class=opts.device_class, runs=runs, warmup_runs=warmup,
-                         threads=threads, stat=opts.latency_stat, precision=opts.bench_precision,
-                         max_seconds=opts.bench_max_s, min_seconds=min(min_s, opts.bench_max_s))
+    p = preset(opts.quick)
+    warmup = opts.bench_warmup_runs if opts.bench_warmup_runs is not None else p.bench_warmup_runs
+    min_s = opts.bench_min_duration_s if opts.bench_min_duration_s is not None else p.bench_min_duration_s
+    return BenchSettings(farm=farm, device_class=opts.device_class, stat=opts.latency_stat,
+                         runs=opts.bench_runs or p.bench_runs, warmup_runs=warmup,
+                         intra_op_threads=opts.bench_intra_op_threads or (len(reservation.benchd) if reservation else 0),
+                         target_rel_ci=opts.bench_target_rel_ci, max_duration_s=opts.bench_max_duration_s,
+                         min_duration_s=min(min_s, opts.bench_max_duration_s))
 
 
 def storage_uri(opts: SearchOptions) -> str:

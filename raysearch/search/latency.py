@@ -25,23 +25,25 @@ from raysearch.records.names import LATENCY_MS, LATENCY_PRECISION
 log = logging.getLogger(__name__)
 
 LATENCY_STATS = ("p50", "mean")
+# the timing knobs: fields of BenchSettings, of benchd's BenchmarkRequest and --bench-X flags, one name each
+WIRE_KNOBS = ("runs", "warmup_runs", "intra_op_threads", "min_duration_s", "target_rel_ci", "max_duration_s")
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     """How trials measure latency. ``farm``: a farm inventory (YAML) or ``HOST:PORT`` of one
     benchd; ``stat``: which figure becomes the ``latency_ms`` objective (p50, or the study's
-    mean)."""
+    mean). The timing knobs carry the names of benchd's ``BenchmarkRequest`` fields they become."""
 
     farm: str
     device_class: str = "local"
     runs: int = 30
     warmup_runs: int = 5
-    threads: int = 0  # 0: onnxruntime's default
+    intra_op_threads: int = 0  # 0: onnxruntime's default
     stat: str = "p50"
-    min_seconds: float = 0.0  # time at least this long (and `runs`)
-    precision: float = 0.02  # then until the p50's 95% CI is within +-this share (0: exactly `runs`)
-    max_seconds: float = 30.0  # ... or this long
+    min_duration_s: float = 0.0  # time at least this long (and `runs`)
+    target_rel_ci: float = 0.02  # then until the p50's 95% CI is within +-this share (0: exactly `runs`)
+    max_duration_s: float = 30.0  # ... or this long
     timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
@@ -49,19 +51,26 @@ class BenchSettings:
             raise ValueError(f"latency statistic {self.stat!r} is not one of {LATENCY_STATS}")
         if self.runs < 1 or self.warmup_runs < 0:
             raise ValueError(f"bench runs={self.runs} / warmup={self.warmup_runs} must be >= 1 / >= 0")
-        if not 0 <= self.precision < 1:
-            raise ValueError(f"bench precision {self.precision!r} must be in [0, 1) (0.02 is +-2%)")
-        if not self.max_seconds > 0:
-            raise ValueError(f"bench max seconds {self.max_seconds!r} must be > 0")
-        if not 0 <= self.min_seconds <= self.max_seconds:
-            raise ValueError(f"bench min seconds {self.min_seconds!r} must be in [0, max seconds {self.max_seconds}]")
+        if not 0 <= self.target_rel_ci < 1:
+            raise ValueError(f"bench target_rel_ci {self.target_rel_ci!r} must be in [0, 1) (0.02 is +-2%)")
+        if not self.max_duration_s > 0:
+            raise ValueError(f"bench max_duration_s {self.max_duration_s!r} must be > 0")
+        if not 0 <= self.min_duration_s <= self.max_duration_s:
+            raise ValueError(f"bench min_duration_s {self.min_duration_s!r} must be in [0, max_duration_s "
+                             f"{self.max_duration_s}]")
+
+    def knobs(self) -> dict[str, Any]:
+        """The `BenchmarkRequest` fields these settings set, under their own names."""
+        return {k: getattr(self, k) for k in WIRE_KNOBS}
 
     def cache_key(self, spec: ModelSpec) -> str:
         # the weights do not matter, everything that shapes the graph and the timing does
-        # (the statistic too: the cached reply's latency_ms is the one it chose)
-        ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.threads,
+        # (the statistic too: the cached reply's latency_ms is the one it chose). The key's own names
+        # are older than the fields': renaming them would orphan every latency cache.
+        ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.intra_op_threads,
                  "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat,
-                 "precision": self.precision, "max_seconds": self.max_seconds, "min_seconds": self.min_seconds}
+                 "precision": self.target_rel_ci, "max_seconds": self.max_duration_s,
+                 "min_seconds": self.min_duration_s}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -114,11 +123,8 @@ def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> Measur
     own = farm is None
     farm = farm or open_farm(settings.farm, settings.device_class)
     try:
-        r = farm.benchmark(str(onnx_path), device_class=settings.device_class, runs=settings.runs,
-                           warmup_runs=settings.warmup_runs, intra_op_threads=settings.threads,
-                           min_duration_s=settings.min_seconds, target_rel_ci=settings.precision,
-                           max_duration_s=settings.max_seconds,
-                           timeout_s=settings.timeout_s)
+        r = farm.benchmark(str(onnx_path), device_class=settings.device_class, timeout_s=settings.timeout_s,
+                           **settings.knobs())
     finally:
         if own:
             farm.close()

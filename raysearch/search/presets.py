@@ -11,15 +11,15 @@ class Preset:
     resolutions: tuple[int, ...]  # input sizes, largest first
     data: str  # the dataset when --data is not given
     bench_runs: int  # timed runs per benchmark
-    bench_warmup: int  # discarded warm-up runs
-    bench_min_s: float  # time each benchmark at least this long (a fast model's consecutive runs are not
+    bench_warmup_runs: int  # discarded warm-up runs
+    bench_min_duration_s: float  # time each benchmark at least this long (a fast model's consecutive runs are not
     #                     independent: a window of a few ms is precise about that moment only)
 
 
 STUDY = Preset(epochs=400, resolutions=(512, 256, 224, 192, 160, 128, 96), data="synthetic", bench_runs=50,
-               bench_warmup=10, bench_min_s=2.0)
-QUICK = Preset(epochs=8, resolutions=(128, 96, 64), data="synthetic:120", bench_runs=10, bench_warmup=2,
-               bench_min_s=1.0)
+               bench_warmup_runs=10, bench_min_duration_s=2.0)
+QUICK = Preset(epochs=8, resolutions=(128, 96, 64), data="synthetic:120", bench_runs=10, bench_warmup_runs=2,
+               bench_min_duration_s=1.0)
 
 
 def preset(quick: bool) -> Preset:
