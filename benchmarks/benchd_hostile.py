@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import benchd_fixtures as fx  # noqa: E402
 from benchd.client import BenchClient  # noqa: E402
 from benchd.errors import BenchError  # noqa: E402
 from benchd.v1 import benchd_pb2 as pb  # noqa: E402
 from benchd.v1 import benchd_pb2_grpc as pb_grpc  # noqa: E402
 from common import machine  # noqa: E402
+from tests.helpers import benchd_fixtures as fx  # noqa: E402
 
 TOKEN = "hostile-benchmark-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -90,7 +90,7 @@ print(\"ray\", ray.__version__, \"mlflow\", mlflow.__version__, \"onnxruntime\",
 tail -2 "$OUT_DIR/machine.log" | tee -a "$SUMMARY"
 
 # 2. the GPU tests
-step gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+step gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py
 tail -1 "$OUT_DIR/gpu_tests.log" | tee -a "$SUMMARY"
 
 # 3. training at 512 on the GPU, fp32 and amp

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages that some tests use: a real Prometheus (the dashboards' queries), headless
 # Chromium (the MLflow UI), and debootstrap + qemu-user-static + binfmt-support (the emulated
-# Raspberry Pi of tests/test_pi_emulated.py, built by clusters/pi_root.sh). Installed with apt
+# Raspberry Pi of tests/deploy/test_pi_emulated.py, built by clusters/pi_root.sh). Installed with apt
 # when missing and when we are root; otherwise the tests that need them skip, saying which
 # package is missing.
 set -u

@@ -1,4 +1,5 @@
-"""Shared fixtures. Expensive things (datasets, trained models) are built once per session."""
+"""Shared fixtures (the helpers they use are in ``tests/helpers``). Expensive things (datasets,
+trained models) are built once per session."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import PACKAGES, write_boxes, write_pair
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = Path(os.environ.get("RAYSEARCH_PACKAGES", REPO.parent / "shared" / "data" / "packages"))
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +21,6 @@ def packages_dir() -> Path:
     if not (PACKAGES / "train" / "images").is_dir():
         pytest.skip(f"the study's dataset is not at {PACKAGES} (set RAYSEARCH_PACKAGES to its folder)")
     return PACKAGES
-
-
-def write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, ext: str = ".png") -> None:
-    import cv2
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels").mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(root / "images" / f"{stem}{ext}"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(root / "labels" / f"{stem}.png"), mask)
 
 
 @pytest.fixture
@@ -59,22 +50,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def write_boxes(root: Path, sizes: dict[str, int] | None = None) -> Path:
-    """Bright boxes on a noisy dark background (96x128), split into train/val/test folders:
-    learnable in a few epochs."""
-    rng = np.random.default_rng(0)
-    for split, n in (sizes or {"train": 24, "val": 6, "test": 6}).items():
-        for i in range(n):
-            img = rng.integers(0, 60, (96, 128, 3), dtype=np.uint8)
-            mask = np.zeros((96, 128), np.uint8)
-            y, x = rng.integers(5, 40), rng.integers(5, 60)
-            h, w = rng.integers(25, 50), rng.integers(30, 60)
-            img[y:y + h, x:x + w] = rng.integers(150, 255, 3)
-            mask[y:y + h, x:x + w] = 255
-            write_pair(root / split, f"{split}{i}", img, mask)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Metric, tag and file names, and the objectives' directions: the one place the search, the
-Pareto code, the MLflow logging and the reports read them from (`tests/test_lint.py` fails on
+Pareto code, the MLflow logging and the reports read them from (`tests/repo/test_lint.py` fails on
 such a name written as a literal anywhere else in raysearch)."""
 
 from __future__ import annotations

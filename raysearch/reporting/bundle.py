@@ -6,7 +6,7 @@
     DIR/README.md      how to run it on the device
 
 The example (`bundle_predict.py`, copied) applies the preprocessing the search evaluated the model
-with, read from model.json; `tests/test_pi_emulated.py` runs it inside the emulated Pi root.
+with, read from model.json; `tests/deploy/test_pi_emulated.py` runs it inside the emulated Pi root.
 """
 
 from __future__ import annotations

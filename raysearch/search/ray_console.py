@@ -16,7 +16,7 @@ stays in the trial's error file, which Ray names on the next line, and in its ML
 How: Ray prints worker output through the handlers of its log dispatcher
 (`ray._private.ray_logging.global_worker_stdstream_dispatcher`, the ``ray_print_logs`` handler
 `ray.init` adds with ``log_to_driver``). That is Ray's private API: when it is not there as
-expected, nothing is changed (the noise stays, nothing else is lost). `tests/test_search.py`
+expected, nothing is changed (the noise stays, nothing else is lost). `tests/search/test_search.py`
 checks it against the Ray installed.
 """
 
