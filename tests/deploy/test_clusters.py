@@ -96,8 +96,9 @@ def _install_line(cfg: dict) -> str:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_installs_the_project_like_the_pis(path):
     cfg = ray_validate(load(path))
+    torch_pin = re.search(r"pip install -q (torch==[\d.]+)", (REPO / "scripts" / "setup.sh").read_text()).group(1)
     for cmds in (cfg["head_setup_commands"], cfg["worker_setup_commands"]):  # after Ray's merge
-        assert "pip install torch==2.13.0" in cmds[0], "torch first, pinned"
+        assert f"pip install {torch_pin}" in cmds[0], "torch first, pinned as scripts/setup.sh pins it"
     line = _install_line(cfg)
     assert '"$HOME/raysearch[search]"' in line  # from the synced source, not PyPI's "raysearch"
     assert re.search(r'"ray\[default,tune\]==\d+\.\d+\.\d+"', line)

@@ -70,9 +70,17 @@ def test_output_shape_and_spec(arch: str, a: float, t: int, r: int, hw: tuple[in
 
 
 @pytest.mark.parametrize("cls,arch", [(BiSeNetV2, "bisenetv2"), (DeepLabV3, "deeplabv3")])
-def test_direct_construction_keeps_spec(cls: type[nn.Module], arch: str) -> None:
+def test_direct_construction_is_the_registry_model(cls: type[nn.Module], arch: str) -> None:
     spec = ModelSpec(arch=arch, a=0.25, input_hw=64)
-    assert cls(spec).spec is spec
+    torch.manual_seed(0)
+    direct = cls(spec).eval()
+    torch.manual_seed(0)
+    built = build_model(spec).eval()
+    assert type(built) is cls and direct.spec is spec and built.spec == spec
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    x = torch.randn(1, *spec.input_shape[1:])
+    with torch.no_grad():
+        assert torch.equal(direct(x), built(x))  # the same network, initialized the same way
 
 
 @pytest.mark.parametrize("arch", ["bisenetv2", "deeplabv3"])

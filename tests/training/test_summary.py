@@ -32,6 +32,9 @@ def test_pp0_reports_honest_executed_params_and_macs():
     assert off.macs < on.macs
 
 
-def test_summary_keys():
-    assert set(summarize(ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64)).to_dict()) == {
-        "params_total", "params_executed", "macs", "input_mb", "fwd_pass_mb"}
+def test_summary_document():
+    s = summarize(ModelSpec(a=0.125, t=2, r=1, pp=0, input_hw=64))
+    assert s.to_dict() == {"params_total": s.params_total, "params_executed": s.params_executed, "macs": s.macs,
+                           "input_mb": s.input_mb, "fwd_pass_mb": s.fwd_pass_mb}
+    assert s.input_mb == round(3 * 64 * 64 * 4 / 1e6, 2)  # one float32 input, by hand
+    assert 0 < s.params_executed < s.params_total and s.macs > 0 and s.fwd_pass_mb > 0
