@@ -283,7 +283,7 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
 
     s, req = opt.search, opt.search.requirement
     pool = [r for rs in rows_by_stage.values() for r in candidates(rs)]
-    front = sorted((pool[i] for i in pareto_front(pool)), key=lambda r: -r.iou)
+    front = sorted((pool[i] for i in pareto_front(pool)), key=lambda r: -r.known_iou)
     quals = [r for r in front if req.qualifies(r)]
     for r in quals:
         r.onnx = onnx_path(client, r)
@@ -295,8 +295,8 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
 
     table = front_table(pool, req) if pool else "(no candidate trained to the end)"
     summary = summary_text(name, quals, closest, opt, complete, spent, epochs, registered)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         (tmp / "candidates.txt").write_text(summary + "\n\nevery candidate:\n" + table + "\n")
         if pool:
             plot_front(pool, tmp / "front.png", title=f"{name}: IoU vs frames per second", requirement=req)
@@ -324,7 +324,7 @@ def _closest(pool: list[TrialRow], requirement: Requirement, n: int = 3) -> list
 
 def _fastest_pruned(rows: list[TrialRow], n: int = 3) -> list[TrialRow]:
     """When nothing trained: the candidates nearest the latency requirement."""
-    return sorted((r for r in rows if r.status == PRUNED and r.spec is not None), key=lambda r: r.latency_ms)[:n]
+    return sorted((r for r in rows if r.status == PRUNED and r.spec is not None), key=lambda r: r.known_latency_ms)[:n]
 
 
 def summary_text(name: str, quals: list[TrialRow], closest: list[TrialRow], opt: OptimizeOptions, complete: bool,

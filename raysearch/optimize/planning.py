@@ -30,6 +30,7 @@ import math
 
 from raysearch.models import ModelFamily, ModelSpec
 from raysearch.optimize.options import OptimizeOptions
+from raysearch.records import names as obj
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import PRUNED, TrialRow, candidates
 from raysearch.search.driver import Space
@@ -75,9 +76,9 @@ def kept_resolutions(rows: list[TrialRow], min_iou: float | None) -> list[HW]:
     not those where the full model already misses the IoU floor (narrowing lowers IoU)."""
     done = candidates(rows)
     front = [done[i] for i in pareto_front(done)]
-    keep = [r for r in front if min_iou is None or r.iou >= min_iou] or front
+    keep = [r for r in front if min_iou is None or r.known_iou >= min_iou] or front
     keep += [r for r in rows if r.status == PRUNED and r.spec is not None]
-    return sorted({r.spec.input_hw for r in keep}, reverse=True)
+    return sorted({r.known_spec.input_hw for r in keep}, reverse=True)
 
 
 def topology_resolution(rows: list[TrialRow], sizes: list[HW]) -> tuple[HW, int]:
@@ -85,8 +86,8 @@ def topology_resolution(rows: list[TrialRow], sizes: list[HW]) -> tuple[HW, int]
     requirement, else the smallest size."""
     done = candidates(rows)
     if done:
-        best = max(done, key=lambda r: r.iou)
-        return best.spec.input_hw, best.spec.in_channels
+        best = max(done, key=lambda r: r.known_iou).known_spec
+        return best.input_hw, best.in_channels
     return min(sizes), 3
 
 
@@ -107,19 +108,19 @@ def cross_space(family: ModelFamily, opt: OptimizeOptions, res_rows: list[TrialR
     """The kept sizes x the Pareto topologies (best IoU first, at most MAX_TOPOLOGIES), as named
     models, leaving out every spec that already ran in an earlier stage."""
     done = candidates(topo_rows)
-    front = sorted((done[i] for i in pareto_front(done)), key=lambda r: -r.iou)[:MAX_TOPOLOGIES]
+    front = sorted((done[i] for i in pareto_front(done)), key=lambda r: -r.known_iou)[:MAX_TOPOLOGIES]
     seen = {r.spec for r in ran if r.spec is not None}
     specs = [spec for topo in front for hw in kept_resolutions(res_rows, opt.search.min_iou)
-             if (spec := topo.spec.replace(input_hw=hw)) not in seen]
+             if (spec := topo.known_spec.replace(input_hw=hw)) not in seen]
     models = _named(specs)
     return Space({"model": sorted(models)}, {"arch": family.name}, models=models)
 
 
 def int8_space(family: ModelFamily, pool: list[TrialRow]) -> tuple[Space, dict[str, str]]:
     """The Pareto fp32 candidates, quantized from their trained weights."""
-    fp32 = [r for r in candidates(pool) if r.spec.precision == "fp32" and r.checkpoint]
-    front = sorted((fp32[i] for i in pareto_front(fp32)), key=lambda r: -r.iou)[:MAX_INT8]
-    specs = {r.spec.replace(precision="int8"): f"{r.checkpoint.rstrip('/')}/best.pt" for r in front}
+    fp32 = [r for r in candidates(pool) if r.precision == "fp32" and r.checkpoint]
+    front = sorted((fp32[i] for i in pareto_front(fp32)), key=lambda r: -r.known_iou)[:MAX_INT8]
+    specs = {r.known_spec.replace(precision="int8"): f"{str(r.checkpoint).rstrip('/')}/{obj.BEST_WEIGHTS}" for r in front}
     models = _named(list(specs))
     weights = {spec.name: w for spec, w in specs.items()}
     return Space({"model": sorted(models)}, {"arch": family.name}, models=models), weights
@@ -139,7 +140,7 @@ def stage_space(label: str, family: ModelFamily, opt: OptimizeOptions,
         # the baseline topology ran in stage 1 (stage 2 found it in the results cache): it competes too
         hw, channels = topology_resolution(rows["resolution"], opt.resolutions())
         same_size = [r for r in candidates(rows["resolution"])
-                     if r.spec.input_hw == hw and r.spec.in_channels == channels]
+                     if (r.known_spec.input_hw, r.known_spec.in_channels) == (hw, channels)]
         topo = candidates(rows.get("topology", [])) + same_size
         if not topo:
             return None, None, 0

@@ -69,6 +69,23 @@ class TrialRow:
         return self.status == TRAINED and self.spec is not None and self.iou is not None \
             and self.latency_ms is not None
 
+    # a candidate's figures, typed as what they are: every candidate has all three (`is_candidate`),
+    # a trial pruned by latency its spec and latency
+    @property
+    def known_spec(self) -> ModelSpec:
+        assert self.spec is not None, f"trial {self.name} has no spec"
+        return self.spec
+
+    @property
+    def known_iou(self) -> float:
+        assert self.iou is not None, f"trial {self.name} has no IoU"
+        return self.iou
+
+    @property
+    def known_latency_ms(self) -> float:
+        assert self.latency_ms is not None, f"trial {self.name} has no latency"
+        return self.latency_ms
+
     def value(self, name: str) -> float | None:
         """A figure by metric name (the Pareto code reads objectives through this)."""
         if name == obj.IOU.name:
