@@ -140,7 +140,8 @@ def add_mlflow_args(p: argparse.ArgumentParser) -> None:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
-    from raysearch.search.driver import SAMPLERS, SCHEDULERS
+    from raysearch.search.driver import SCHEDULERS
+    from raysearch.search.samplers import SAMPLERS
 
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
     g.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget on the device; slower trials are pruned "

@@ -87,7 +87,8 @@ class _DeviceMasks:
         self.ort_version = got.onnxruntime_version
         host = foreground(self.host(x), self.threshold)
         self.disagreement.extend(float(v) for v in (got.output != host).mean(axis=(1, 2)))
-        return got.output
+        masks: np.ndarray = got.output
+        return masks
 
 
 def evaluate_on_device(onnx_path: str | Path, source: SegSource, farm: Any, *, device_class: str,

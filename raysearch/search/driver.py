@@ -22,7 +22,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement, TrialRow
@@ -32,6 +33,14 @@ from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exi
 from raysearch.search.samplers import SAMPLERS, make_sampler
 from raysearch.search.trial import TrialSettings, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
+    from ray.tune import Tuner
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    from raysearch.tracking.callback import SearchTracker
 
 # Ray, the data pipeline and the end-of-search reporting are imported inside the functions that
 # use them: SearchOptions and Space (read by the command line and the replay) stay light to import.
@@ -140,9 +149,9 @@ class Space:
     """What a search varies: ``grid`` maps knob names (ModelSpec fields, or "model" for a named
     model of ``models``) to the values the study's grid takes; ``fixed`` holds the other knobs."""
 
-    grid: dict[str, list]
+    grid: dict[str, list[Any]]
     fixed: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def size(self) -> int:
         n = 1
@@ -196,7 +205,7 @@ class _Interrupts:
         self.count = 0
         self.in_fit = False
 
-    def handle(self, signum, frame) -> None:
+    def handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         if self.in_fit and self.count == 1:
             tune_stop = signal.getsignal(signal.SIGUSR1)
@@ -344,13 +353,13 @@ class SearchRequest:
     epochs: int
     name: str | None = None  # default: search_name(stage, opts)
     init_checkpoint: str | None = None
-    init_checkpoints: dict | None = None
-    parent: tuple | None = None
+    init_checkpoints: dict[str, Any] | None = None
+    parent: tuple[Any, ...] | None = None
     keep_parent_open: bool = False
-    tags: dict | None = None
+    tags: dict[str, Any] | None = None
     deadline: float | None = None
     results_cache: str | None = None
-    trial_fn: Callable[[dict, TrialSettings], None] | None = None
+    trial_fn: Callable[[dict[str, Any], TrialSettings], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -497,7 +506,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
                     results = tuner.fit()
             finally:
                 INTERRUPTS.in_fit = False
-            errors = sum(1 for r in results if r.error is not None)
+            errors = results.num_errors
             if alarm.fired:  # Ray Tune caught our SIGINT, saved its state and returned
                 raise BudgetExpired
             if INTERRUPTS.count or not tracker.ended_cleanly(state_path):  # stopped by Ctrl-C / SIGTERM
@@ -546,12 +555,12 @@ class _Deadline:
             self._timer.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
 
 
-def shipped_families() -> tuple:
+def shipped_families() -> tuple[Any, ...]:
     """Model families registered in this process beyond the built-in ones. They travel to the
     trials with the settings; a module that trial processes could not import (a script, a
     notebook, a test file) is pickled by value."""
@@ -582,17 +591,18 @@ class _farm:
         self._ctx = local_benchd(self.opts.device_class, cpus=self.reservation.benchd if self.reservation else ())
         return self._ctx.__enter__()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._ctx is not None:
             self._ctx.__exit__(*exc)
 
 
-def _sampler(opts: SearchOptions):
+def _sampler(opts: SearchOptions) -> BaseSampler:
     """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
     return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
 
-def make_searcher(opts: SearchOptions, first: list[dict] | None = None, latencies: dict[str, float] | None = None):
+def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None,
+                  latencies: dict[str, float] | None = None) -> Searcher:
     """The searcher of ``--mode search``. ``--sampler latency-first``: `LatencyFirstSearch` over
     ``latencies`` (`config_key` -> ms, every configuration's, measured before the search). Else
     Optuna's sampler behind Ray Tune's `OptunaSearch`, told the objectives (metric/mode only here:
@@ -650,7 +660,7 @@ def param_space(space: Space, mode: str) -> dict[str, Any]:
     return {k: tune.choice(list(v)) for k, v in space.grid.items()}
 
 
-def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
+def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None) -> TrialScheduler | None:
     if opts.scheduler == "pareto-asha":
         from raysearch.search.scheduler import ParetoASHA
 
@@ -669,13 +679,14 @@ def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None):
     return None
 
 
-def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str, exp_path: str,
-           tracker, scheduler_state: Path, latencies: dict[str, float] | None):
+def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str,
+           exp_path: str, tracker: SearchTracker, scheduler_state: Path, latencies: dict[str, float] | None) -> Tuner:
     if not opts.verbose:  # the concise view: a failed trial in one line (its traceback in its error file)
         condense_trial_errors()
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
-        return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+        restored: Tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+        return restored
     run_config = tune.RunConfig(
         # the tracker prints a concise view (a line per trial); Ray Tune's own tables with -v
         name=name, storage_path=storage, callbacks=[tracker], verbose=2 if opts.verbose else 0,
@@ -686,5 +697,6 @@ def _tuner(tune, trainable, space: Space, opts: SearchOptions, epochs: int, name
     else:
         tune_config = tune.TuneConfig(search_alg=make_searcher(opts, latencies=latencies), scheduler=make_scheduler(opts, epochs, scheduler_state),
                                       num_samples=opts.num_samples, max_concurrent_trials=opts.concurrency)
-    return tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
-                      run_config=run_config)
+    tuner: Tuner = tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
+                              run_config=run_config)
+    return tuner

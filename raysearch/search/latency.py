@@ -16,11 +16,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from benchd.client import BenchResult
 from raysearch.models import ModelSpec
 from raysearch.records.names import LATENCY_MS, LATENCY_PRECISION
+
+if TYPE_CHECKING:
+    from benchd.farm import BenchFarm
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class BenchSettings:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def open_farm(farm: str, device_class: str):
+def open_farm(farm: str, device_class: str) -> BenchFarm:
     """A `BenchFarm`: the inventory file ``farm``, or one device at HOST:PORT (of ``device_class``)."""
     from benchd.farm import BenchFarm, FarmDevice
 
@@ -118,7 +121,7 @@ class Measurement:
         return cls(BenchResult.from_dict(d), float(d[LATENCY_MS.name]))
 
 
-def measure(onnx_path: str | Path, settings: BenchSettings, farm=None) -> Measurement:
+def measure(onnx_path: str | Path, settings: BenchSettings, farm: BenchFarm | None = None) -> Measurement:
     """Benchmark a model on the farm (one of ``settings``' own unless ``farm`` is given)."""
     own = farm is None
     farm = farm or open_farm(settings.farm, settings.device_class)

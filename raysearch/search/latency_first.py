@@ -53,7 +53,7 @@ def config_key(config: Mapping[str, Any]) -> str:
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
 
 
-def grid_configs(grid: Mapping[str, Sequence]) -> list[dict]:
+def grid_configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every configuration of a finite space, in a fixed order."""
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
@@ -84,7 +84,8 @@ def expected_improvement(mu: np.ndarray, sd: np.ndarray, level: np.ndarray) -> n
     from scipy.special import ndtr
 
     z = (mu - level) / sd
-    return (mu - level) * ndtr(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    gain: np.ndarray = (mu - level) * ndtr(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return gain
 
 
 def expected_hv_gain(latency: float, mu: float, sd: float, front: Sequence[tuple[float, float]],
@@ -110,24 +111,25 @@ class LatencyFirstSearch(Searcher):
     (``latencies``: `config_key` -> ms). See the module's docstring."""
 
     def __init__(self, latencies: Mapping[str, float], *, seed: int = 0, max_latency_ms: float | None = None,
-                 points_to_evaluate: Sequence[dict] | None = None) -> None:
+                 points_to_evaluate: Sequence[dict[str, Any]] | None = None) -> None:
         super().__init__(metric=obj.IOU.name, mode=obj.IOU.mode)
         self.latencies = dict(latencies)
         self.max_latency_ms = max_latency_ms
         self.first = [dict(p) for p in points_to_evaluate or ()]
         self.rng = np.random.default_rng(seed)
-        self.configs: list[dict] = []
+        self.configs: list[dict[str, Any]] = []
         self.observed: dict[int, float] = {}  # config index -> test IoU (trained to the end)
         self.pending: dict[str, int] = {}  # trial id -> config index
         self.tried: set[int] = set()
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
+                              **spec: Any) -> bool:
         """Tune hands over the param_space: one ``tune.choice`` (or a constant) per knob."""
         grid = {k: list(v.categories) if hasattr(v, "categories") else [v] for k, v in config.items()}
         self._set_space(grid)
         return True
 
-    def _set_space(self, grid: Mapping[str, Sequence]) -> None:
+    def _set_space(self, grid: Mapping[str, Sequence[Any]]) -> None:
         configs = grid_configs(grid)
         missing = [c for c in configs if config_key(c) not in self.latencies]
         if missing:
@@ -160,7 +162,7 @@ class LatencyFirstSearch(Searcher):
         self.index = {config_key(c): i for i, c in enumerate(configs)}
 
     # ---- Ray Tune's searcher interface --------------------------------------------------------
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         assert self.configs, "set_search_properties first"
         while self.first:
             i = self.index.get(config_key(self.first.pop(0)))
@@ -171,7 +173,7 @@ class LatencyFirstSearch(Searcher):
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray Tune's "space exhausted" answer
         return self._start(trial_id, self._best(left))
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         i = self.pending.pop(trial_id, None)
         if i is None or error or not result:
             return
@@ -189,7 +191,7 @@ class LatencyFirstSearch(Searcher):
             self.__dict__.update(pickle.load(f))
 
     # ---- the choice ---------------------------------------------------------------------------
-    def _start(self, trial_id: str, i: int) -> dict:
+    def _start(self, trial_id: str, i: int) -> dict[str, Any]:
         self.tried.add(i)
         self.pending[trial_id] = i
         return dict(self.configs[i])

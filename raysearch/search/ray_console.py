@@ -49,8 +49,8 @@ def without_exit_noise(lines: Sequence[str]) -> list[str]:
     return out
 
 
-def _filtered(handler: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    def handle(data: dict) -> Any:
+def _filtered(handler: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    def handle(data: dict[str, Any]) -> Any:
         lines = data.get("lines")
         if isinstance(lines, list) and any(line.startswith("Exception ignored in") for line in lines):
             kept = without_exit_noise(lines)

@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -41,6 +41,10 @@ from raysearch.records import names as obj
 from raysearch.records.pareto import as_costs, costs_dominate
 from raysearch.records.results import finite
 from raysearch.storage import write_atomic
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +132,18 @@ class _StatefulScheduler(FIFOScheduler):
         if self.state_path is not None and self.state_path.is_file():
             self._load(json.loads(self.state_path.read_text()))
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {"args": self._args, "state": self._state()}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["args"])  # type: ignore[misc]  # rebuilt by the subclass's own __init__
         if self.state_path is None:
             self._load(state["state"])
 
-    def _state(self) -> dict:
+    def _state(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _load(self, state: dict) -> None:
+    def _load(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _save(self) -> None:
@@ -173,11 +177,11 @@ class ParetoASHA(_StatefulScheduler):
         self.stopped: dict[str, int] = {}  # trial id -> the epoch it was stopped at
         self._restore_file()
 
-    def _state(self) -> dict:
+    def _state(self) -> dict[str, Any]:
         return {"rungs": {str(m): {k: list(p) for k, p in r.items()} for m, r in self.rungs.items()},
                 "latency": self.latency, "stopped": self.stopped}
 
-    def _load(self, state: dict) -> None:
+    def _load(self, state: dict[str, Any]) -> None:
         for m, recorded in state.get("rungs", {}).items():
             self.rungs.setdefault(int(m), {}).update({k: (p[0], p[1]) for k, p in recorded.items()})
         self.latency.update(state.get("latency", {}))
@@ -206,7 +210,7 @@ class ParetoASHA(_StatefulScheduler):
             break
         return action
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]) -> str:
         if result.get(obj.FINAL) or self.time_attr not in result:  # a final report: the trial is done
             return TrialScheduler.CONTINUE
         return self.decide(trial.trial_id, result[self.time_attr], finite(result.get(self.iou_metric)),
@@ -259,12 +263,12 @@ class FrontStopping(_StatefulScheduler):
         self.stopped: dict[str, int] = {}
         self._restore_file()
 
-    def _state(self) -> dict:
+    def _state(self) -> dict[str, Any]:
         return {"curves": {k: {str(e): v for e, v in c.items()} for k, c in self.curves.items()},
                 "latency": self.latency, "finished": {k: list(p) for k, p in self.finished.items()},
                 "stopped": self.stopped}
 
-    def _load(self, state: dict) -> None:
+    def _load(self, state: dict[str, Any]) -> None:
         self.curves.update({k: {int(e): v for e, v in c.items()} for k, c in state.get("curves", {}).items()})
         self.latency.update(state.get("latency", {}))
         self.finished.update({k: (p[0], p[1]) for k, p in state.get("finished", {}).items()})
@@ -292,7 +296,7 @@ class FrontStopping(_StatefulScheduler):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]) -> str:
         if result.get(obj.FINAL):
             self._finish(trial.trial_id, result)
             return TrialScheduler.CONTINUE
@@ -301,11 +305,11 @@ class FrontStopping(_StatefulScheduler):
         return self.decide(trial.trial_id, int(result[obj.EPOCH]), finite(result.get(obj.VAL_IOU.name)),
                            finite(result.get(obj.LATENCY_MS.name)))
 
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+    def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]) -> None:
         if result and result.get(obj.FINAL):
             self._finish(trial.trial_id, result)
 
-    def _finish(self, trial_id: str, result: dict) -> None:
+    def _finish(self, trial_id: str, result: dict[str, Any]) -> None:
         iou, latency = finite(result.get(obj.IOU.name)), finite(result.get(obj.LATENCY_MS.name))
         if iou is not None and latency is not None and not result.get(obj.PRUNED) and trial_id not in self.finished:
             self.finished[trial_id] = (iou, latency)

@@ -17,10 +17,12 @@ Input sizes are (h, w) tuples here as everywhere (`sizes`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.records import names as obj
-from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search, search_name
+from raysearch.search.driver import SearchOptions, SearchOutcome, SearchRequest, Space, run_search, search_name
 from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
 from raysearch.tracking.readback import row_from_run
@@ -49,16 +51,19 @@ DESCRIPTIONS = {
 }
 
 
-def model_key(k: dict) -> str:
+SizeArg = int | str | tuple[int, int]  # an input size as given: N, "HxW" or (h, w)
+
+
+def model_key(k: dict[str, Any]) -> str:
     return f"a{k['a']:g}-t{k['t']}-r{k['r']}-pp{k['pp']}"
 
 
-def sizes(res) -> list[tuple[int, int]]:
+def sizes(res: Iterable[SizeArg]) -> list[tuple[int, int]]:
     """Input sizes as (h, w), largest first (a stage's grid, from N or (h, w) values)."""
     return sorted({parse_hw(r) for r in res}, reverse=True)
 
 
-def stage_space(stage: int, opts: SearchOptions, res: list | None = None) -> Space:
+def stage_space(stage: int, opts: SearchOptions, res: Sequence[SizeArg] | None = None) -> Space:
     quick = opts.quick
     res = sizes(res or preset(quick).resolutions)
     top = [max(res)]
@@ -98,7 +103,7 @@ def _front_from_mlflow(opts: SearchOptions, stage: int) -> list[ModelSpec]:
     return []
 
 
-def stage7_space(opts: SearchOptions, res: list | None) -> Space:
+def stage7_space(opts: SearchOptions, res: Sequence[SizeArg] | None) -> Space:
     models6 = _front_from_mlflow(opts, 6)
     front2 = _front_from_mlflow(opts, 2)
     if models6:
@@ -115,7 +120,7 @@ def stage7_space(opts: SearchOptions, res: list | None) -> Space:
     return Space({"input_hw": res, "model": sorted(named)}, {"arch": "fastscnn"}, models=named)
 
 
-def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list | None = None):
+def run_stage(stage: int, opts: SearchOptions, epochs: int, res: Sequence[SizeArg] | None = None) -> SearchOutcome:
     label = f"stage{stage}"
     if stage == 1:
         return run_stage1(opts, epochs, res)
@@ -124,7 +129,7 @@ def run_stage(stage: int, opts: SearchOptions, epochs: int, res: list | None = N
     return run_search(SearchRequest(label, space, opts, epochs))
 
 
-def run_stage1(opts: SearchOptions, epochs: int, res: list | None):
+def run_stage1(opts: SearchOptions, epochs: int, res: Sequence[SizeArg] | None) -> SearchOutcome:
     """Train the baseline once at the largest input, then evaluate those weights at every input
     (epochs=0: export, test IoU, latency) - both phases under one MLflow parent run."""
     from mlflow.tracking import MlflowClient
@@ -145,7 +150,7 @@ def run_stage1(opts: SearchOptions, epochs: int, res: list | None):
                                     init_checkpoint=weights, parent=(client, exp_id, base.parent_run_id)))
 
 
-def _checkpoint_of(outcome) -> str:
+def _checkpoint_of(outcome: SearchOutcome) -> str:
     """best.pt of the (single) trial of a finished search, in its Ray Tune storage (folder or URI)."""
     import pyarrow.fs as pafs
 
@@ -154,5 +159,5 @@ def _checkpoint_of(outcome) -> str:
              if i.base_name == obj.BEST_WEIGHTS and "/checkpoint_" in i.path]
     if not found:
         raise RuntimeError(f"stage 1: no trained weights (best.pt) under {outcome.experiment_path}")
-    best = max(found, key=lambda i: i.mtime_ns or 0).path
+    best: str = max(found, key=lambda i: i.mtime_ns or 0).path
     return best if "://" not in outcome.experiment_path else outcome.experiment_path.split("://")[0] + "://" + best

@@ -17,16 +17,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
 
 from raysearch.data import open_split
-from raysearch.models import ModelSpec, build_model, register_family
+from raysearch.models import ModelSpec, build_model, register_family, spec_of
 from raysearch.records import names as obj
 from raysearch.search.latency import BenchSettings, Measurement, measure
 from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,14 @@ class TrialSettings:
     exporter: str = "torchscript"
     results_cache: str | None = None  # finished trials by spec: a repeated config is not trained again
     trial_state: str | None = None  # folder or URI: each trial's newest weights, whatever Ray Tune recorded
-    fixed: dict = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
-    models: dict = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
-    init_checkpoints: dict = field(default_factory=dict)  # model name -> weights to start from (epochs=0)
-    families: tuple = ()  # user model families (ModelFamily) to register in the trial's process
+    fixed: dict[str, Any] = field(default_factory=dict)  # knobs the stage fixes (merged under the config)
+    models: dict[str, Any] = field(default_factory=dict)  # name -> knobs, for a config key "model" (stage 7)
+    init_checkpoints: dict[str, Any] = field(default_factory=dict)  # model name -> weights to start from (epochs=0)
+    families: tuple[Any, ...] = ()  # user model families (ModelFamily) to register in the trial's process
 
-    def checkpoint_for(self, config: dict) -> str | None:
-        return self.init_checkpoints.get(config.get("model")) or self.init_checkpoint
+    def checkpoint_for(self, config: dict[str, Any]) -> str | None:
+        model = config.get("model")
+        return (self.init_checkpoints.get(model) if model else None) or self.init_checkpoint
 
     def result_key(self, spec: ModelSpec, init_checkpoint: str | None = None) -> str:
         """Everything that decides a trained trial's outcome, hashed."""
@@ -80,7 +84,7 @@ class TrialSettings:
         """Whether the device computes this candidate's test IoU (``device_iou``: off, int8, all)."""
         return self.device_iou == "all" or (self.device_iou == "int8" and spec.precision == "int8")
 
-    def spec_for(self, config: dict) -> ModelSpec:
+    def spec_for(self, config: dict[str, Any]) -> ModelSpec:
         """The trial's spec: fixed knobs, then the named model's knobs, then the config's."""
         cfg = dict(config)
         knobs = dict(self.fixed)
@@ -93,7 +97,7 @@ class TrialSettings:
         return ModelSpec.from_dict(knobs, strict=True)
 
 
-def base_metrics(**values) -> dict:
+def base_metrics(**values: Any) -> dict[str, Any]:
     """Every report carries every objective and scheduler metric (Ray Tune requires it)."""
     m = {obj.IOU.name: 0.0, obj.LATENCY_MS.name: float("nan"), obj.VAL_IOU.name: 0.0, obj.VAL_LOSS.name: float("nan"),
          obj.EPOCH: 0, obj.PRUNED: 0, obj.FINAL: 0, obj.REPLAYED: 0}
@@ -115,7 +119,7 @@ def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarra
     cv2.imwrite(str(path), cv2.cvtColor(np.hstack([img, gt_panel, pred_panel]), cv2.COLOR_RGB2BGR))
 
 
-def run_trial(config: dict, settings: TrialSettings) -> None:
+def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """The Ray Tune function trainable (bind ``settings`` with ``tune.with_parameters``): a
     configuration already run is replayed from the results cache; otherwise its latency first
     (over the budget: pruned, never trained), then training with a report every epoch, then
@@ -145,7 +149,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
 class _Trial:
     """One run of `run_trial`: its configuration resolved once, its steps as methods."""
 
-    def __init__(self, config: dict, settings: TrialSettings) -> None:
+    def __init__(self, config: dict[str, Any], settings: TrialSettings) -> None:
         from ray import tune
 
         self.settings = settings
@@ -214,7 +218,7 @@ class _Trial:
                             shutil.copy(Path(d) / f, self.ckpt_dir / f)
         return (self.ckpt_dir / obj.LAST_WEIGHTS).is_file()
 
-    def train(self, latency: float) -> tuple[Any, list, float | None]:
+    def train(self, latency: float) -> tuple[Any, list[Any], float | None]:
         """2. Train, reporting every epoch so the scheduler can stop us: (model, history, GPU MiB)."""
         import torch
         from ray import tune
@@ -259,7 +263,7 @@ class _Trial:
                        resume=resume)
         return result.model, result.history, result.gpu_max_memory_mib
 
-    def finalize(self, model: Any, history: list, gpu_mib: float | None, latency: float) -> None:
+    def finalize(self, model: Any, history: list[Any], gpu_mib: float | None, latency: float) -> None:
         """3. The deployed artifact is the measured one: export, test IoU via onnxruntime, benchmark;
         the final report (and the results cache, so the configuration never trains again)."""
         from ray import tune
@@ -271,7 +275,7 @@ class _Trial:
         onnx_path = _export(model, final / obj.MODEL_FILE, settings, self.calibration)
         test = open_split(settings.data, "test", seed=settings.data_seed, limit=settings.limit)
 
-        def keep(i, image, gt, pred):
+        def keep(i: int, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
             if i < settings.overlays:
                 write_overlay(final / "overlays" / f"{i:02d}_{test.stems[i]}.png", image, gt, pred)
 
@@ -369,10 +373,10 @@ class TrialState:
             log.warning("could not remove the trial state %s: %s", self.uri, e)
 
 
-def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], list]:
+def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], list[Any]]:
     """The int8 calibration inputs of ``spec`` (validation images fed as at inference), read when
     first called: an fp32 export never reads them."""
-    def calibration() -> list:
+    def calibration() -> list[Any]:
         from raysearch.training.quantize import calibration_inputs
 
         return calibration_inputs(open_split(settings.data, "val", seed=settings.data_seed, limit=settings.limit), spec)
@@ -380,8 +384,8 @@ def calibration_for(spec: ModelSpec, settings: TrialSettings) -> Callable[[], li
     return calibration
 
 
-def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, calibration: Callable[[], list],
-                      model=None) -> Measurement:
+def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, calibration: Callable[[], list[Any]],
+                      model: torch.nn.Module | None = None) -> Measurement:
     """The benchmark of ``spec``'s untrained model (its latency is the trained model's): from the
     latency cache, or exported to ``work``, measured on the farm and cached. A cached document
     without every field of today's reply (from an older benchd) is measured again."""
@@ -400,7 +404,7 @@ def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, cali
     return measured
 
 
-def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, float]:
+def sweep_latencies(configs: list[dict[str, Any]], settings: TrialSettings) -> dict[str, float]:
     """Every configuration's latency before any training (`--sampler latency-first`), as
     `raysearch.search.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
     from raysearch.search.latency_first import config_key
@@ -417,12 +421,12 @@ def sweep_latencies(configs: list[dict], settings: TrialSettings) -> dict[str, f
     return out
 
 
-def _export(model, path: Path, settings: TrialSettings, calibration: Callable[[], list]) -> Path:
+def _export(model: torch.nn.Module, path: Path, settings: TrialSettings, calibration: Callable[[], list[Any]]) -> Path:
     """The deployable ONNX file of ``model``: the fp32 export, or with ``precision=int8`` that
     export quantized, calibrated on ``calibration()`` (validation images fed as at inference)."""
     from raysearch.training.export import export_onnx
 
-    if model.spec.precision == "fp32":
+    if spec_of(model).precision == "fp32":
         return export_onnx(model, path, exporter=settings.exporter).path
     from raysearch.training.quantize import quantize_int8
 

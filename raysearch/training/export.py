@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysearch.models import ModelSpec
+from raysearch.models import ModelSpec, spec_of
 from raysearch.storage import write_atomic
 from raysearch.training.evaluate import SPEC_METADATA_KEY
 
@@ -55,7 +55,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, exporter: str = "to
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r} is not one of {EXPORTERS}")
-    spec: ModelSpec = model.spec  # type: ignore[assignment]  # build_model attaches it
+    spec = spec_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

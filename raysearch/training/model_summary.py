@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from raysearch.models import ModelSpec, build_model
+from raysearch.models import ModelSpec, build_model, spec_of
 
 _BYTES_FP32 = 4
 
@@ -45,7 +45,7 @@ class ModelSummary:
 def summarize(spec_or_model: ModelSpec | nn.Module) -> ModelSummary:
     """Summary of a spec (the model is built) or of a built model carrying ``.spec``."""
     model = build_model(spec_or_model) if isinstance(spec_or_model, ModelSpec) else spec_or_model
-    spec: ModelSpec = model.spec  # type: ignore[assignment]  # build_model attaches it
+    spec = spec_of(model)
     macs = 0
     out_bytes = 0
     executed: set[int] = set()

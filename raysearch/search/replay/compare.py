@@ -72,7 +72,7 @@ class SeedResult:
     repeated: int  # trials of a configuration already trained (nothing trained)
 
 
-def _one(args: tuple) -> SeedResult:
+def _one(args: tuple[Any, ...]) -> SeedResult:
     table_path, method, seed, source, workers, budgets, curve_x, time_x, max_latency_ms = args
     from raysearch.search.replay.simulator import simulate
 
@@ -114,19 +114,19 @@ class ReplayCache:
         self._table_sha = hashlib.sha256(Path(table_path).read_bytes()).hexdigest()
         self._versions = (optuna.__version__, ray.__version__)
 
-    def _path(self, task: tuple) -> Path:
+    def _path(self, task: tuple[Any, ...]) -> Path:
         _, method, seed, *settings = task
         key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, *self._versions])
         return self.folder / f"{method.key}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
-    def get(self, task: tuple) -> SeedResult | None:
+    def get(self, task: tuple[Any, ...]) -> SeedResult | None:
         path = self._path(task)
         try:
             return SeedResult(**json.loads(path.read_text()))
         except (FileNotFoundError, ValueError, TypeError):  # not there, or a torn or foreign file: replay it
             return None
 
-    def put(self, task: tuple, result: SeedResult) -> None:
+    def put(self, task: tuple[Any, ...], result: SeedResult) -> None:
         path = self._path(task)
         tmp = path.with_suffix(".part")
         tmp.write_text(json.dumps(dataclasses.asdict(result)))

@@ -46,24 +46,25 @@ class SyneTuneMOASHA:
                              random_seed=seed)
         self.trials: dict[str, Any] = {}
 
-    def suggest(self, trial_id: str) -> dict:
+    def suggest(self, trial_id: str) -> dict[str, Any]:
         config = self.moasha.suggest().config
         self.trials[trial_id] = self._trial(trial_id=trial_id, config=config, creation_time=datetime.now())
         self.moasha.on_trial_add(self.trials[trial_id])
         return dict(config)
 
-    def scheduler_result(self, trial, result: dict) -> str:
+    def scheduler_result(self, trial: Any, result: dict[str, Any]) -> str:
         if result.get(obj.FINAL) or obj.VAL_IOU.name not in result:
             return "CONTINUE"  # the final report (test IoU) is not a rung observation
-        return self.moasha.on_trial_result(self.trials[trial.trial_id], self._metrics(result))
+        decision: str = self.moasha.on_trial_result(self.trials[trial.trial_id], self._metrics(result))
+        return decision
 
-    def complete(self, trial_id: str, result: dict) -> None:
+    def complete(self, trial_id: str, result: dict[str, Any]) -> None:
         if obj.VAL_IOU.name in result and obj.EPOCH in result and trial_id in self.moasha.trial_info:
             self.moasha.on_trial_complete(self.trials[trial_id], self._metrics(result))
         self.moasha.trial_info.pop(trial_id, None)
 
     @staticmethod
-    def _metrics(result: dict) -> dict:
+    def _metrics(result: dict[str, Any]) -> dict[str, Any]:
         return {**result, NEG_VAL_IOU: -float(result[obj.VAL_IOU.name])}
 
 
@@ -73,13 +74,13 @@ class _SchedulerView:
     def __init__(self, peer: SyneTuneMOASHA) -> None:
         self.peer = peer
 
-    def on_trial_add(self, tune_controller, trial) -> None:
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         pass
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         return self.peer.scheduler_result(trial, result)
 
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         pass  # the searcher face passes it on, once
 
 
@@ -87,16 +88,16 @@ class _SearcherView:
     def __init__(self, peer: SyneTuneMOASHA) -> None:
         self.peer = peer
 
-    def set_search_properties(self, *args, **kwargs) -> bool:
+    def set_search_properties(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict:
+    def suggest(self, trial_id: str) -> dict[str, Any]:
         return self.peer.suggest(trial_id)
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         pass
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         self.peer.complete(trial_id, result or {})
 
 

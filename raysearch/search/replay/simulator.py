@@ -64,7 +64,7 @@ class ConfigIndex:
         self.by_spec = {ModelSpec.from_dict(spec).to_json(): cid for cid, spec in table.configs.items()}
         self.table = table
 
-    def __call__(self, config: dict) -> str:
+    def __call__(self, config: dict[str, Any]) -> str:
         spec = self.settings.spec_for(config).to_json()
         if spec not in self.by_spec:
             raise TableError(f"table {self.table.name} has no configuration for {config}")
@@ -74,7 +74,7 @@ class ConfigIndex:
 class SimTrial:
     """What Ray Tune's schedulers read of a trial."""
 
-    def __init__(self, trial_id: str, config: dict) -> None:
+    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
         self.trial_id, self.config = trial_id, config
         self.status = "RUNNING"
         self.last_result: dict[str, Any] = {}
@@ -145,7 +145,7 @@ def grid_hypervolume(table: Table, source: str) -> float:
 
 
 def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers: int = 4,
-             max_epochs: float | None = None, space: Space | None = None, first: list[dict] | None = None,
+             max_epochs: float | None = None, space: Space | None = None, first: list[dict[str, Any]] | None = None,
              objects: tuple[Any, Any] | None = None) -> Replay:
     """Replay one search (``opts``: mode, sampler, scheduler, grace period, factor, seed,
     num_samples, max_latency_ms) on ``table`` with ``workers`` parallel trials, until
@@ -169,9 +169,9 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     ref = hv_box(table, source)
     grid_hv = grid_hypervolume(table, source)
     out = Replay()
-    done: dict[str, dict] = {}  # the results cache: config id -> final result
-    front_points: list[dict] = []
-    events: list[tuple[float, int, str, Iterator]] = []  # (time, order, trial id, its steps)
+    done: dict[str, dict[str, Any]] = {}  # the results cache: config id -> final result
+    front_points: list[dict[str, Any]] = []
+    events: list[tuple[float, int, str, Iterator[Any]]] = []  # (time, order, trial id, its steps)
     order = 0
     created = 0
     finished = False  # the searcher has nothing left to propose (a finite space, exhausted)
@@ -194,13 +194,13 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
         heapq.heappush(events, (now, order, trial_id, _drive(trial, steps, record)))
         order += 1
 
-    def complete(trial: SimTrial, result: dict) -> None:
+    def complete(trial: SimTrial, result: dict[str, Any]) -> None:
         trial.status = "TERMINATED"
         if scheduler is not None:
             scheduler.on_trial_complete(None, trial, result)
         searcher.on_trial_complete(trial.trial_id, result=result)
 
-    def _drive(trial: SimTrial, steps: Iterator, record: TrialRecord) -> Iterator[float]:
+    def _drive(trial: SimTrial, steps: Iterator[Any], record: TrialRecord) -> Iterator[float]:
         """Yields the seconds until the trial's next report; handles each report as Tune does."""
         for seconds, result, kind, seed in steps:
             record.seed = seed if seed is not None else record.seed
@@ -247,7 +247,8 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     return out
 
 
-def _trial_steps(table: Table, cid: str, source: str, opts: SearchOptions, done: dict, rng: random.Random):
+def _trial_steps(table: Table, cid: str, source: str, opts: SearchOptions, done: dict[str, Any],
+                 rng: random.Random) -> Iterator[tuple[float, dict[str, Any], str, int | None]]:
     """The reports of one trial as (seconds before it, result, outcome kind, seed): what
     `run_trial` reports, from the table."""
     latency = table.latency_ms(cid, source)
@@ -272,13 +273,13 @@ def _trial_steps(table: Table, cid: str, source: str, opts: SearchOptions, done:
     yield run.fixed_s, final, "finished", seed
 
 
-def table_trial(table_path: str, source: str = "host", seed: int = 0) -> Callable[[dict, TrialSettings], None]:
+def table_trial(table_path: str, source: str = "host", seed: int = 0) -> Callable[[dict[str, Any], TrialSettings], None]:
     """A Ray Tune trainable for `raysearch.search.driver.run_search` (``trial_fn``) that replays the table
     instead of training: the same reports as `simulate`'s trials, sent through the real driver.
     Every trial uses the training seed ``seed`` (so a table with one seed per configuration
     replays identically in both)."""
 
-    def replay_trial(config: dict, settings: TrialSettings) -> None:
+    def replay_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         import time
 
         from ray import tune

@@ -148,7 +148,7 @@ class Table:
         os.replace(tmp, path)
 
 
-def _need(rec: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def _need(rec: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in rec:
         raise TableError(f"{where}: {rec.get('kind')} record has no {key!r}")
     value = rec[key]
@@ -157,7 +157,7 @@ def _need(rec: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any
     return value
 
 
-def _number(rec: dict, key: str, where: str, lo: float | None = None, hi: float | None = None) -> float:
+def _number(rec: dict[str, Any], key: str, where: str, lo: float | None = None, hi: float | None = None) -> float:
     raw = _need(rec, key, (int, float), where)
     value = float(raw)
     if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -228,14 +228,14 @@ def load(path: str | Path) -> Table:
     return table
 
 
-def _config_of(rec: dict, table: Table, where: str) -> str:
-    cid = _need(rec, "config", str, where)
+def _config_of(rec: dict[str, Any], table: Table, where: str) -> str:
+    cid: str = _need(rec, "config", str, where)
     if cid not in table.configs:
         raise TableError(f"{where}: configuration {cid!r} is not declared by a config record before it")
     return cid
 
 
-def _run(rec: dict, table: Table, where: str) -> Run:
+def _run(rec: dict[str, Any], table: Table, where: str) -> Run:
     cid = _config_of(rec, table, where)
     seed = int(_need(rec, "seed", int, where))
     curve_raw = _need(rec, "curve", list, where)
