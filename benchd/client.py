@@ -232,6 +232,7 @@ class BenchClient:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.BenchServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._limits: pb.Limits | None = None  # the server's Predict limits, asked once per client
 
     def close(self) -> None:
         self._channel.close()
@@ -363,7 +364,9 @@ class BenchClient:
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"inputs must be a batch (N, ...) of at least one item, got shape {list(x.shape)}")
         m = Model.of(model)
-        limits = self.info().limits
+        if self._limits is None:
+            self._limits = self.info().limits
+        limits = self._limits
         max_bytes = limits.max_predict_bytes or 3 << 20  # 0: a server from before Predict (it says UNIMPLEMENTED)
         per_item = x[0].nbytes
         if per_item > max_bytes:

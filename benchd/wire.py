@@ -4,7 +4,8 @@ themselves."""
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
 
 from benchd.predict import ENCODINGS, PredictParams
 from benchd.runner import DEFAULTS, GRAPH_OPTIMIZATIONS, BenchParams, ModelInputError
@@ -13,6 +14,7 @@ from benchd.v1 import benchd_pb2 as pb
 GraphOptimization: TypeAlias = pb.GraphOptimization  # the enum types (the generated stubs: int subclasses)
 ThrottleState: TypeAlias = pb.ThrottleState
 OutputEncoding: TypeAlias = pb.OutputEncoding
+E = TypeVar("E", bound=int)  # one of the enum types
 
 _GRAPH_OPT: dict[str, GraphOptimization] = {"disable": pb.GRAPH_OPTIMIZATION_DISABLE, "basic": pb.GRAPH_OPTIMIZATION_BASIC,
               "extended": pb.GRAPH_OPTIMIZATION_EXTENDED, "all": pb.GRAPH_OPTIMIZATION_ALL}
@@ -24,21 +26,29 @@ _ENCODING_NAME = {v: k for k, v in _ENCODING.items()} | {pb.OUTPUT_ENCODING_UNSP
 assert set(_GRAPH_OPT) == set(GRAPH_OPTIMIZATIONS) and set(_ENCODING) == set(ENCODINGS)
 
 
-def graph_optimization_enum(name: str) -> GraphOptimization:
+def _number_of(table: Mapping[str, E], name: str, field: str, choices: Sequence[str]) -> E:
     try:
-        return _GRAPH_OPT[name]
+        return table[name]
     except KeyError:
-        raise ModelInputError(f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {name!r}") from None
+        raise ModelInputError(f"{field} must be one of {tuple(choices)}, got {name!r}") from None
+
+
+def _name_of(table: Mapping[E, str], value: E, field: str, enum: str) -> str:
+    """A name for an enum number from the wire; a number outside the enum is refused, never read as
+    the default."""
+    try:
+        return table[value]
+    except KeyError:
+        raise ModelInputError(f"{field}={value} is not one of the {enum} values {sorted(table)}") from None
+
+
+def graph_optimization_enum(name: str) -> GraphOptimization:
+    return _number_of(_GRAPH_OPT, name, "graph_optimization", GRAPH_OPTIMIZATIONS)
 
 
 def graph_optimization_name(value: GraphOptimization) -> str:
-    """The level a request asks for (UNSPECIFIED: onnxruntime's default, all); a number outside
-    the enum is refused, never silently read as ALL."""
-    try:
-        return _GRAPH_OPT_NAME[value]
-    except KeyError:
-        raise ModelInputError(f"graph_optimization={value} is not a GraphOptimization value "
-                              f"({sorted(_GRAPH_OPT_NAME)})") from None
+    """The level a request asks for (UNSPECIFIED: onnxruntime's default, all)."""
+    return _name_of(_GRAPH_OPT_NAME, value, "graph_optimization", "GraphOptimization")
 
 
 def throttle_enum(state: bool | None) -> ThrottleState:
@@ -119,18 +129,12 @@ def optional(msg: Any, name: str) -> Any:
 
 
 def encoding_enum(name: str) -> OutputEncoding:
-    try:
-        return _ENCODING[name]
-    except KeyError:
-        raise ModelInputError(f"encoding must be one of {ENCODINGS}, got {name!r}") from None
+    return _number_of(_ENCODING, name, "encoding", ENCODINGS)
 
 
 def encoding_name(value: OutputEncoding) -> str:
-    """The encoding a Predict request asks for (UNSPECIFIED: mask); a number outside the enum is refused."""
-    try:
-        return _ENCODING_NAME[value]
-    except KeyError:
-        raise ModelInputError(f"encoding={value} is not an OutputEncoding value ({sorted(_ENCODING_NAME)})") from None
+    """The encoding a Predict request asks for (UNSPECIFIED: mask)."""
+    return _name_of(_ENCODING_NAME, value, "encoding", "OutputEncoding")
 
 
 def predict_request(sha: str, batch: Any, params: PredictParams, reject_if_busy: bool = False) -> pb.PredictRequest:
