@@ -25,11 +25,13 @@ import numpy as np
 from raysearch.data import open_split
 from raysearch.models import ModelSpec, build_model, register_family, spec_of
 from raysearch.records import names as obj
-from raysearch.search.latency import BenchSettings, Measurement, measure
+from raysearch.search.latency import BenchSettings, Measurement, measure, open_farm
 from raysearch.storage import DocumentStore, delete, exists, fetch_tree, publish_tree, read_bytes, write_bytes
 
 if TYPE_CHECKING:
     import torch
+
+    from benchd.farm import BenchFarm
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +284,9 @@ class _Trial:
         predictor = OnnxPredictor(onnx_path, threads=1)
         ev = evaluate(predictor, test, input_hw=spec.input_hw, in_channels=spec.in_channels,
                       logit_threshold=settings.logit_threshold, on_prediction=keep)
-        bench = measure(onnx_path, settings.bench)
-        on_device = self._device_iou(onnx_path, test, ev) if settings.device_iou_of(spec) else {}
+        with open_farm(settings.bench.farm, settings.bench.device_class) as farm:  # one for both calls
+            bench = measure(onnx_path, settings.bench, farm)
+            on_device = self._device_iou(onnx_path, test, ev, farm) if settings.device_iou_of(spec) else {}
         if (self.ckpt_dir / obj.BEST_WEIGHTS).is_file():  # the weights travel with the result (stage 1 reuses them)
             shutil.copy(self.ckpt_dir / obj.BEST_WEIGHTS, final / obj.BEST_WEIGHTS)
         (final / obj.BENCHMARK_FILE).write_text(json.dumps(bench.to_dict(), indent=2))
@@ -310,16 +313,14 @@ class _Trial:
             self.state.remove()
 
 
-    def _device_iou(self, onnx_path: Path, test: Any, on_host: Any) -> dict[str, float]:
+    def _device_iou(self, onnx_path: Path, test: Any, on_host: Any, farm: BenchFarm) -> dict[str, float]:
         """The test IoU as the device computes it (benchd Predict on a device of the latency's class),
         beside the host's: these metrics replace the objective's IoU with the device's."""
         from raysearch.search.device_iou import evaluate_on_device
-        from raysearch.search.latency import open_farm
 
         bench = self.settings.bench
-        with open_farm(bench.farm, bench.device_class) as farm:
-            cmp = evaluate_on_device(onnx_path, test, farm, device_class=bench.device_class, on_host=on_host,
-                                     logit_threshold=self.settings.logit_threshold, timeout_s=bench.timeout_s)
+        cmp = evaluate_on_device(onnx_path, test, farm, device_class=bench.device_class, on_host=on_host,
+                                 logit_threshold=self.settings.logit_threshold, timeout_s=bench.timeout_s)
         if cmp.disagrees():
             log.warning("%s: the device's test IoU %.4f differs from the host's %.4f (largest per-image gap %.4f); "
                         "ranked by the device's", self.spec.name, cmp.device.iou, cmp.host.iou, cmp.max_iou_gap)
