@@ -32,7 +32,7 @@ SETTINGS = [None, (0.0, 4), (0.005, 4), (0.01, 2), (0.01, 3), (0.01, 4), (0.01, 
 
 
 def replay(table, latencies: dict, setting, seed: int, workers: int) -> tuple[list[float], int]:
-    opts = SearchOptions(mode="search", sampler="latency-first", scheduler="none" if setting is None else "front",
+    opts = SearchOptions.from_flags(mode="search", sampler="latency-first", scheduler="none" if setting is None else "front",
                          seed=seed, num_samples=10 * len(table.configs))
     scheduler = None if setting is None else FrontStopping(margin=setting[0], min_finished=setting[1])
     r = simulate(table, opts, workers=workers, max_epochs=max(BUDGETS) * table.grid_epochs,

@@ -81,7 +81,7 @@ def main() -> None:
     results = {}
     for level in args.levels:
         with tempfile.TemporaryDirectory() as tmp:
-            search = SearchOptions(data=args.data, limit=args.limit, storage_path=f"{tmp}/ray",
+            search = SearchOptions.from_flags(data=args.data, limit=args.limit, storage_path=f"{tmp}/ray",
                                    tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup_runs=3,
                                    concurrency=1, verbose=0,
                                    max_latency_ms=None if level == "grid" else args.max_latency_ms,
@@ -94,7 +94,7 @@ def main() -> None:
                 res = optimize(OptimizeOptions(effort=level, search=search, epochs=args.epochs, res=tuple(args.res)))
                 extra = {"qualifying": len(res.candidates), "stages": res.stages}
             wall = time.time() - t0
-            results[level] = {**measure(MlflowClient(search.tracking), t0, wall, args.max_latency_ms, args.min_iou),
+            results[level] = {**measure(MlflowClient(search.tracking.store()), t0, wall, args.max_latency_ms, args.min_iou),
                               **extra}
             print(level, json.dumps(results[level]), flush=True)
 

@@ -109,7 +109,7 @@ def main() -> None:
             for label, mode, sampler, scheduler in METHODS:
                 if label != "grid" and label not in args.methods:
                     continue
-                opts = SearchOptions(mode=mode, num_samples=args.trials, data=args.data, limit=args.limit, seed=seed,
+                opts = SearchOptions.from_flags(mode=mode, num_samples=args.trials, data=args.data, limit=args.limit, seed=seed,
                                      sampler=sampler, scheduler=scheduler, storage_path=f"{tmp}/ray",
                                      tracking_uri=f"sqlite:///{tmp}/mlflow.db", bench_runs=20, bench_warmup_runs=3,
                                      concurrency=1)

@@ -6,10 +6,13 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from raysearch.records import names as obj
 from raysearch.search.presets import QUICK, STUDY, preset
+
+if TYPE_CHECKING:
+    from raysearch.search.driver import SearchOptions
 
 # The option checks import the model and search modules inside the functions that need them:
 # building a parser must not import Ray or Optuna (`raysearch --help` starts in a fraction of a second).
@@ -219,13 +222,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                                                            "largest latency the search measured)")
 
 
-def search_options(args: argparse.Namespace):
+def search_options(args: argparse.Namespace) -> SearchOptions:
+    """The flags' values, grouped (a flag left out keeps the option's default)."""
     from raysearch.search.driver import SearchOptions
 
-    keys = SearchOptions.__dataclass_fields__
+    keys = SearchOptions().flags()
     kw = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     kw["data"] = args.data or preset(args.quick).data
-    return SearchOptions(**kw)
+    return SearchOptions.from_flags(**kw)
 
 
 OPTIMIZE_EPILOG = """\

@@ -70,5 +70,5 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
     if opts.requirement.constrained:
         print(f"{len(quals)} Pareto candidate(s) meet the requirements" if quals else
               "no candidate meets the requirements (see the table above for the closest)")
-    print(f"MLflow parent run {outcome.parent_run_id} ({opts.tracking}, experiment {opts.experiment!r})")
+    print(f"MLflow parent run {outcome.parent_run_id} ({opts.tracking.store()}, experiment {opts.tracking.experiment!r})")
     return 1 if outcome.errors else 0

@@ -137,7 +137,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     if opt.fresh and (root / "optimize" / f"{name}.json").is_file():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = OptimizeState.load(root / "optimize" / f"{name}.json")
-    client = MlflowClient(sopts.tracking)
+    client = MlflowClient(sopts.tracking.store())
     if state.run_id and not run_in_store(client, state.run_id):
         # the saved state belongs to another tracking store: continuing would log into runs it lacks
         fresh = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -148,7 +148,7 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
     spent_before = state.spent_s
     deadline = None if opt.time_budget_s is None else t_start + opt.time_budget_s - spent_before
     stages = plan(opt.effort, opt.quantize)
-    if not sopts.farm:
+    if not sopts.bench.farm:
         print("latency: measured by a local benchd on THIS machine (device class 'local'), not on your edge "
               "device; pass --farm clusters/farm.yaml --device-class rpi4 for a Pi requirement")
     print(f"optimization {name}: {opt.model}, effort {opt.effort} -> stages {', '.join(stages)}"
@@ -163,14 +163,14 @@ def optimize(opt: OptimizeOptions) -> OptimizeResult:
         log.info("continuing optimization %s (%.0f s spent so far)", name, spent_before)
         client.update_run(run_id, status="RUNNING")  # from here on, the try below ends it
     else:
-        exp_id = ensure_experiment(client, sopts.experiment, sopts.tracking)
+        exp_id = ensure_experiment(client, sopts.tracking.experiment, sopts.tracking.store())
         run_id = client.create_run(exp_id, run_name=name, tags={
             obj.TAG_OPTIMIZATION: name, obj.TAG_KIND: "optimization", obj.TAG_EFFORT: opt.effort,
             "model": opt.model}).info.run_id
         with ended_if_interrupted(client, run_id):  # until the try below takes over
             log_params(client, run_id, {
                 "model": opt.model, obj.TAG_EFFORT: opt.effort, "max_latency_ms": sopts.max_latency_ms,
-                "min_iou": sopts.min_iou, "data": sopts.data, "device_class": sopts.device_class,
+                "min_iou": sopts.min_iou, "data": sopts.data, "device_class": sopts.bench.device_class,
                 "epochs": opt.train_epochs, "resolutions": ["x".join(map(str, hw)) for hw in opt.resolutions()],
                 "int8": opt.quantize, "y_channel": opt.y_channel, "stages": stages, "time_budget_s": opt.time_budget_s})
             state.name, state.run_id, state.started, state.stages = name, run_id, t_start, {}
@@ -255,7 +255,7 @@ def _run_stage(state: OptimizeState, opt: OptimizeOptions, name: str, run_id: st
 def _first_error(sopts: SearchOptions, parent_run_id: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(sopts.tracking)
+    client = MlflowClient(sopts.tracking.store())
     exp = client.get_run(parent_run_id).info.experiment_id
     failed = client.search_runs([exp], f"tags.`{obj.TAG_PARENT}` = '{parent_run_id}' and attributes.status = "
                                        "'FAILED'", max_results=1)
@@ -300,7 +300,7 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
         (tmp / "candidates.txt").write_text(summary + "\n\nevery candidate:\n" + table + "\n")
         if pool:
             plot_front(pool, tmp / "front.png", title=f"{name}: IoU vs frames per second", requirement=req)
-        report = write_html(client, s.experiment, tmp / "report.html", optimization=name, requirement=req,
+        report = write_html(client, s.tracking.experiment, tmp / "report.html", optimization=name, requirement=req,
                             preface=f"<h2>Optimization {name}</h2><pre>{html.escape(summary)}</pre>")
         client.log_artifacts(run_id, str(tmp))
         out = Path(local_root(s)) / "optimize" / f"{name}.html"
@@ -331,7 +331,7 @@ def summary_text(name: str, quals: list[TrialRow], closest: list[TrialRow], opt:
                  spent: float, epochs: int, registered: str | None) -> str:
     s, req = opt.search, opt.search.requirement
     head = (f"{name}: {'complete' if complete else 'stopped by the time budget'} after {spent:.0f} s, "
-            f"{epochs} training epochs; requirement {req.describe()} on device class {s.device_class!r}")
+            f"{epochs} training epochs; requirement {req.describe()} on device class {s.bench.device_class!r}")
     if quals:
         lines = [head, f"{len(quals)} candidate(s) meet the requirement, best IoU first:"]
         for i, r in enumerate(quals, 1):

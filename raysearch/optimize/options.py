@@ -59,8 +59,8 @@ class OptimizeOptions:
         """A name for the optimization from everything that decides its outcome (not the budget)."""
         s = self.search
         data = str(Path(s.data).resolve()) if Path(s.data).exists() else s.data  # ./data/x == data/x
-        key = [self.model, self.effort, data, s.limit, s.seed, s.max_latency_ms, s.min_iou, s.device_class,
-               s.latency_stat, s.logit_threshold, s.quick, self.train_epochs,
+        key = [self.model, self.effort, data, s.limit, s.seed, s.max_latency_ms, s.min_iou, s.bench.device_class,
+               s.bench.latency_stat, s.logit_threshold, s.quick, self.train_epochs,
                [h if h == w else f"{h}x{w}" for h, w in self.resolutions()],  # as before sizes became (h, w)
                self.quantize,
                self.y_channel, self.trials_per_stage]

@@ -20,14 +20,14 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement, TrialRow
-from raysearch.search.latency import BenchSettings, CpuReservation, local_benchd, reserve_cpu
+from raysearch.search.latency import WIRE_KNOBS, BenchSettings, CpuReservation, local_benchd, reserve_cpu
 from raysearch.search.presets import preset
 from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exits
 from raysearch.search.samplers import SAMPLERS, make_sampler
@@ -54,59 +54,25 @@ SCHEDULERS = ("pareto-asha", "front", "asha", "none")  # pareto-asha: on (val Io
 
 
 @dataclass
-class SearchOptions:
-    """Options shared by every stage (the stage scripts' command line)."""
+class BenchOptions:
+    """Where and how trials measure latency (--farm, --device-class, --latency-stat, --device-iou,
+    and each --bench-X, X being the field of benchd's BenchmarkRequest it becomes)."""
 
-    mode: str = "grid"
-    num_samples: int = 10
-    quick: bool = False
-    data: str = "synthetic"
-    limit: int | None = None
-    seed: int = 0
-    max_latency_ms: float | None = None
-    min_iou: float | None = None
+    PREFIXED: ClassVar[tuple[str, ...]] = WIRE_KNOBS  # the fields whose flag is --bench-<field>
     farm: str | None = None  # None: a local benchd on 127.0.0.1 for the duration
     device_class: str = "local"
     latency_stat: str = "p50"
-    bench_runs: int | None = None
-    # --bench-X -> bench_X -> BenchSettings.X -> benchd's BenchmarkRequest.X: one name from flag to wire
-    bench_warmup_runs: int | None = None
-    bench_intra_op_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
-    bench_target_rel_ci: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly bench_runs)
-    bench_max_duration_s: float = 30.0  # ... or for this long
-    bench_min_duration_s: float | None = None  # time each model at least this long (None: the preset's)
-    tracking_uri: str | None = None
-    experiment: str = "raysearch"
-    address: str | None = None
-    storage_path: str = "runs/ray"
-    name: str | None = None
-    resume: bool = False
-    concurrency: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    amp: bool = False  # mixed precision for trials on a GPU (the study trained in fp32)
-    max_failures: int = 1
-    scheduler: str = "front"  # measured on the recorded tables: latency-first + front stopping (BENCHMARKS.md)
-    sampler: str = "latency-first"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-    logit_threshold: float = 0.0
+    runs: int | None = None  # None: the preset's
+    warmup_runs: int | None = None  # None: the preset's
+    intra_op_threads: int = 0  # 0: onnxruntime's default; 1 on the reserved core of a local benchd
+    target_rel_ci: float = 0.02  # time until the p50's 95% CI is within +-this share (0: exactly `runs`)
+    max_duration_s: float = 30.0  # ... or for this long
+    min_duration_s: float | None = None  # time each model at least this long (None: the preset's)
     device_iou: str = "int8"  # whose test IoU the device computes: off, int8 candidates, all
-    hv_ref_latency_ms: float | None = None
-    verbose: bool = False  # Ray Tune's own per-trial tables instead of the concise view
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode {self.mode!r} is not one of {MODES}")
-        if self.num_samples < 1:
-            raise ValueError(f"--num-samples {self.num_samples} must be >= 1")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"--sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.device_iou not in obj.DEVICE_IOU_MODES:
             raise ValueError(f"--device-iou {self.device_iou!r} is not one of {obj.DEVICE_IOU_MODES}")
-        _ = self.requirement  # validates the pair, naming the bad value
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
         elif self.farm:
@@ -133,15 +99,112 @@ class SearchOptions:
                 raise ValueError(f"--device-class {self.device_class!r}: {path} has no device of that class; "
                                  f"its classes: {classes}")
 
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    """Where the search is logged (--tracking-uri, --experiment)."""
+
+    PREFIXED: ClassVar[tuple[str, ...]] = ("uri",)
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else runs/mlflow.db
+    experiment: str = "raysearch"
+
+    def store(self) -> str:
+        """The tracking URI in use (the flag's, the environment's or the default)."""
+        from raysearch.tracking.runs import tracking_uri
+
+        return tracking_uri(self.uri)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where and with what trials run (--address, --storage-path, --concurrency, ...)."""
+
+    PREFIXED: ClassVar[tuple[str, ...]] = ()
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+    storage_path: str = "runs/ray"
+    concurrency: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    amp: bool = False  # mixed precision for trials on a GPU (the study trained in fp32)
+    max_failures: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """How --mode search proposes and stops trials (--sampler, --scheduler, --grace-period, --reduction-factor)."""
+
+    PREFIXED: ClassVar[tuple[str, ...]] = ()
+    sampler: str = "latency-first"
+    scheduler: str = "front"  # measured on the recorded tables: latency-first + front stopping (BENCHMARKS.md)
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r} is not one of {SAMPLERS}")
+
+
+OPTION_GROUPS: dict[str, Any] = {"bench": BenchOptions, "tracking": TrackingOptions, "cluster": ClusterOptions,
+                                 "schedule": ScheduleOptions}
+
+
+def flag_dest(group: str, name: str) -> str:
+    """The command line's name (argparse's dest) of a grouped option: --bench-runs is bench.runs,
+    --farm is bench.farm, --sampler is schedule.sampler."""
+    return f"{group}_{name}" if name in OPTION_GROUPS[group].PREFIXED else name
+
+
+@dataclass
+class SearchOptions:
+    """Options shared by every stage (the stage scripts' command line), grouped by what they set.
+    `from_flags` builds one from the flags' names, `flags` gives them back (the parent run's params)."""
+
+    mode: str = "grid"
+    num_samples: int = 10
+    quick: bool = False
+    data: str = "synthetic"
+    limit: int | None = None
+    seed: int = 0
+    max_latency_ms: float | None = None
+    min_iou: float | None = None
+    logit_threshold: float = 0.0
+    hv_ref_latency_ms: float | None = None
+    name: str | None = None
+    resume: bool = False
+    verbose: bool = False  # Ray Tune's own per-trial tables instead of the concise view
+    bench: BenchOptions = field(default_factory=BenchOptions)
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode {self.mode!r} is not one of {MODES}")
+        if self.num_samples < 1:
+            raise ValueError(f"--num-samples {self.num_samples} must be >= 1")
+        _ = self.requirement  # validates the pair, naming the bad value
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> SearchOptions:
+        """From the flags' names (``bench_runs=5, sampler="tpe", farm=...``); an unknown name is a TypeError."""
+        groups = {}
+        for group, kind in OPTION_GROUPS.items():
+            dests = {flag_dest(group, f.name): f.name for f in fields(kind)}
+            groups[group] = kind(**{dests[k]: flags.pop(k) for k in list(flags) if k in dests})
+        return cls(**flags, **groups)
+
+    def flags(self) -> dict[str, Any]:
+        """Every option under its flag's name (what `from_flags` takes)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in OPTION_GROUPS}
+        for group in OPTION_GROUPS:
+            out.update({flag_dest(group, k): v for k, v in asdict(getattr(self, group)).items()})
+        return out
+
     @property
     def requirement(self) -> Requirement:
         return Requirement(self.max_latency_ms, self.min_iou)
-
-    @property
-    def tracking(self) -> str:
-        from raysearch.tracking.runs import tracking_uri
-
-        return tracking_uri(self.tracking_uri)
 
 
 @dataclass
@@ -220,7 +283,7 @@ INTERRUPTS = _Interrupts()
 
 def local_reservation(opts: SearchOptions) -> CpuReservation | None:
     """A core for the local benchd when the search measures on this machine with a local Ray."""
-    if opts.farm or opts.address or os.environ.get("RAY_ADDRESS"):
+    if opts.bench.farm or opts.cluster.address or os.environ.get("RAY_ADDRESS"):
         return None
     return reserve_cpu()
 
@@ -258,18 +321,18 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
 
 def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation | None = None) -> BenchSettings:
     p = preset(opts.quick)
-    warmup = opts.bench_warmup_runs if opts.bench_warmup_runs is not None else p.bench_warmup_runs
-    min_s = opts.bench_min_duration_s if opts.bench_min_duration_s is not None else p.bench_min_duration_s
-    return BenchSettings(farm=farm, device_class=opts.device_class, stat=opts.latency_stat,
-                         runs=opts.bench_runs or p.bench_runs, warmup_runs=warmup,
-                         intra_op_threads=opts.bench_intra_op_threads or (len(reservation.benchd) if reservation else 0),
-                         target_rel_ci=opts.bench_target_rel_ci, max_duration_s=opts.bench_max_duration_s,
-                         min_duration_s=min(min_s, opts.bench_max_duration_s))
+    warmup = opts.bench.warmup_runs if opts.bench.warmup_runs is not None else p.bench_warmup_runs
+    min_s = opts.bench.min_duration_s if opts.bench.min_duration_s is not None else p.bench_min_duration_s
+    return BenchSettings(farm=farm, device_class=opts.bench.device_class, stat=opts.bench.latency_stat,
+                         runs=opts.bench.runs or p.bench_runs, warmup_runs=warmup,
+                         intra_op_threads=opts.bench.intra_op_threads or (len(reservation.benchd) if reservation else 0),
+                         target_rel_ci=opts.bench.target_rel_ci, max_duration_s=opts.bench.max_duration_s,
+                         min_duration_s=min(min_s, opts.bench.max_duration_s))
 
 
 def storage_uri(opts: SearchOptions) -> str:
     """Ray Tune's storage: an absolute folder, or the object-store URI as given (no trailing /)."""
-    text = str(Path(opts.storage_path).resolve()) if "://" not in opts.storage_path else opts.storage_path
+    text = str(Path(opts.cluster.storage_path).resolve()) if "://" not in opts.cluster.storage_path else opts.cluster.storage_path
     return text.rstrip("/")
 
 
@@ -285,8 +348,8 @@ def local_root(opts: SearchOptions) -> Path:
     storage folder, or with an object store $RAYSEARCH_STATE_DIR, else ~/.raysearch. Never the
     current folder: under `ray job submit --working-dir` that is a copy made for each job, and a
     resubmitted `--resume` would not find the search it continues."""
-    if "://" not in opts.storage_path:
-        return Path(opts.storage_path).resolve()
+    if "://" not in opts.cluster.storage_path:
+        return Path(opts.cluster.storage_path).resolve()
     return Path(os.environ.get("RAYSEARCH_STATE_DIR") or Path.home() / ".raysearch").expanduser().resolve()
 
 
@@ -325,7 +388,7 @@ def search_name(label: str, opts: SearchOptions) -> str:
         states = sorted((p for p in (local_root(opts) / "state").glob(prefix + "*") if (p / STATE_FILE).is_file()),
                         key=lambda p: p.stat().st_mtime)
         if not states:
-            raise ValueError(f"--resume: no earlier {label} search in {opts.mode} mode under {opts.storage_path}")
+            raise ValueError(f"--resume: no earlier {label} search in {opts.mode} mode under {opts.cluster.storage_path}")
         return states[-1].name
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
@@ -381,11 +444,11 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     stage, space, opts = req.stage, req.space, req.opts
 
     space.check()  # bad input, one line each, before Ray starts
-    if opts.mode == "search" and opts.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
+    if opts.mode == "search" and opts.schedule.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
         raise ValueError(f"--sampler latency-first measures every configuration's latency before training: this space "
                          f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --sampler tpe")
     check_data(opts.data, limit=opts.limit, seed=opts.seed)
-    check_writable(local_root(opts), "--storage-path" if "://" not in opts.storage_path else "the driver's state folder")
+    check_writable(local_root(opts), "--storage-path" if "://" not in opts.cluster.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
     name = req.name or search_name(stage, opts)
     where = _Where(name, storage, local_root(opts), f"{storage}/{name}", search_state_path(opts, name))
@@ -396,11 +459,11 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                          f"pass --resume to continue it or --name to start another")
     reservation = local_reservation(opts)
     try:
-        init_ray(opts.address, reservation)
+        init_ray(opts.cluster.address, reservation)
         INTERRUPTS.count = 0
         if reservation is not None:
             print(reservation.describe(), flush=True)
-        if "://" not in opts.storage_path:
+        if "://" not in opts.cluster.storage_path:
             # snapshots of the experiment state to a local folder are cheap: Ray Tune's warning about
             # frequent ones (short epochs with num_to_keep=2) would bury the search's own output
             os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -447,14 +510,14 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
 
     stage, space, opts, epochs, parent = req.stage, req.space, req.opts, req.epochs, req.parent
     name, storage, exp_path, state_path = where.name, where.storage, where.exp_path, where.state_path
-    remote = "://" in opts.storage_path
+    remote = "://" in opts.cluster.storage_path
     data = prepare_data(opts.data, None if remote else where.root, opts.seed)
     hv_latency = opts.hv_ref_latency_ms or opts.max_latency_ms  # None: the largest latency measured
-    client = parent[0] if parent else MlflowClient(opts.tracking)
+    client = parent[0] if parent else MlflowClient(opts.tracking.store())
 
     import ray
 
-    gpus = opts.gpus_per_trial
+    gpus = opts.cluster.gpus_per_trial
     have_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus is None:
         gpus = 1.0 if have_gpus > 0 else 0.0
@@ -466,9 +529,9 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             # trial-side files live in the storage every node reaches (a folder or an object store)
             data=data, bench=bench_settings(opts, farm, reservation), latency_cache=f"{storage}/latency_cache",
             results_cache=req.results_cache or f"{storage}/results/{name}", trial_state=f"{storage}/trial_state/{name}",
-            data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.amp,
+            data_seed=opts.seed, limit=opts.limit, epochs=epochs, seed=opts.seed, amp=opts.cluster.amp,
             max_latency_ms=opts.max_latency_ms,
-            logit_threshold=opts.logit_threshold, device_iou=opts.device_iou,
+            logit_threshold=opts.logit_threshold, device_iou=opts.bench.device_iou,
             init_checkpoint=req.init_checkpoint, fixed=space.fixed, models=space.models,
             init_checkpoints=req.init_checkpoints or {}, families=shipped_families())
         t0 = time.time()
@@ -478,19 +541,19 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             _, exp_id, parent_id = parent
         else:
             exp_id, parent_id = open_parent(
-                client, opts.experiment, opts.tracking, state_path, run_name=name,
+                client, opts.tracking.experiment, opts.tracking.store(), state_path, run_name=name,
                 tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
                       **(req.tags or {})},
-                params={**{k: v for k, v in asdict(opts).items() if v is not None}, "epochs": epochs,
+                params={**{k: v for k, v in opts.flags().items() if v is not None}, "epochs": epochs,
                         "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency,
                         **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
-            tracker = SearchTracker(opts.tracking, exp_id, parent_id, stage, state_path, settings.spec_for,
+            tracker = SearchTracker(opts.tracking.store(), exp_id, parent_id, stage, state_path, settings.spec_for,
                                     hv_latency, planned_trials(space, opts))
             trainable = tune.with_resources(tune.with_parameters(req.trial_fn or run_trial, settings=settings),
-                                            {"cpu": opts.cpus_per_trial, "gpu": gpus})
+                                            {"cpu": opts.cluster.cpus_per_trial, "gpu": gpus})
             latencies = None
-            if opts.mode == "search" and opts.sampler == "latency-first":  # every latency before any training
+            if opts.mode == "search" and opts.schedule.sampler == "latency-first":  # every latency before any training
                 from raysearch.search.latency_first import grid_configs
 
                 log.info("--sampler latency-first: measuring the latency of all %d configurations before training",
@@ -586,9 +649,9 @@ class _farm:
         self._ctx: contextlib.AbstractContextManager[str] | None = None
 
     def __enter__(self) -> str:
-        if self.opts.farm:
-            return self.opts.farm
-        self._ctx = local_benchd(self.opts.device_class, cpus=self.reservation.benchd if self.reservation else ())
+        if self.opts.bench.farm:
+            return self.opts.bench.farm
+        self._ctx = local_benchd(self.opts.bench.device_class, cpus=self.reservation.benchd if self.reservation else ())
         return self._ctx.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
@@ -598,7 +661,7 @@ class _farm:
 
 def _sampler(opts: SearchOptions) -> BaseSampler:
     """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
-    return make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
+    return make_sampler(opts.schedule.sampler, seed=opts.seed, num_samples=opts.num_samples)
 
 
 def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None,
@@ -609,7 +672,7 @@ def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None
     TuneConfig(metric=...) would make it single-objective); a trial the scheduler stops is told to
     it with its last report (IoU at the stop, latency).
     ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
-    if opts.sampler == "latency-first":
+    if opts.schedule.sampler == "latency-first":
         from raysearch.search.latency_first import LatencyFirstSearch
 
         if latencies is None:
@@ -627,7 +690,7 @@ def planned_trials(space: Space, opts: SearchOptions) -> int:
     configuration once, so no more than the space holds)."""
     if opts.mode == "grid":
         return space.size()
-    return min(opts.num_samples, space.size()) if opts.sampler == "latency-first" else opts.num_samples
+    return min(opts.num_samples, space.size()) if opts.schedule.sampler == "latency-first" else opts.num_samples
 
 
 def method_params(opts: SearchOptions) -> dict[str, Any]:
@@ -636,17 +699,17 @@ def method_params(opts: SearchOptions) -> dict[str, Any]:
     if opts.mode != "search":
         return {}
     out: dict[str, Any] = {}
-    if opts.scheduler == "front":
+    if opts.schedule.scheduler == "front":
         from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
         out = {obj.PARAM_FRONT_MARGIN: FRONT_MARGIN, obj.PARAM_FRONT_MIN_FINISHED: FRONT_MIN_FINISHED}
-    if opts.sampler == "latency-first":
+    if opts.schedule.sampler == "latency-first":
         from raysearch.search import latency_first as lf
 
         return {**out, obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
                 obj.PARAM_SEARCHER_PRIOR: f"intercept {lf.PRIOR_INTERCEPT}, knob {lf.PRIOR_KNOB}, log latency "
                                           f"{lf.PRIOR_LOG_LATENCY}, noise {lf.NOISE_SD}"}
-    startup = 10 if opts.sampler in ("tpe", "gp") else 0  # Optuna's default n_startup_trials
+    startup = 10 if opts.schedule.sampler in ("tpe", "gp") else 0  # Optuna's default n_startup_trials
     return {**out, obj.PARAM_STARTUP_TRIALS: startup,
             obj.PARAM_STOPPED_TRIALS: "COMPLETE with its last report (OptunaSearch)"}
 
@@ -661,21 +724,21 @@ def param_space(space: Space, mode: str) -> dict[str, Any]:
 
 
 def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None) -> TrialScheduler | None:
-    if opts.scheduler == "pareto-asha":
+    if opts.schedule.scheduler == "pareto-asha":
         from raysearch.search.scheduler import ParetoASHA
 
-        return ParetoASHA(epochs=max(1, epochs), grace_period=opts.grace_period,
-                          reduction_factor=opts.reduction_factor, state_path=state_path)
-    if opts.scheduler == "front":
+        return ParetoASHA(epochs=max(1, epochs), grace_period=opts.schedule.grace_period,
+                          reduction_factor=opts.schedule.reduction_factor, state_path=state_path)
+    if opts.schedule.scheduler == "front":
         from raysearch.search.scheduler import FrontStopping
 
-        return FrontStopping(grace_period=opts.grace_period, state_path=state_path)
-    if opts.scheduler == "asha":
+        return FrontStopping(grace_period=opts.schedule.grace_period, state_path=state_path)
+    if opts.schedule.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         # +1: reaching max_t stops a trial, and its last epoch must still export/evaluate
         return ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode, max_t=epochs + 1,
-                             grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+                             grace_period=opts.schedule.grace_period, reduction_factor=opts.schedule.reduction_factor)
     return None
 
 
@@ -690,13 +753,13 @@ def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, 
     run_config = tune.RunConfig(
         # the tracker prints a concise view (a line per trial); Ray Tune's own tables with -v
         name=name, storage_path=storage, callbacks=[tracker], verbose=2 if opts.verbose else 0,
-        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        failure_config=tune.FailureConfig(max_failures=opts.cluster.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if opts.mode == "grid":  # the study's grid: every trial to the end
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.concurrency)
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.cluster.concurrency)
     else:
         tune_config = tune.TuneConfig(search_alg=make_searcher(opts, latencies=latencies), scheduler=make_scheduler(opts, epochs, scheduler_state),
-                                      num_samples=opts.num_samples, max_concurrent_trials=opts.concurrency)
+                                      num_samples=opts.num_samples, max_concurrent_trials=opts.cluster.concurrency)
     tuner: Tuner = tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
                               run_config=run_config)
     return tuner

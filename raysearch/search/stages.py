@@ -16,6 +16,7 @@ Input sizes are (h, w) tuples here as everywhere (`sizes`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -87,8 +88,8 @@ def _front_from_mlflow(opts: SearchOptions, stage: int) -> list[ModelSpec]:
     from mlflow.tracking import MlflowClient
 
 
-    client = MlflowClient(opts.tracking)
-    exp = client.get_experiment_by_name(opts.experiment)
+    client = MlflowClient(opts.tracking.store())
+    exp = client.get_experiment_by_name(opts.tracking.experiment)
     if exp is None:
         return []
     parents = client.search_runs([exp.experiment_id], f"tags.{obj.TAG_STAGE} = 'stage{stage}' and "
@@ -143,9 +144,9 @@ def run_stage1(opts: SearchOptions, epochs: int, res: Sequence[SizeArg] | None) 
     # the trained weights go where every node can read them: the search's storage
     weights = f"{base.experiment_path}/stage1_weights.pt"
     write_bytes(weights, read_bytes(_checkpoint_of(base)))
-    client = MlflowClient(opts.tracking)
+    client = MlflowClient(opts.tracking.store())
     exp_id = client.get_run(base.parent_run_id).info.experiment_id
-    eval_opts = SearchOptions(**{**opts.__dict__, "mode": "grid"})  # evaluation only: nothing to search
+    eval_opts = dataclasses.replace(opts, mode="grid")  # evaluation only: nothing to search
     return run_search(SearchRequest("stage1", Space({"input_hw": res}, fixed), eval_opts, 0, name=f"{name}-eval",
                                     init_checkpoint=weights, parent=(client, exp_id, base.parent_run_id)))
 

@@ -132,7 +132,7 @@ def test_real_data_evaluate_with_the_studys_threshold(packages_dir, tmp_path):
 
 
 def test_each_bench_flag_has_one_name_from_flag_to_wire():
-    """--bench-X -> SearchOptions.bench_X -> BenchSettings.X -> BenchmarkRequest.X."""
+    """--bench-X -> SearchOptions.bench.X -> BenchSettings.X -> BenchmarkRequest.X."""
     from benchd import wire
     from benchd.runner import BenchParams
     from raysearch.search.driver import bench_settings
@@ -146,13 +146,31 @@ def test_each_bench_flag_has_one_name_from_flag_to_wire():
     settings = bench_settings(opts, "127.0.0.1:1")
     req = wire.benchmark_request(BenchParams(**settings.knobs()), "0" * 64)
     for k, v in values.items():
-        assert getattr(opts, f"bench_{k}") == v and getattr(settings, k) == v
+        assert getattr(opts.bench, k) == v and getattr(settings, k) == v and opts.flags()[f"bench_{k}"] == v
         assert getattr(req, k) == pytest.approx(v), k
     # the older flags are aliases of the same options
     old = cli.search_options(cli.build_stage_parser(2).parse_args(
         ["--bench-warmup", "3", "--bench-threads", "2", "--bench-precision", "0.03", "--bench-min-s", "0.5",
          "--bench-max-s", "12"]))
-    assert all(getattr(old, f"bench_{k}") == v for k, v in values.items() if k != "runs")
+    assert all(getattr(old.bench, k) == v for k, v in values.items() if k != "runs")
+
+
+def test_search_options_are_grouped_and_every_one_is_a_flag_of_the_same_name():
+    from raysearch.search.driver import SearchOptions
+
+    dests = {a.dest for a in cli.build_stage_parser(2)._actions}
+    assert set(SearchOptions().flags()) <= dests  # no option a user cannot set, none under another name
+    argv = ["--sampler", "tpe", "--bench-runs", "3", "--farm", "127.0.0.1:9", "--tracking-uri", "sqlite:///x.db",
+            "--amp", "--grace-period", "2", "--device-iou", "off"]
+    opts = cli.search_options(cli.build_stage_parser(2).parse_args(argv))
+    assert (opts.schedule.sampler, opts.schedule.grace_period, opts.schedule.scheduler) == ("tpe", 2, "front")
+    assert (opts.bench.runs, opts.bench.farm, opts.bench.device_iou) == (3, "127.0.0.1:9", "off")
+    assert (opts.tracking.uri, opts.cluster.amp) == ("sqlite:///x.db", True)
+    assert SearchOptions.from_flags(**opts.flags()) == opts
+    with pytest.raises(TypeError, match="bench_rnus"):
+        SearchOptions.from_flags(bench_rnus=3)
+    with pytest.raises(ValueError, match="--sampler 'tpee'"):
+        SearchOptions.from_flags(sampler="tpee")
 
 
 def test_amp_is_asked_for_and_changes_the_result_key():
@@ -161,8 +179,8 @@ def test_amp_is_asked_for_and_changes_the_result_key():
     from raysearch.search.trial import TrialSettings
 
     parser = cli.build_stage_parser(2)
-    assert cli.search_options(parser.parse_args([])).amp is False  # fp32, as the study trained
-    assert cli.search_options(parser.parse_args(["--amp"])).amp is True
+    assert cli.search_options(parser.parse_args([])).cluster.amp is False  # fp32, as the study trained
+    assert cli.search_options(parser.parse_args(["--amp"])).cluster.amp is True
     assert cli.build_parser().parse_args(["train", "--amp"]).amp is True
     fp32 = TrialSettings(data="synthetic", bench=BenchSettings(farm="127.0.0.1:1"), latency_cache="c")
     spec = ModelSpec(input_hw=64)

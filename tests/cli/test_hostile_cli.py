@@ -152,7 +152,7 @@ def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_
     """Two drivers of one search would log it twice: the second is refused in one line, before Ray."""
     from raysearch.search.driver import SearchOptions, SearchRequest, Space, _SearchLock, run_search, search_state_path
 
-    opts = SearchOptions(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+    opts = SearchOptions.from_flags(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                          data="synthetic:30", name="twice")
     state = search_state_path(opts, "twice")
     first = _SearchLock(state.with_name("driver.lock"), "twice")  # what the first driver holds while it runs

@@ -305,7 +305,7 @@ def test_a_custom_family_and_nothing_qualifies(tmp_path, capsys):
 
     register_family(ModelFamily("tinyseg", _TinyNet.build, knobs=("a",), baseline={"a": 1.0},
                                 choices={"a": (1.0, 0.5)}, resolutions=(64,)), replace=True)
-    search = SearchOptions(data="synthetic:40", quick=True, min_iou=0.999, max_latency_ms=1000, bench_runs=3,
+    search = SearchOptions.from_flags(data="synthetic:40", quick=True, min_iou=0.999, max_latency_ms=1000, bench_runs=3,
                            storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         res = optimize(OptimizeOptions(model="tinyseg", effort="intermediate", epochs=1, res=(64,), search=search))
@@ -317,7 +317,7 @@ def test_a_custom_family_and_nothing_qualifies(tmp_path, capsys):
     assert res.closest and all(any("iou" in m.lower() for m in why_not(r, search.requirement)) for r in res.closest)
     assert {r.spec.arch for r in res.pool} == {"tinyseg"}
     assert {r.spec.a for r in res.pool} == {1.0, 0.5}  # the topology stage varied the family's knob
-    client = MlflowClient(search.tracking)
+    client = MlflowClient(search.tracking.store())
     assert not client.search_registered_models()
     assert client.get_run(res.run_id).info.status == "FINISHED"
 
@@ -351,7 +351,7 @@ def test_a_new_tracking_store_starts_afresh_in_one_line(tmp_path, capsys):
     from raysearch.optimize.driver import optimize
 
     def once(db: str):
-        search = SearchOptions(data="synthetic:30", quick=True, max_latency_ms=1000, bench_runs=3,
+        search = SearchOptions.from_flags(data="synthetic:30", quick=True, max_latency_ms=1000, bench_runs=3,
                                storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / db}")
         return optimize(OptimizeOptions(effort="entry", epochs=1, res=(64,), search=search)), search
 
@@ -364,4 +364,4 @@ def test_a_new_tracking_store_starts_afresh_in_one_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"names run {first.run_id}, which the tracking store" in out and "starting afresh as" in out
     assert second.name.startswith(first.name + "-") and second.complete
-    assert MlflowClient(search.tracking).get_run(second.run_id).info.status == "FINISHED"
+    assert MlflowClient(search.tracking.store()).get_run(second.run_id).info.status == "FINISHED"

@@ -49,7 +49,6 @@ _NOT_OUR_NAMES = {
     ("raysearch/search/replay/table.py", "val_iou"): "a field of the table format",
     ("raysearch/search/replay/table.py", "val_loss"): "a field of the table format",
     ("raysearch/search/latency.py", "device_class"): "a field of the latency cache's key",
-    ("raysearch/search/stages.py", "mode"): "SearchOptions' field",
     ("raysearch/search/trial.py", "final"): "a folder of the trial",
     ("raysearch/tracking/runs.py", "epochs_spent"): "a field of the search's state file",
     ("raysearch/training/evaluate.py", "raysearch.spec"): "the ONNX metadata key of the spec",

@@ -142,7 +142,7 @@ def test_the_default_search_is_the_same_method_at_every_budget():
     space = Space({"a": [0.125, 0.25], "input_hw": [[64, 64], [96, 96], [128, 128]]}, {"arch": "fastscnn"})
     for n in (1, 4, 6, 60, 5000):
         opts = SearchOptions(mode="search", num_samples=n)
-        assert (opts.sampler, opts.scheduler) == ("latency-first", "front")
+        assert (opts.schedule.sampler, opts.schedule.scheduler) == ("latency-first", "front")
         assert planned_trials(space, opts) == min(n, space.size()) == min(n, 6)
         params = method_params(opts)
         assert params[obj.PARAM_FRONT_MIN_FINISHED] == FRONT_MIN_FINISHED

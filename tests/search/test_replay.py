@@ -41,9 +41,9 @@ def test_asha_on_iou_stops_the_fast_model_that_pareto_asha_keeps(tmp_path):
     table = _two_models(tmp_path)
     order = [{"a": 0.25}, {"a": 0.125}]
     opts = dict(mode="search", sampler="random", num_samples=2, seed=0)
-    asha = simulate(table, SearchOptions(scheduler="asha", **opts), workers=1, first=order)
+    asha = simulate(table, SearchOptions.from_flags(scheduler="asha", **opts), workers=1, first=order)
     assert _outcomes(asha) == {"slow": ("finished", 2), "fast": ("stopped", 1)}
-    pareto = simulate(table, SearchOptions(scheduler="pareto-asha", **opts), workers=1, first=order)
+    pareto = simulate(table, SearchOptions.from_flags(scheduler="pareto-asha", **opts), workers=1, first=order)
     assert _outcomes(pareto) == {"slow": ("finished", 2), "fast": ("finished", 2)}
     assert [t.config for t in pareto.trials] == ["slow", "fast"]
 
@@ -54,7 +54,7 @@ def test_pareto_asha_stops_a_dominated_model_at_its_first_rung(tmp_path):
         "good": ({"a": 0.25, "input_hw": 64}, 2.0, [[0.9, 0.92]], [0.92]),
         "bad": ({"a": 0.5, "input_hw": 64}, 3.0, [[0.5, 0.55]], [0.55]),  # slower and worse than both
     }, epochs=2))
-    r = simulate(table, SearchOptions(mode="search", sampler="random", scheduler="pareto-asha", num_samples=3),
+    r = simulate(table, SearchOptions.from_flags(mode="search", sampler="random", scheduler="pareto-asha", num_samples=3),
                  workers=1, first=[{"a": 0.125}, {"a": 0.25}, {"a": 0.5}])
     # at rung 1 the third arrival is alone in front 1: outside the top ceil(3/3) = 1
     assert _outcomes(r) == {"quick": ("finished", 2), "good": ("finished", 2), "bad": ("stopped", 1)}
@@ -84,7 +84,7 @@ def test_front_stopping_keeps_the_fast_model_and_stops_a_dominated_one_at_once(t
     order = [{"a": 0.125, "input_hw": 64}, {"a": 0.25, "input_hw": 64}, {"a": 0.5, "input_hw": 64},
              {"a": 0.25, "input_hw": 128}, {"a": 0.125, "input_hw": 128}, {"a": 0.5, "input_hw": 128}]
     for sampler in ("random", "latency-first"):
-        r = simulate(table, SearchOptions(mode="search", sampler=sampler, scheduler="front", num_samples=6),
+        r = simulate(table, SearchOptions.from_flags(mode="search", sampler=sampler, scheduler="front", num_samples=6),
                      workers=1, first=order)
         assert _outcomes(r) == {"fast": ("finished", 3), "mid": ("finished", 3), "wide": ("finished", 3),
                                 "good": ("finished", 3), "best": ("finished", 3), "dominated": ("stopped", 1)}
@@ -93,7 +93,7 @@ def test_front_stopping_keeps_the_fast_model_and_stops_a_dominated_one_at_once(t
 
 def test_latency_first_trains_each_configuration_once_fastest_first(tmp_path):
     table = _front_plus_dominated(tmp_path)
-    r = simulate(table, SearchOptions(mode="search", sampler="latency-first", scheduler="none", num_samples=40),
+    r = simulate(table, SearchOptions.from_flags(mode="search", sampler="latency-first", scheduler="none", num_samples=40),
                  workers=2)
     assert sorted(t.config for t in r.trials) == ["best", "dominated", "fast", "good", "mid", "wide"]  # then FINISHED
     assert r.trials[0].config == "fast" and all(t.outcome == "finished" for t in r.trials)
@@ -108,7 +108,7 @@ def test_hypervolume_share_against_epochs_and_time(tmp_path):
         "Z": ({"a": 0.5, "input_hw": 64}, 4.0, [[0.9, 0.95]], [0.95]),
     }, epochs=2, seconds=10.0, fixed_s=1.0))
     assert grid_hypervolume(table, "host") == pytest.approx(2.3)
-    r = simulate(table, SearchOptions(mode="search", sampler="random", scheduler="none", num_samples=3), workers=1,
+    r = simulate(table, SearchOptions.from_flags(mode="search", sampler="random", scheduler="none", num_samples=3), workers=1,
                  first=[{"a": 0.125}, {"a": 0.25}, {"a": 0.5}])
     assert r.share_at(1.9) == 0.0  # nothing trained to the end yet
     assert r.share_at(2) == pytest.approx(1.5 / 2.3)
@@ -130,7 +130,7 @@ def test_the_grid_reference_averages_over_training_seeds(tmp_path):
 
 def test_a_repeated_configuration_is_not_trained_again(tmp_path):
     table = _two_models(tmp_path)
-    r = simulate(table, SearchOptions(mode="search", sampler="random", scheduler="none", num_samples=3), workers=1,
+    r = simulate(table, SearchOptions.from_flags(mode="search", sampler="random", scheduler="none", num_samples=3), workers=1,
                  first=[{"a": 0.125}, {"a": 0.125}, {"a": 0.25}])
     assert [(t.config, t.outcome, t.epochs) for t in r.trials] == [
         ("fast", "finished", 2), ("fast", "duplicate", 0), ("slow", "finished", 2)]
@@ -138,7 +138,7 @@ def test_a_repeated_configuration_is_not_trained_again(tmp_path):
 
 def test_latency_budget_prunes_before_training(tmp_path):
     table = _two_models(tmp_path)
-    r = simulate(table, SearchOptions(mode="search", sampler="random", scheduler="none", num_samples=2,
+    r = simulate(table, SearchOptions.from_flags(mode="search", sampler="random", scheduler="none", num_samples=2,
                                       max_latency_ms=5.0), workers=1, first=[{"a": 0.25}, {"a": 0.125}])
     assert _outcomes(r) == {"slow": ("pruned", 0), "fast": ("finished", 2)}
 

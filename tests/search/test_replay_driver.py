@@ -32,7 +32,7 @@ def test_the_driver_and_the_simulator_make_the_same_search(tmp_path, scheduler):
                                    [[q, q + 0.05, q + 0.07, q + 0.08]], [q + 0.1])
     path = make_table(tmp_path / "tiny.jsonl", points, epochs=4)
     table = load(path)
-    opts = SearchOptions(mode="search", sampler="tpe", scheduler=scheduler, num_samples=8, seed=5, concurrency=1,
+    opts = SearchOptions.from_flags(mode="search", sampler="tpe", scheduler=scheduler, num_samples=8, seed=5, concurrency=1,
                          data="synthetic:30", bench_runs=3, storage_path=str(tmp_path / "ray"),
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:

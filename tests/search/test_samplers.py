@@ -36,7 +36,7 @@ def test_what_optuna_is_told_of_a_trial_the_scheduler_stopped():
     from raysearch.records import names as obj
     from raysearch.search.driver import SearchOptions, Space, make_searcher, param_space
 
-    searcher = make_searcher(SearchOptions(mode="search", sampler="tpe", num_samples=3))
+    searcher = make_searcher(SearchOptions.from_flags(mode="search", sampler="tpe", num_samples=3))
     searcher.set_search_properties(None, None, param_space(Space({"a": [0.5, 0.25]}), "search"))
     searcher.suggest("t0")
     searcher.on_trial_complete("t0", {obj.IOU.name: 0.0, obj.LATENCY_MS.name: 2.0, obj.EPOCH: 1})  # stopped at epoch 1

@@ -551,7 +551,7 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
                                 resolutions=(64,)), replace=True)
     store = Store(tmp_path)
-    opts = SearchOptions(mode="search", sampler="tpe", scheduler="pareto-asha", num_samples=4, data="synthetic:40",
+    opts = SearchOptions.from_flags(mode="search", sampler="tpe", scheduler="pareto-asha", num_samples=4, data="synthetic:40",
                          quick=True, bench_runs=3,
                          concurrency=1, max_failures=1, storage_path=store.storage, tracking_uri=store.uri)
     try:

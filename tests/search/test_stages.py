@@ -17,7 +17,7 @@ def _models(space) -> set[tuple]:
 
 
 def test_stage7_without_a_stage6_search_is_the_studys_grid(tmp_path):
-    opts = SearchOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    opts = SearchOptions.from_flags(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     space = stage7_space(opts, None)
     assert _models(space) == STUDY_STAGE7_MODELS
     assert space.grid["input_hw"] == [(r, r) for r in sorted(STUDY_STAGE7_RES, reverse=True)]
@@ -25,7 +25,7 @@ def test_stage7_without_a_stage6_search_is_the_studys_grid(tmp_path):
 
 
 def test_stage7_quick_takes_three_of_the_studys_models(tmp_path):
-    opts = SearchOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", quick=True)
+    opts = SearchOptions.from_flags(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", quick=True)
     space = stage7_space(opts, None)
     assert len(_models(space)) == 3 and _models(space) < STUDY_STAGE7_MODELS
     assert space.size() == 3 * len(QUICK.resolutions)

@@ -28,21 +28,16 @@ class Method:
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> "SearchOptions":
         from raysearch.search.driver import SearchOptions
 
-        opts = SearchOptions(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
-                             num_samples=num_samples, max_latency_ms=max_latency_ms)
-        if self.grace_period is not None:
-            opts.grace_period = self.grace_period
-        if self.reduction_factor is not None:
-            opts.reduction_factor = self.reduction_factor
-        return opts
+        tuned = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor))
+                 if v is not None}
+        return SearchOptions.from_flags(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
+                                        num_samples=num_samples, max_latency_ms=max_latency_ms, **tuned)
 
     def is_default(self) -> bool:
         """Whether this is what `--mode search` runs when nothing else is asked."""
         from raysearch.search.driver import SearchOptions
 
-        mine, default = self.options(seed=0, num_samples=1), SearchOptions()
-        return all(getattr(mine, k) == getattr(default, k)
-                   for k in ("sampler", "scheduler", "grace_period", "reduction_factor"))
+        return self.options(seed=0, num_samples=1).schedule == SearchOptions().schedule
 
 
 METHODS = (

@@ -162,7 +162,7 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
         searcher, scheduler = objects
     else:
         # the product measures every configuration before a latency-first search
-        latencies = table_latencies(table, source, space) if opts.sampler == "latency-first" else None
+        latencies = table_latencies(table, source, space) if opts.schedule.sampler == "latency-first" else None
         searcher = make_searcher(opts, first, latencies)
         scheduler = make_scheduler(opts, table.epochs, None)
     searcher.set_search_properties(None, None, param_space(space, "search"))  # as Tune's controller does
