@@ -32,6 +32,7 @@ the fault to the next trial that finished (for the outage, from its start).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -148,6 +149,15 @@ class Topology:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dash_port}"
+
+    @functools.cached_property
+    def auth_headers(self) -> dict[str, str]:
+        """The cluster's token as an HTTP header, for this process's own job client: Ray reads
+        RAY_AUTH_MODE once per process (when ray.tune is first imported), so a process that imported
+        it before this rehearsal set the variable would send no token, and every call would be a 401."""
+        token = subprocess.run([str(BIN / "ray"), "get-auth-token"], env=self.env, capture_output=True, text=True,
+                               timeout=120, check=True).stdout.strip()
+        return {"Authorization": f"Bearer {token}"}
 
     @property
     def storage(self) -> str:
@@ -319,7 +329,7 @@ class Job:
     def client(self):
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.topo.dashboard)
+        return JobSubmissionClient(self.topo.dashboard, headers=self.topo.auth_headers)
 
     def status(self) -> str:
         return str(self.client().get_job_status(self.submission_id)).split(".")[-1]
