@@ -132,7 +132,11 @@ class Topology:
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                     # as the cluster configs: `ray job stop` leaves the driver time to close its runs
                     "RAY_JOB_STOP_WAIT_TIME_S": "60"}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("AWS_", "RAY_AUTH", "MLFLOW_ENABLE"))})
+        # this process's own MLflow and S3 clients need them too (its Ray job client is given the token
+        # itself, see auth_headers); close() puts the environment back, so that no later test in the
+        # same process starts a Ray in token mode half configured
+        self._environ = {k: os.environ.get(k) for k in self.env if k.startswith(("AWS_", "MLFLOW_ENABLE"))}
+        os.environ.update({k: self.env[k] for k in self._environ})
 
     # ---- plumbing
     def _start(self, name: str, cmd: list[str], **kw) -> Proc:
@@ -252,6 +256,11 @@ class Topology:
             subprocess.run(["bash", str(REPO / "clusters" / "pi_root.sh"), "stop", str(self.pi_pid)],
                            capture_output=True, timeout=120)
         shutil.rmtree(self.temp, ignore_errors=True)
+        for k, v in self._environ.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ---- reading back ---------------------------------------------------------------------------
