@@ -6,6 +6,7 @@ source. `raysearch replay` then compares search methods on the table in minutes.
 
     python benchmarks/record_table.py --space A                   # the study's stage 7: 36 x 3 seeds
     python benchmarks/record_table.py --space B                   # a wider space: 162 x 2 seeds
+    python benchmarks/record_table.py --space L                   # A's 36 on long curves: 100 epochs x 1 seed
     python benchmarks/record_table.py --space A --status          # what is done, what is left
     python benchmarks/record_table.py --space A --latency-only    # (re)measure the host latency only
     python benchmarks/record_table.py --space mine --grid a=0.25,0.125 t=6,2 r=1 pp=0 input_hw=64,96 \\
@@ -48,7 +49,11 @@ SPACE_A = {"input_hw": [512, 256, 192, 160, 128, 96],
            "model": [(1.0, 6, 1), (0.25, 6, 1), (0.125, 6, 2), (0.125, 4, 2), (0.125, 2, 2), (0.125, 2, 1)]}
 #: a wider space where a searcher must search: Fast-SCNN's knobs x small inputs (3*3*3*2*3 = 162)
 SPACE_B = {"a": [0.5, 0.25, 0.125], "t": [6, 4, 2], "r": [3, 2, 1], "pp": [0, 1], "input_hw": [64, 96, 128]}
-SPACES = {"A": (SPACE_A, [0, 1, 2]), "B": (SPACE_B, [0, 1])}
+SPACES = {"A": (SPACE_A, [0, 1, 2]), "B": (SPACE_B, [0, 1]), "L": (SPACE_A, [0])}
+#: epochs per trial where a space's default is not 20: L is A's space on curves five times longer (issue 32)
+DEFAULT_EPOCHS = {"L": 100}
+#: a space whose configurations are another table's reuses that table's host latencies (measured once, quietly)
+LATENCY_FROM = {"L": "A"}
 
 log = logging.getLogger("record_table")
 
@@ -159,6 +164,17 @@ def measure_latency(table: Table, passes: int, work: Path) -> None:
         table.latencies[(cid, "host")] = Latency(cid, "host", tuple(values))
 
 
+def copy_latency(table: Table, source: Path) -> None:
+    """Take the host latencies of the same configurations from another table (same machine kind)."""
+    other = load(source)
+    if not set(table.configs) <= set(other.configs) or "host" not in other.sources():
+        sys.exit(f"record_table: {source} does not hold the host latency of every configuration of this space")
+    table.meta["latency_sources"]["host"] = {**other.meta["latency_sources"]["host"], "copied_from": source.name}
+    for cid in table.configs:
+        table.latencies[(cid, "host")] = other.latencies[(cid, "host")]
+    log.info("host latencies of %d configurations copied from %s", len(table.configs), source)
+
+
 # ---- the driver ----------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,7 +182,8 @@ def main() -> None:
     ap.add_argument("--grid", nargs="+", metavar="KNOB=V1,V2", help="your own space: ModelSpec knobs and values")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--limit", type=int, default=120, help="images per split at most (default %(default)s)")
-    ap.add_argument("--epochs", type=int, default=20, help="epochs per trial (the LR schedule spans them)")
+    ap.add_argument("--epochs", type=int, help="epochs per trial, the LR schedule spanning them (default 100 for L, "
+                    "else 20)")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2 for A, 0 1 for B)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each (default %(default)s)")
     ap.add_argument("--latency-passes", type=int, default=3)
@@ -184,6 +201,7 @@ def main() -> None:
     else:
         ap.error(f"--space {args.space!r}: not one of {sorted(SPACES)}; give --grid for a space of your own")
     seeds = args.seeds or default_seeds
+    args.epochs = args.epochs or DEFAULT_EPOCHS.get(args.space, 20)
     data = Path(args.data)
     args.data_label = data.name if data.is_dir() else args.data
     out = Path(args.out) if args.out else TABLES / f"{args.space}.jsonl.gz"
@@ -210,6 +228,9 @@ def main() -> None:
         print(f"{out}: {len(table.configs)} configurations x {len(table.seeds)} seeds, {len(table.runs)} runs done, "
               f"{len(missing)} missing" + (f" (e.g. {missing[0]})" if missing else " - complete"))
         return
+    if args.space in LATENCY_FROM and "host" not in table.sources():
+        copy_latency(table, TABLES / f"{LATENCY_FROM[args.space]}.jsonl.gz")
+        table.save(out)
     if "host" not in table.sources() or table.missing("host"):
         measure_latency(table, args.latency_passes, work)
         table.save(out)

@@ -152,8 +152,11 @@ def _client(args: argparse.Namespace):
     from mlflow.tracking import MlflowClient
 
     from raysearch.tracking.runs import tracking_uri
+    from raysearch.tracking.store import check_store
 
-    return MlflowClient(tracking_uri(args.tracking_uri))
+    uri = tracking_uri(args.tracking_uri)
+    check_store(uri, write=False)  # pick and report only read: they never create a store
+    return MlflowClient(uri)
 
 
 def _requirement(args: argparse.Namespace):

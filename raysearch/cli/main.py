@@ -216,6 +216,8 @@ def store_error(e: BaseException, uri: str | None) -> str | None:
     store = tracking_uri(uri)
     if isinstance(e, SQLAlchemyError):
         cause = str(getattr(e, "orig", None) or e).splitlines()[0]
+        if "locked" in cause or "busy" in cause:
+            return f"the tracking store {store} is busy: another process holds its lock ({cause}); try again"
         return f"the tracking store {store} is not a readable MLflow database ({cause})"
     if isinstance(e, MlflowException):
         return f"{str(e.message).splitlines()[0][:300]} (tracking store {store})"

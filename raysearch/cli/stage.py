@@ -45,12 +45,14 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
     from raysearch.data import check_data
     from raysearch.search.presets import preset
     from raysearch.search.stages import run_stage
+    from raysearch.tracking.store import check_store
 
     args = build_stage_parser(stage).parse_args(argv)
     configure_logging(args.verbose)
     try:
         opts = search_options(args)
         check_data(opts.data, limit=opts.limit, seed=opts.seed)  # before anything is opened or started
+        check_store(opts.tracking.store(), write=True)
         epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
         outcome = run_stage(stage, opts, epochs, args.res)
     except Exception as e:
@@ -58,6 +60,9 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # every run was ended before this came up
             line = f"no space left on the device while writing {e.filename or 'the search files'}; every open " \
                    f"MLflow run was ended KILLED. Free some space, then continue with --resume."
+        elif isinstance(e, OSError) and e.filename:
+            line = f"cannot write {e.filename} ({e.strerror}); every open MLflow run was ended KILLED. Fix it, then " \
+                   "continue with --resume."
         if line is None or args.verbose:
             raise
         print(f"stage{stage}: error: {line}", file=sys.stderr)

@@ -73,8 +73,16 @@ def open_split(data: str | Path, split: str, *, seed: int = 0, limit: int | None
 def check_data(data: str | Path, *, limit: int | None = None, seed: int = 0) -> None:
     """Every split opens and holds samples (`DataError` naming the data otherwise): what a search
     checks before it starts Ray."""
+    from raysearch.data.folder import FolderSource
+
     for split in SPLITS:
-        open_split(data, split, seed=seed, limit=limit)
+        source = open_split(data, split, seed=seed, limit=limit)
+        indices = None
+        while isinstance(source, Subset):  # a limit over a hash split: the indices of the files used
+            indices = [source.indices[i] for i in (range(len(source)) if indices is None else indices)]
+            source = source.source
+        if isinstance(source, FolderSource):
+            source.check_sizes(indices)
 
 
 def _open(data: str, split: str, seed: int) -> SegSource:

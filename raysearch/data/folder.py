@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 
@@ -15,11 +16,21 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def _index(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
+    unreadable: list[str] = []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+        if p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        try:
+            p.stat()  # follows links: a dangling link or a loop raises here
+        except OSError as e:
+            unreadable.append(f"{p.name} ({'a symlink loop' if e.errno == errno.ELOOP else e.strerror})")
+            continue
+        if p.is_file():
             if p.stem in found:
                 raise DataError(f"{folder}: two files share the stem {p.stem!r}: {found[p.stem].name} and {p.name}")
             found[p.stem] = p
+    if unreadable:  # dropping them would quietly shrink the data set and pair the rest differently
+        raise DataError(f"{shown(folder)}: {len(unreadable)} file(s) cannot be read: {_preview(unreadable)}")
     return found
 
 
@@ -123,6 +134,23 @@ class FolderSource:
 
     def describe(self, i: int) -> str:
         return f"{self._images[i]} (mask {self._labels[i]})"
+
+    def check_sizes(self, indices: list[int] | None = None) -> None:
+        """Every image and its mask have the same size, read from the files' headers (milliseconds
+        a pair): what a search checks before it starts Ray. A header PIL cannot read is left to
+        `load`, which names the file."""
+        from PIL import Image
+
+        for i in range(len(self)) if indices is None else indices:
+            try:
+                with Image.open(self._images[i]) as im, Image.open(self._labels[i]) as lab:
+                    image_size, mask_size = im.size, lab.size
+            except (OSError, SyntaxError, ValueError):
+                continue
+            if image_size != mask_size:
+                raise DataError(f"{shown(self._images[i])}: image is {image_size[0]}x{image_size[1]} but its mask "
+                                f"{shown(self._labels[i])} is {mask_size[0]}x{mask_size[1]} (WxH); they must be the "
+                                "same size")
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = read_image_rgb(self._images[i]), read_mask(self._labels[i])

@@ -440,6 +440,7 @@ class _Where:
 def run_search(req: SearchRequest) -> SearchOutcome:
     """Run one Ray Tune search over ``req.space`` and log it to MLflow (see the module doc)."""
     from raysearch.data import check_data
+    from raysearch.tracking.store import check_store
 
     stage, space, opts = req.stage, req.space, req.opts
 
@@ -448,6 +449,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         raise ValueError(f"--sampler latency-first measures every configuration's latency before training: this space "
                          f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --sampler tpe")
     check_data(opts.data, limit=opts.limit, seed=opts.seed)
+    check_store(opts.tracking.store(), write=True)
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.cluster.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
     name = req.name or search_name(stage, opts)
@@ -505,10 +507,11 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
 
     from raysearch.data import prepare_data
     from raysearch.reporting.finish import finish_search
-    from raysearch.tracking.callback import SearchTracker
+    from raysearch.tracking.callback import WRITE_ERRORS, SearchTracker
     from raysearch.tracking.runs import open_parent
 
     stage, space, opts, epochs, parent = req.stage, req.space, req.opts, req.epochs, req.parent
+    WRITE_ERRORS.clear()
     name, storage, exp_path, state_path = where.name, where.storage, where.exp_path, where.state_path
     remote = "://" in opts.cluster.storage_path
     data = prepare_data(opts.data, None if remote else where.root, opts.seed)
@@ -578,6 +581,8 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             if tracker is not None:
                 tracker.reload().close("KILLED")  # the state file knows every run, even after a restore
             client.set_terminated(parent_id, "KILLED")
+            if WRITE_ERRORS and not alarm.fired:  # the tracker stopped the search: say why, not "interrupted"
+                raise WRITE_ERRORS[0] from None
             if alarm.fired:  # the deadline's SIGINT landed before Ray Tune's own handler was in place
                 raise BudgetExpired from None
             raise

@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +34,9 @@ from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STOPPED, TRAINE
 from raysearch.tracking.runs import SearchState, checkpoint_uri, log_params
 
 log = logging.getLogger(__name__)
-_UNRECORDED: set[str] = set()  # state files this process could not write at close (warned once)
+#: what this process could not write of a search's state (a full disk): the first stops the search
+#: as Ctrl-C does, and the driver then reports it in one line instead of "interrupted"
+WRITE_ERRORS: list[OSError] = []
 
 _EPOCH_METRICS = (obj.VAL_IOU.name, obj.VAL_LOSS.name, "train_loss", "lr", "epoch_seconds")
 _FINAL_SKIP = {obj.FINAL, obj.REPLAYED, obj.TAG_DEVICE_NAME, obj.TAG_DEVICE_CLASS, obj.EPOCH, "should_checkpoint",
@@ -110,8 +115,17 @@ class SearchTracker(Callback):
         except json.JSONDecodeError:
             return []
 
-    def _save(self) -> None:
-        self.state.save(self.state_path)
+    def _save(self, stop: bool = True) -> None:
+        try:
+            self.state.save(self.state_path)
+        except OSError as e:  # said once, never a traceback from inside Ray Tune's loop
+            if WRITE_ERRORS:
+                return
+            WRITE_ERRORS.append(e)
+            log.warning("cannot write the search state %s (%s)%s", self.state_path, e.strerror or e,
+                        ": stopping the search" if stop else "")
+            if stop and threading.current_thread() is threading.main_thread():
+                os.kill(os.getpid(), signal.SIGINT)  # Ray Tune stops, saving its state; every run ends KILLED
 
     def _spec(self, trial) -> ModelSpec | None:
         try:
@@ -271,9 +285,4 @@ class SearchTracker(Callback):
                     self.client.set_terminated(run_id, status)
             except Exception as e:
                 log.warning("could not end run %s: %s", run_id, e)
-        try:  # the runs have ended whatever happens here; a full disk must not keep the parent RUNNING
-            self._save()
-        except OSError as e:  # said once: Ray Tune's copy of the tracker and the driver's both close
-            if str(self.state_path) not in _UNRECORDED:
-                _UNRECORDED.add(str(self.state_path))
-                log.warning("could not record the ended runs in %s: %s", self.state_path, e)
+        self._save(stop=False)  # the runs have ended whatever happens here

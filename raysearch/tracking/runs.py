@@ -27,14 +27,13 @@ STATE_FILE = "raysearch_state.json"
 
 # ---- the tracking store, the experiment, the parent run ------------------------------------------
 def tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db."""
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file runs/mlflow.db (created by
+    `store.check_store` for a command that writes, never for one that reads)."""
     if explicit:
         return explicit
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path("runs/mlflow.db").resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    return f"sqlite:///{Path('runs/mlflow.db').resolve()}"
 
 
 def ensure_experiment(client: MlflowClient, experiment: str, uri: str) -> str:

@@ -105,6 +105,7 @@ def _garbage_db(tmp_path):
 def test_unknown_run_ids_are_one_line(tmp_path, capsys, argv, says):
     import os
 
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # a store with no such run
     assert cli.main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     # read-back's short MLflow timeouts are for that call only: a search started later by this
     # process (the rehearsal's driver inherits its environment) must keep MLflow's retries
@@ -120,6 +121,50 @@ def test_a_corrupted_store_is_named(tmp_path, capsys, command):
     err = capsys.readouterr().err.strip()
     assert err == f"raysearch {command}: error: the tracking store {uri} is not a readable MLflow database " \
                   "(file is not a database)"
+
+
+@pytest.mark.parametrize("command", ["pick", "report"])
+def test_read_commands_never_create_a_store(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for args, where in (([], tmp_path / "runs" / "mlflow.db"),
+                        (["--tracking-uri", "sqlite:///no/such/dir/m.db"], tmp_path / "no/such/dir/m.db")):
+        assert cli.main([command, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"raysearch {command}: error: no tracking store at {where.relative_to(tmp_path) if args else where}: " \
+                      "no search has logged there (give the --tracking-uri the search used)"
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main([command, "--tracking-uri", f"sqlite:///{tmp_path}"]) == 2  # a folder: at once, not 105 s
+    assert f"{tmp_path} is a folder; expected an SQLite file" in capsys.readouterr().err
+
+
+def test_a_read_only_store_or_a_mask_of_the_wrong_size_is_refused_before_ray(tmp_path, capsys, no_ray):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from raysearch.tracking.store import check_store
+    from tests.helpers import remount_ro, tmpfs, write_boxes
+
+    data = write_boxes(tmp_path / "data")
+    bad = next((data / "val" / "labels").iterdir())
+    h, w = cv2.imread(str(bad), cv2.IMREAD_GRAYSCALE).shape
+    base = ["--quick", "--data", str(data), "--storage-path", str(tmp_path / "ray")]
+    cv2.imwrite(str(bad), np.zeros((h // 2, w), np.uint8))
+    assert cli.stage_main(2, [*base, "--tracking-uri", f"sqlite:///{tmp_path / 'ok.db'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"but its mask {bad} is {w}x{h // 2} (WxH)" in err[0], err
+    cv2.imwrite(str(bad), np.zeros((h, w), np.uint8))
+
+    made = f"sqlite:///{tmp_path / 'made.db'}"
+    check_store(made, write=True)
+    with tmpfs(tmp_path / "ro", size="50m") as folder:
+        shutil.copy(tmp_path / "made.db", folder / "m.db")
+        remount_ro(folder)
+        assert cli.stage_main(2, [*base, "--tracking-uri", f"sqlite:///{folder / 'm.db'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be written: its folder" in err[0] and "Read-only file system" in err[0], err
 
 
 def test_a_stage_on_a_corrupted_store_is_one_line(tmp_path, capsys, no_ray):

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from raysearch.data import DataError, open_split
+from raysearch.data import DataError, check_data, open_split
 from raysearch.data.dataset import SegDataset, resolution_factor
 from raysearch.data.folder import FolderSource
 from raysearch.data.transforms import (
@@ -180,3 +180,28 @@ def test_real_dataset_layout(packages_dir):
     assert counts == {"train": 300, "val": 40, "test": 60}
     img, mask = open_split(packages_dir, "test").load(0)
     assert img.shape == (540, 960, 3) and mask.shape == (540, 960) and set(np.unique(mask)) == {0, 1}
+
+
+def test_check_data_reads_every_pairs_size_from_the_headers(tmp_path):
+    """A mask of the wrong size is found by `check_data` (what a search runs before Ray starts),
+    naming both files, and the limit's files are the ones checked."""
+    rng = np.random.default_rng(2)
+    for split in ("train", "val", "test"):
+        for i in range(3):
+            write_pair(tmp_path / split, f"{split}{i}", rng.integers(0, 255, (32, 48, 3), dtype=np.uint8),
+                       np.zeros((32, 48), np.uint8))
+    check_data(tmp_path)
+    cv2.imwrite(str(tmp_path / "val" / "labels" / "val2.png"), np.zeros((32, 40), np.uint8))
+    check_data(tmp_path, limit=2)  # val2 is not among the files a --limit 2 search reads
+    with pytest.raises(DataError, match=r"val2\.png.*48x32.*val2\.png is 40x32"):
+        check_data(tmp_path)
+
+
+def test_self_looping_symlinks_are_named_not_dropped(tiny_folder):
+    for sub in ("images", "labels"):
+        link = tiny_folder / sub / "loop.png"
+        link.symlink_to(link)
+    (tiny_folder / "images" / "gone.png").symlink_to(tiny_folder / "nowhere.png")
+    with pytest.raises(DataError, match=r"images: 2 file\(s\) cannot be read: gone\.png \(No such file.*loop\.png "
+                                        r"\(a symlink loop\)"):
+        FolderSource(tiny_folder)

@@ -57,3 +57,29 @@ def run_raysearch(*args: str, check: bool = True) -> subprocess.CompletedProcess
     if check and p.returncode != 0:
         raise AssertionError(f"raysearch {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "300m"):
+    """A filesystem of its own at ``folder`` (a tmpfs: to fill up, or to remount read-only with
+    `remount_ro`); the test is skipped, saying why, without root or mount. Unmounted afterwards."""
+    import shutil
+
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a filesystem of its own (full or read-only) needs root to mount a tmpfs")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount_ro(folder: Path) -> None:
+    """Make a `tmpfs` read-only (root writes through a file's mode bits; not through this)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from raysearch.records.pareto import normalized_hypervolume
 from raysearch.search.samplers import SAMPLERS
 from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 from raysearch.tracking.readback import interruption as interruption_note
-from tests.helpers import REPO
+from tests.helpers import REPO, tmpfs
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -571,17 +570,8 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
 @pytest.fixture()
 def small_disk(tmp_path):
     """A 300 MiB filesystem of its own (a tmpfs; needs root and mount), unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a filesystem that fills up needs root to mount a tmpfs")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_storage_that_fills_up_mid_search_ends_every_run_and_says_so(tmp_path, small_disk):
