@@ -43,6 +43,8 @@ from raysearch.cli.options import (
 
 log = logging.getLogger("raysearch")
 
+MAX_REPLAY_SEEDS = 1000  # a replay's results are held in memory: 10^12 seeds grew to 24 GB before the kernel stepped in
+
 
 def build_parser() -> argparse.ArgumentParser:
     from raysearch.search.device_iou import DEFAULT_TOLERANCE
@@ -171,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against random sampling without early stopping. Ends with a plot of the anytime "
                                    "curves.")
     s.add_argument("--table", required=True, help="the table file, or A / B for the recorded ones in benchmarks/tables")
-    s.add_argument("--seeds", type=POSITIVE, default=20, help="replays per method (default %(default)s)")
+    s.add_argument("--seeds", type=number(int, 1, MAX_REPLAY_SEEDS), default=20,
+                   help=f"replays per method, at most {MAX_REPLAY_SEEDS} (default %(default)s)")
     s.add_argument("--budgets", type=number(float, 0, 1, lo_open=True, what="a budget (a share of the grid's epochs in (0, 1])"), nargs="+", default=[0.1, 0.25, 0.5],
                    help="shares of the grid's training epochs to compare at (default %(default)s)")
     s.add_argument("--workers", type=POSITIVE, default=4, help="parallel trials of the simulated cluster "

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -93,25 +95,48 @@ The example preprocesses exactly as the search evaluated the model (see predict.
 def write_bundle(row: TrialRow, folder: str | Path, *, logit_threshold: float, provenance: dict[str, Any],
                  force: bool = False) -> Path:
     """Write the bundle of ``row`` (its ``onnx`` looked up) into ``folder``: a new or empty folder,
-    or a bundle written before (replaced); anything else is refused unless ``force``."""
+    or a bundle written before (replaced); anything else is refused unless ``force``. Written whole
+    or not at all: the files go to a hidden folder beside it, renamed into place once complete."""
     out = Path(folder)
     if row.onnx is None or not Path(row.onnx).is_file():
         raise BundleError(f"the ONNX file of {row.name} (run {row.run_id}) is missing: {row.onnx}")
+    try:
+        return _write_bundle(row, out, logit_threshold, provenance, force)
+    except OSError as e:  # read-only, under a file, a symlink loop, a full disk: nothing half-written is left
+        raise BundleError(f"--bundle {out}: cannot write the bundle there ({e.strerror or e})") from None
+
+
+def _write_bundle(row: TrialRow, out: Path, logit_threshold: float, provenance: dict[str, Any], force: bool) -> Path:
+    if out.is_symlink() and not out.exists():
+        raise BundleError(f"--bundle {out}: a dangling or looping symbolic link")
     if out.exists() and not out.is_dir():
         raise BundleError(f"--bundle {out}: exists and is not a folder")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise BundleError(f"--bundle {out}: {above} is a file, not a folder")
     ours = {MODEL_FILE, CONFIG_FILE, EXAMPLE_FILE, "README.md"}
     others = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if others and not force:
         raise BundleError(f"--bundle {out}: the folder holds other files ({', '.join(others[:5])}); "
                           f"give a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(row.onnx).read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    (out / MODEL_FILE).write_bytes(data)
-    config = bundle_config(row, model_sha256=sha, logit_threshold=logit_threshold, provenance=provenance)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(bundle_predict.__file__, out / EXAMPLE_FILE)
-    (out / "README.md").write_text(_README.format(
-        name=row.name, iou=row.iou or 0.0, latency=row.latency_ms or 0.0, device=row.device_name or "?",
-        device_class=row.device_class or "?"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        data = Path(row.onnx or "").read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        (tmp / MODEL_FILE).write_bytes(data)
+        config = bundle_config(row, model_sha256=sha, logit_threshold=logit_threshold, provenance=provenance)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        shutil.copyfile(bundle_predict.__file__, tmp / EXAMPLE_FILE)
+        (tmp / "README.md").write_text(_README.format(
+            name=row.name, iou=row.iou or 0.0, latency=row.latency_ms or 0.0, device=row.device_name or "?",
+            device_class=row.device_class or "?"))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from the device's user
+        if out.is_dir():  # an earlier bundle or an empty folder: ours go in, what else it held stays (--force)
+            for name in ours:
+                os.replace(tmp / name, out / name)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -62,8 +62,13 @@ def _decode_with_opencv(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An H x W x 3 uint8 RGB image."""
-    image = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else _decode(path)
+    """An H x W x 3 uint8 RGB image; a file that is missing or unreadable is one line naming it."""
+    try:
+        image = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else _decode(path)
+    except OSError as e:  # missing, a folder, no permission (Pillow's "cannot identify" is an OSError too)
+        raise SystemExit(f"{path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # a .npy that is not one, or that holds pickled objects
+        raise SystemExit(f"{path}: not a readable .npy array ({e})") from None
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise SystemExit(f"{path}: expected an H x W x 3 uint8 RGB image, got {image.dtype} {list(image.shape)}")
     return np.ascontiguousarray(image)

@@ -82,10 +82,17 @@ def test_bad_data_and_inventories_are_refused_before_ray(tmp_path, capsys, no_ra
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
-def test_replay_and_train_flags_are_checked_too(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["replay", "--table", "A", "--seeds", "0"])
-    assert e.value.code == 2 and "argument --seeds: '0' is not an integer >= 1" in capsys.readouterr().err
+def test_replay_and_train_flags_are_checked_too(capsys, tmp_path):
+    for seeds, says in (("0", "'0' is not an integer >= 1"), ("1000000000000", "'1000000000000' is not an integer "
+                                                                            ">= 1 and <= 1000")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["replay", "--table", "A", "--seeds", seeds])
+        assert e.value.code == 2 and f"argument --seeds: {says}" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert cli.main(["replay", "--table", "A", "--seeds", "1", "--cache", str(tmp_path / "file"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"raysearch replay: error: --cache {tmp_path / 'file'}: cannot keep replays there (File exists); " \
+                  "expected a folder (new or one an earlier replay filled)"
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--lr", "-0.1"])
     assert e.value.code == 2 and "argument --lr: '-0.1' is not a number > 0" in capsys.readouterr().err

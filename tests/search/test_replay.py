@@ -198,6 +198,10 @@ def test_unreadable_and_incomplete_tables(tmp_path):
     (tmp_path / "garbage.jsonl.gz").write_bytes(b"\x1f\x8b\x08garbage")
     with pytest.raises(TableError, match="garbage.jsonl.gz: not a readable table"):
         load(tmp_path / "garbage.jsonl.gz")
+    header = gzip.compress(b"{}\n" * 100)[:10]  # a valid gzip header, then bytes zlib cannot inflate
+    (tmp_path / "torn.jsonl.gz").write_bytes(header + bytes(range(256)) * 4)
+    with pytest.raises(TableError, match="torn.jsonl.gz: not a readable table"):
+        load(tmp_path / "torn.jsonl.gz")
     (tmp_path / "text.jsonl").write_text("{not json\n")
     with pytest.raises(TableError, match="line 1: not JSON"):
         load(tmp_path / "text.jsonl")

@@ -110,7 +110,11 @@ class ReplayCache:
         import ray
 
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, a read-only place: one line, before any replay
+            raise ValueError(f"--cache {folder}: cannot keep replays there ({e.strerror or e}); expected a folder "
+                             "(new or one an earlier replay filled)") from None
         self._table_sha = hashlib.sha256(Path(table_path).read_bytes()).hexdigest()
         self._versions = (optuna.__version__, ray.__version__)
 

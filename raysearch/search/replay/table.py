@@ -25,6 +25,7 @@ one line naming the file, the line and the problem.
 from __future__ import annotations
 
 import gzip
+import zlib
 import json
 import os
 import statistics
@@ -174,7 +175,7 @@ def load(path: str | Path) -> Table:
         text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
     except FileNotFoundError:
         raise TableError(f"{path}: no such table") from None
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error) as e:  # zlib: garbage after a gzip header
         raise TableError(f"{path}: not a readable table ({e})") from None
     table: Table | None = None
     for n, line in enumerate(text.splitlines(), 1):
