@@ -25,10 +25,10 @@ one line naming the file, the line and the problem.
 from __future__ import annotations
 
 import gzip
-import zlib
 import json
 import os
 import statistics
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
