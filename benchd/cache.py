@@ -9,10 +9,15 @@ and again whenever its stat signature (size, mtime, inode, ctime) differs from t
 its last check, so a file corrupted, replaced or planted on disk is removed and reported absent
 (the client then uploads it again) instead of being benchmarked as the model asked for. The worker
 hashes the bytes it loads as well, which closes the gap between that check and the load.
+
+A read-only cache (a read-only mount, a directory the server may not write) serves the models it
+holds: their last-use times are left as they are, nothing is removed or evicted, and an upload is
+refused (FAILED_PRECONDITION) naming the directory.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -29,6 +34,8 @@ from typing import BinaryIO
 log = logging.getLogger("benchd.cache")
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# what a write to a read-only mount, or to a directory that is not ours, fails with
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class CacheError(Exception):
@@ -119,22 +126,51 @@ class ModelCache:
         self.root = Path(root).expanduser()
         self.models_dir = self.root / "models"
         self.tmp_dir = self.root / "tmp"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
         self._verified: dict[str, tuple[int, int, int, int]] = {}  # sha -> stat signature when it last hashed right
-        for stale in self.tmp_dir.iterdir():  # uploads cut short by a previous crash
-            stale.unlink(missing_ok=True)
+        self.read_only = not self._writable()
+        if not self.read_only:
+            for stale in self.tmp_dir.iterdir():  # uploads cut short by a previous crash
+                stale.unlink(missing_ok=True)
         with self._lock:
             for p in self.models_dir.iterdir():  # anything planted or corrupted while we were down
                 if not (p.suffix == ".onnx" and SHA256_RE.fullmatch(p.stem) and p.is_file()):
-                    log.warning("removed %s from the model cache: not a <sha256>.onnx file", p.name[:80])
-                    _remove(p)
+                    if not self.read_only:
+                        log.warning("removed %s from the model cache: not a <sha256>.onnx file", p.name[:80])
+                        _remove(p)
                 else:
                     self._check_locked(p.stem)
-            self._evict_locked()
+            if not self.read_only:
+                self._evict_locked()
+        if self.read_only:
+            log.warning("model cache %s is read-only: serving only the %d model(s) it holds, refusing uploads",
+                        self.root, len(self._verified))
+
+    def _writable(self) -> bool:
+        """Whether uploads can be stored: a file can be made in the cache's folders (a write is tried:
+        root passes every permission check, not a read-only mount). A cache that is not there and
+        cannot be made is an error: there is nothing to serve."""
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the model cache {self.models_dir}: {exc.strerror}") from None
+        try:
+            self.tmp_dir.mkdir(exist_ok=True)
+            for folder in (self.tmp_dir, self.models_dir):
+                fd, name = tempfile.mkstemp(dir=folder, prefix=".probe-")
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            if exc.errno not in READ_ONLY_ERRNOS:
+                raise
+            return False
+        return True
+
+    def _read_only_error(self) -> CacheError:
+        return CacheError("FAILED_PRECONDITION", f"the model cache {self.root} is read-only: this device serves only "
+                                                 f"the models it holds and cannot store new ones")
 
     def path(self, sha: str) -> Path:
         return self.models_dir / f"{check_sha(sha)}.onnx"
@@ -154,8 +190,9 @@ class ModelCache:
         except OSError:
             digest = ""
         if digest != sha:
-            log.warning("removed cached model %s: its file hashes to %s (corrupted or replaced on disk)",
-                        sha[:12], digest[:12] or "nothing readable")
+            log.warning("%s cached model %s: its file hashes to %s (corrupted or replaced on disk)",
+                        "ignored (read-only cache)" if self.read_only else "removed", sha[:12],
+                        digest[:12] or "nothing readable")
             self._forget_locked(sha)
             return None
         self._verified[sha] = _signature(st)
@@ -163,11 +200,17 @@ class ModelCache:
 
     def _forget_locked(self, sha: str) -> None:
         self._verified.pop(sha, None)
-        _remove(self.path(sha))
+        if not self.read_only:  # a bad file in a read-only cache stays, and is never served
+            _remove(self.path(sha))
 
     def _touch_locked(self, sha: str) -> None:
         p = self.path(sha)
-        os.utime(p)
+        try:
+            os.utime(p)
+        except OSError as exc:  # best effort: the LRU order is a nicety, serving the model is not
+            if exc.errno not in READ_ONLY_ERRNOS:
+                raise
+            return
         self._verified[sha] = _signature(p.stat())  # our own touch keeps the file verified
 
     def discard(self, sha: str) -> None:
@@ -231,7 +274,14 @@ class ModelCache:
                         del self._pins[sha]
 
     def new_upload(self) -> tuple[BinaryIO, Path]:
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        if self.read_only:
+            raise self._read_only_error()
+        try:
+            fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        except OSError as exc:  # remounted read-only since start-up
+            if exc.errno in READ_ONLY_ERRNOS:
+                raise self._read_only_error() from None
+            raise
         return os.fdopen(fd, "wb"), Path(name)
 
     def commit_upload(self, tmp: Path, sha: str, size: int, digest: str | None = None) -> None:
@@ -250,7 +300,12 @@ class ModelCache:
                 )
             check_onnx_framing(tmp)
             with self._lock:
-                os.replace(tmp, self.path(sha))
+                try:
+                    os.replace(tmp, self.path(sha))
+                except OSError as exc:
+                    if exc.errno in READ_ONLY_ERRNOS:
+                        raise self._read_only_error() from None
+                    raise
                 self._verified[sha] = _signature(self.path(sha).stat())
                 self._evict_locked(keep=sha)
         finally:

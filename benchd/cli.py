@@ -17,6 +17,10 @@ from typing import Any
 from benchd import __version__
 from benchd.runner import DEFAULTS
 
+# How long `benchd bench --farm` looks for a device that takes the model when --timeout-s is not
+# given: a person is waiting (the library's own default, for the search, is its whole 1800 s).
+FARM_WAIT_S = 120.0
+
 _EPILOG = """examples:
   benchd serve --device-class rpi4                       # loopback only, port 50051
   benchd serve --address 0.0.0.0 --token-file ~/.config/benchd/token --device-class rpi4
@@ -28,14 +32,15 @@ _EPILOG = """examples:
 """
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
+def _add_connection_args(p: argparse.ArgumentParser, timeout_help: str = "deadline of the whole call "
+                         "(default: generous)") -> None:
     g = p.add_argument_group("connection (with --target)")
     g.add_argument("--token-file", help="file holding the server's bearer token")
     g.add_argument("--tls-ca", help="CA bundle that signed the server certificate (enables TLS)")
     g.add_argument("--tls-cert", help="client certificate, for mutual TLS")
     g.add_argument("--tls-key", help="client private key, for mutual TLS")
     g.add_argument("--tls-server-name", help="name expected in the server certificate, if not the host")
-    g.add_argument("--timeout-s", type=float, default=None, help="deadline of the whole call (default: generous)")
+    g.add_argument("--timeout-s", type=float, default=None, help=timeout_help)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"), default="all")
     b.add_argument("--samples", action="store_true", help="include every timed latency")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_connection_args(b)
+    _add_connection_args(b, f"deadline of the whole call; with --farm also how long to look for a device "
+                            f"(default: generous, and {FARM_WAIT_S:g} s to find a device)")
 
     i = sub.add_parser("info", help="show a server's device, runtime and cache")
     i.add_argument("--target", required=True, help="HOST:PORT")
@@ -149,11 +155,17 @@ def _mb(value: float) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import shlex
 
-    from benchd.security import ServerTls, read_token_file
+    from benchd.security import ServerTls, parse_address, read_token_file
     from benchd.server import ServerConfig, create_server
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("benchd serve: --tls-cert and --tls-key go together")
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    parse_address(f"{host}:{args.port}", "listen address (--address, --port)", any_port=True)
+    if args.metrics_port is not None:
+        metrics_host = f"[{args.metrics_address}]" if ":" in args.metrics_address else args.metrics_address
+        parse_address(f"{metrics_host}:{args.metrics_port}", "metrics address (--metrics-address, --metrics-port)",
+                      any_port=True)
     cfg = ServerConfig(
         device_name=args.device_name,
         device_class=args.device_class,
@@ -179,7 +191,6 @@ def _serve(args: argparse.Namespace) -> int:
         unhealthy_when_throttled=args.unhealthy_when_throttled,
         monitor_interval_s=args.monitor_interval_s,
     )
-    host = f"[{args.address}]" if ":" in args.address else args.address
     server, port = create_server(f"{host}:{args.port}", cfg)
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
@@ -199,8 +210,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     from benchd.client import BenchClient
-    from benchd.security import ClientTls
+    from benchd.security import ClientTls, parse_address
 
+    parse_address(args.target, "--target")
     tls = None
     if args.tls_ca or args.tls_cert:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
@@ -281,9 +293,13 @@ def _bench(args: argparse.Namespace) -> int:
                 from benchd.farm import BenchFarm
 
                 labels = dict(lbl.split("=", 1) for lbl in args.label)
+                if not args.verbose:  # the progress lines say what its warnings would, once in a while
+                    logging.getLogger("benchd.farm").setLevel(logging.ERROR)
                 with BenchFarm.from_file(args.farm) as farm:
                     res = farm.benchmark(args.model, opts, device_class=args.device_class, labels=labels,
-                                         timeout_s=args.timeout_s or 1800.0)
+                                         timeout_s=args.timeout_s or 1800.0, wait_s=args.timeout_s or FARM_WAIT_S,
+                                         progress=lambda line: print(f"benchd bench: {line}", file=sys.stderr,
+                                                                     flush=True))
             else:
                 with _client(args) as client:
                     res = client.benchmark(args.model, opts, timeout_s=args.timeout_s)

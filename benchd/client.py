@@ -24,7 +24,7 @@ from benchd.cache import SHA256_RE, sha256_file
 from benchd.errors import BenchError, BenchNotFound, from_rpc_error
 from benchd.predict import PredictParams
 from benchd.runner import BenchParams
-from benchd.security import ClientTls, auth_metadata, read_token_file
+from benchd.security import ClientTls, auth_metadata, parse_address, read_token_file
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
 
@@ -213,6 +213,7 @@ class BenchClient:
         retry_backoff_s: float = 0.5,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
+        parse_address(target, "target")  # before gRPC, which would take port 70000 for 4464
         if token is None and token_file is not None:
             token = read_token_file(token_file)
         self.target = target

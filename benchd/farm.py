@@ -10,8 +10,10 @@ skipped and probed again after a back-off; the job reruns elsewhere.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import math
 import os
 import random
 import threading
@@ -30,6 +32,7 @@ from benchd.errors import (
     BenchAuthError,
     BenchBusy,
     BenchCancelled,
+    BenchDeadlineExceeded,
     BenchError,
     BenchUnavailable,
     BenchUnimplemented,
@@ -37,7 +40,7 @@ from benchd.errors import (
 )
 from benchd.predict import PredictParams
 from benchd.runner import BenchParams
-from benchd.security import ClientTls, split_address
+from benchd.security import ClientTls, parse_address
 from benchd.v1 import benchd_pb2 as pb
 
 log = logging.getLogger("benchd.farm")
@@ -60,6 +63,10 @@ class FarmDevice:
     token_file: str | None = None
     tls: ClientTls | None = None
     line: int = 0  # line of the entry in the inventory file (for messages)
+
+    def __post_init__(self) -> None:
+        # a device made in code (raysearch's --farm HOST:PORT) is named after its address
+        parse_address(self.address, "farm device" if self.name == self.address else f"farm device {self.name}: address")
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ def load_inventory(path: str | os.PathLike[str]) -> list[FarmDevice]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise FarmConfigError(f"{p}: invalid YAML: {exc}") from None
+        raise FarmConfigError(f"{p}:{_yaml_problem(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise FarmConfigError(f"{p}:1: expected a mapping with a 'devices' list")
     unknown_top = set(data) - {"devices", "defaults"}
@@ -136,11 +143,9 @@ def load_inventory(path: str | os.PathLike[str]) -> list[FarmDevice]:
             raise bad(f"duplicate name (first at line {seen[name]})")
         seen[name] = line
         try:
-            host, port = split_address(entry["address"])
-        except ValueError:
-            host, port = "", 0
-        if not host or not 0 < port < 65536:
-            raise bad(f"address {entry['address']!r} must be HOST:PORT with a port in 1..65535")
+            parse_address(entry["address"], "address")
+        except ValueError as exc:
+            raise bad(str(exc)) from None
         labels = entry.get("labels") or {}
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in labels.items()
@@ -171,6 +176,41 @@ def load_inventory(path: str | os.PathLike[str]) -> list[FarmDevice]:
     return devices
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, after the line and column it points at (its own str() spans
+    several lines, with a caret under an excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else " "
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def _kind(exc: Exception) -> str:
+    """What a device's failure amounts to, in a word or two of the progress lines."""
+    if isinstance(exc, BenchUnavailable):
+        return "unreachable"
+    if isinstance(exc, BenchDeadlineExceeded):
+        return "silent"
+    if isinstance(exc, BenchAuthError):
+        return "refusing us"
+    if isinstance(exc, BenchUnimplemented):
+        return "too old"
+    if isinstance(exc, ValueError):  # our own token or TLS files
+        return "misconfigured"
+    return "failing"
+
+
+def _short(exc: Exception, kind: str, probe_s: float) -> str:
+    """One line on why a device failed: gRPC's "failed to connect to all addresses; last error:
+    UNKNOWN: ipv4:...: Connection refused" becomes "Connection refused"."""
+    if kind == "unreachable" and isinstance(exc, BenchError):
+        return exc.details.rsplit(": ", 1)[-1].strip()
+    if kind == "silent":
+        return f"no answer within {probe_s:g} s"
+    return " ".join(str(exc).split())
+
+
 class BenchFarm:
     """Thread-safe; one instance per process is enough (each Ray trial may make its own)."""
 
@@ -181,10 +221,13 @@ class BenchFarm:
         probe_after_s: float = 5.0,
         max_probe_after_s: float = 60.0,
         status_timeout_s: float = 2.0,
+        name: str = "",
     ) -> None:
         if not devices:
             raise FarmError("a farm needs at least one device")
         self.devices = list(devices)
+        self.name = name  # what messages call the farm: its inventory file ("": made in code)
+        self.progress_every_s = 15.0  # a line on what the farm waits for, at most this often
         self.probe_after_s = probe_after_s
         self.max_probe_after_s = max_probe_after_s
         self.status_timeout_s = status_timeout_s
@@ -192,6 +235,7 @@ class BenchFarm:
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
+        self._kind: dict[str, str] = {}  # why each failing device failed, in a word ("unreachable")
         # devices that refused us for good (a token or certificate it rejects, TLS files we cannot
         # use): waiting does not help, so a benchmark no other device can run ends at once
         self._refused: dict[str, str] = {}
@@ -200,7 +244,7 @@ class BenchFarm:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> BenchFarm:
-        return cls(load_inventory(path), **kwargs)
+        return cls(load_inventory(path), **{"name": str(path), **kwargs})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -224,7 +268,9 @@ class BenchFarm:
                 self._clients[device.name] = c
             return c
 
-    def _mark_down(self, device: FarmDevice, why: str, permanent: bool = False) -> None:
+    def _mark_down(self, device: FarmDevice, exc: Exception, permanent: bool = False) -> None:
+        why = str(exc)
+        kind = _kind(exc)
         with self._lock:
             if permanent:
                 self._refused[device.name] = why
@@ -232,7 +278,8 @@ class BenchFarm:
             self._failures[device.name] = n
             wait = min(self.probe_after_s * 2 ** (n - 1), self.max_probe_after_s)
             self._down_until[device.name] = time.monotonic() + wait
-            self._last_error[device.name] = why
+            self._last_error[device.name] = f"{kind}: {_short(exc, kind, self.status_timeout_s)}"
+            self._kind[device.name] = kind
         log.warning("device %s (%s) marked down for %.0f s: %s", device.name, device.address, wait, why)
 
     def _mark_up(self, device: FarmDevice) -> None:
@@ -253,7 +300,7 @@ class BenchFarm:
         try:
             st = self.client(device).status(timeout_s=self.status_timeout_s, retries=0)
         except (BenchError, ValueError) as exc:  # ValueError: unreadable token or TLS files
-            self._mark_down(device, str(exc), permanent=isinstance(exc, (BenchAuthError, ValueError)))
+            self._mark_down(device, exc, permanent=isinstance(exc, (BenchAuthError, ValueError)))
             return None
         self._mark_up(device)
         return st
@@ -268,13 +315,17 @@ class BenchFarm:
         device_class: str | None = None,
         labels: Mapping[str, str] | None = None,
         timeout_s: float = 1800.0,
+        wait_s: float | None = None,
+        progress: Callable[[str], None] | None = None,
         **knobs: Any,
     ) -> BenchResult:
-        """Measure on one healthy device of the class; fails over until `timeout_s` passes."""
+        """Measure on one healthy device of the class; fails over until `timeout_s` passes.
+        ``wait_s`` bounds the time spent looking for a device that takes the job (None: all of
+        `timeout_s`); ``progress`` gets a line now and then while none does (None: the log, INFO)."""
         opts = dataclasses.replace(options or BenchParams(), **knobs)
         m = Model.of(model)
         return self._place(lambda c, busy, t: c.benchmark(m, opts, reject_if_busy=busy, timeout_s=t),
-                           "benchmark", device_class, labels, timeout_s)
+                           "benchmark", device_class, labels, timeout_s, wait_s, progress)
 
     def predict(
         self,
@@ -285,22 +336,34 @@ class BenchFarm:
         device_class: str | None = None,
         labels: Mapping[str, str] | None = None,
         timeout_s: float = 1800.0,
+        wait_s: float | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> Prediction:
         """Run the model on ``inputs`` on one healthy device of the class (all on that one device);
         fails over like `benchmark`."""
         m = Model.of(model)
         return self._place(lambda c, busy, t: c.predict(m, inputs, params, reject_if_busy=busy, timeout_s=t),
-                           "prediction", device_class, labels, timeout_s)
+                           "prediction", device_class, labels, timeout_s, wait_s, progress)
 
     def _place(self, job: Callable[[BenchClient, bool, float], R], what: str, device_class: str | None,
-               labels: Mapping[str, str] | None, timeout_s: float) -> R:
+               labels: Mapping[str, str] | None, timeout_s: float, wait_s: float | None = None,
+               progress: Callable[[str], None] | None = None) -> R:
         """Run ``job(client, reject_if_busy, seconds left)`` on one device of the class: idle
         devices first (refused at once if someone else got there first), then the queue of the
         least-loaded one; a device that fails is marked down and the job reruns elsewhere."""
         candidates = self.matching(device_class, labels)
+        where = f"farm {self.name}: " if self.name else ""
+        wanted = f"class {device_class!r}" if device_class is not None else "any class"
+        if labels:
+            wanted += f" with labels {dict(labels)}"
         if not candidates:
-            raise FarmError(f"no device of class {device_class!r} with labels {dict(labels or {})} in the farm")
-        deadline = time.monotonic() + timeout_s
+            raise FarmError(f"{where}no device of {wanted} in the farm")
+        start = time.monotonic()
+        deadline = start + timeout_s
+        limit = timeout_s if wait_s is None else min(wait_s, timeout_s)
+        give_up = start + limit  # stop looking for a device (a job under way keeps `deadline`)
+        say = progress or (lambda line: log.debug("%s", line))
+        said = -math.inf
         attempts = 0
         pause = 0.2
         while True:
@@ -308,6 +371,7 @@ class BenchFarm:
             with self._lock:
                 up = [d for d in candidates if self._down_until.get(d.name, 0.0) <= now]
             statuses = list(zip(up, self._pool.map(self._probe, up)))
+            answers = {d.name: s for d, s in statuses if s is not None}
             ready = [(d, s) for d, s in statuses if s is not None and s.ready]
             random.shuffle(ready)  # spread callers that see the same loads
             ready.sort(key=lambda ds: (ds[1].busy + ds[1].queue_depth))
@@ -323,18 +387,32 @@ class BenchFarm:
                     continue
                 except (BenchUnavailable, BenchCancelled, BenchAuthError, BenchUnimplemented) as exc:
                     # died mid-call, or unusable for this job: rerun elsewhere
-                    self._mark_down(device, str(exc), permanent=isinstance(exc, (BenchAuthError, BenchUnimplemented)))
+                    self._mark_down(device, exc, permanent=isinstance(exc, (BenchAuthError, BenchUnimplemented)))
                     continue
                 return dataclasses.replace(result, farm_device=device.name, attempts=attempts)  # type: ignore[type-var]
+            now = time.monotonic()
             with self._lock:
                 refused = {d.name: self._refused[d.name] for d in candidates if d.name in self._refused}
+                why = {}  # device -> why it did not take the job: in a word, in a line
+                for d in candidates:
+                    answer = answers.get(d.name)
+                    if answer is None or self._down_until.get(d.name, 0.0) > now:
+                        why[d.name] = self._kind.get(d.name, "down"), self._last_error.get(d.name, "down")
+                    else:  # it answered: not ready, or busy with another caller's job
+                        state = "busy" if answer.ready else "not ready"
+                        why[d.name] = state, state
             if len(refused) == len(candidates):
-                raise FarmError(f"every device that could run the {what} refused it: {refused}")
-            if time.monotonic() + pause >= deadline:
-                with self._lock:
-                    errors = {d.name: self._last_error.get(d.name, "busy or not ready") for d in candidates}
-                raise FarmError(f"no device could run the {what} within {timeout_s:.0f} s: {errors}")
-            time.sleep(pause)
+                raise FarmError(f"{where}every device that could run the {what} refused it: {refused}")
+            if now >= give_up:
+                raise FarmError(f"{where}no device could run the {what} within {limit:.0f} s ({wanted}): "
+                                + "; ".join(f"{d.name} ({d.address}) {why[d.name][1]}" for d in candidates))
+            if now - said >= self.progress_every_s:
+                said = now
+                counts = collections.Counter(kind for kind, _ in why.values())
+                say(f"{where}waiting for a device of {wanted}: "
+                    + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+                    + f", retrying ({now - start:.0f} s of {limit:.0f} s)")
+            time.sleep(min(pause, give_up - now))
             pause = min(pause * 2, 5.0)
 
     def status(self, timeout_s: float | None = None) -> list[DeviceState]:

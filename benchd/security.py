@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import logging
 import os
+import re
+import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,15 +50,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """'host:port' / '[v6]:port' -> (host, port); a bare host gets port 0."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        return host, int(rest.lstrip(":") or 0)
-    if address.count(":") == 1:
-        host, port = address.rsplit(":", 1)
-        return host, int(port)
-    return address, 0
+def parse_address(address: str, what: str = "address", *, any_port: bool = False) -> tuple[str, int]:
+    """'HOST:PORT' / '[IPv6]:PORT' -> (host, port); a ValueError naming ``what`` (a flag, an
+    inventory entry) and the value otherwise. The one parser of benchd's and raysearch's addresses:
+    gRPC takes a port modulo 65536 (127.0.0.1:70000 silently reaches port 4464), so a port outside
+    1-65535 is refused here (0 too, unless ``any_port``: "any free port" when binding)."""
+    text = address.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port = rest[1:] if bracket and rest.startswith(":") else ""
+    else:
+        host, _, port = text.rpartition(":")
+        if ":" in host:  # a bare IPv6 address: which colon ends it is anyone's guess
+            raise ValueError(f"{what} {address}: an IPv6 host goes in brackets, e.g. [{text}]:50051 or [::1]:50051")
+    if not host or not port:
+        raise ValueError(f"{what} {address}: expected HOST:PORT (an IPv6 host in brackets: [::1]:50051)")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{what} {address}: port {port!r} is not a number")
+    low = 0 if any_port else 1
+    if len(port) > 5 or not low <= int(port) <= 65535:
+        raise ValueError(f"{what} {address}: port {port} is outside {low}-65535")
+    return host, int(port)
 
 
 class TlsFilesError(ValueError):
@@ -63,20 +79,84 @@ class TlsFilesError(ValueError):
     some of these, e.g. a client certificate without a private key.)"""
 
 
-_PEM_MARKERS = {"certificate": b"-----BEGIN CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
+_PEM_LABELS = {"certificate": ("CERTIFICATE",),
+               "private key": ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY")}
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
 def read_pem(path: str, kind: str, role: str) -> bytes:
     """The bytes of a PEM file holding a ``kind`` ("certificate" or "private key"); ``role`` names
-    the file in the message (e.g. "--tls-key")."""
+    the file in the message (e.g. "TLS CA"). Checked here because gRPC, handed anything else, logs
+    lines of its own that never name the file, then fails every call."""
     p = Path(path).expanduser()
     try:
         data = p.read_bytes()
     except OSError as exc:
         raise TlsFilesError(f"{role} {p}: cannot read ({exc.strerror})") from None
-    if _PEM_MARKERS[kind] not in data:
-        raise TlsFilesError(f"{role} {p}: not a PEM {kind}")
+    labels = _PEM_LABELS[kind]
+    blocks = [(label.decode(), body) for label, body in _PEM_BLOCK.findall(data)]
+    ours = [(label, body) for label, body in blocks if label in labels]
+    if not ours:
+        begun = [label for label in labels if f"-----BEGIN {label}-----".encode() in data]
+        found = (f"-----BEGIN {begun[0]}----- without its END line: cut short?" if begun
+                 else f"it holds {', '.join(sorted({label for label, _ in blocks}))}" if blocks
+                 else f"no -----BEGIN {labels[0]}----- block")
+        raise TlsFilesError(f"{role} {p}: not a PEM {kind} ({found})")
+    ders = []
+    for i, (label, body) in enumerate(ours):
+        which = f"{kind} #{i + 1}" if len(ours) > 1 else kind
+        if label.startswith("ENCRYPTED") or b"Proc-Type:" in body:  # a passphrase gRPC has no way to ask for
+            raise TlsFilesError(f"{role} {p}: the {which} is encrypted; gRPC needs it unencrypted")
+        try:
+            ders.append(_der(body))
+        except ValueError as exc:
+            raise TlsFilesError(f"{role} {p}: the PEM {which} is damaged ({exc}; expected base64 of DER "
+                                f"between its BEGIN and END lines)") from None
+    problem = _certificate_problem(ders) if kind == "certificate" else _key_problem(ders[0])
+    if problem:
+        raise TlsFilesError(f"{role} {p}: not a valid PEM {kind} ({problem})")
     return data
+
+
+def _der(body: bytes) -> bytes:
+    """The DER a PEM block's base64 encodes, if it is one whole ASN.1 SEQUENCE (as a certificate and
+    a key are): random or truncated text between the markers is caught here."""
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if len(der) < 2 or der[0] != 0x30:
+        raise ValueError("not DER")
+    size, head = der[1], 2
+    if size & 0x80:  # long form: the next (size & 0x7f) bytes hold the length
+        head += size & 0x7F
+        size = int.from_bytes(der[2:head], "big")
+    if head + size != len(der):
+        raise ValueError(f"its DER says {head + size} bytes, the block holds {len(der)}")
+    return der
+
+
+def _certificate_problem(ders: list[bytes]) -> str:
+    """What OpenSSL (through the standard library's ssl) finds wrong with DER certificates ("": nothing)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=b"".join(ders))
+    except ssl.SSLError as exc:
+        return f"OpenSSL cannot read it as X.509: {exc.reason or exc.strerror or exc}"
+    return ""
+
+
+def _key_problem(der: bytes) -> str:
+    """What the cryptography package, where installed (not on a Pi), finds wrong with a DER private key."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.serialization import load_der_private_key
+    except ImportError:
+        return ""  # the PEM and DER framing checks above are all a Pi gets
+    try:
+        load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return f"cannot read it as a private key: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return ""
 
 
 def pair(cert_file: str | None, key_file: str | None, who: str) -> None:

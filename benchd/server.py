@@ -36,7 +36,7 @@ from benchd.security import (
     TlsFilesError,
     TokenInterceptor,
     is_loopback,
-    split_address,
+    parse_address,
 )
 from benchd.v1 import benchd_pb2 as pb
 from benchd.v1 import benchd_pb2_grpc as pb_grpc
@@ -252,8 +252,11 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{self.cfg.max_uploads} uploads are in progress; try again shortly", "busy")
         key = id(context)
-        try:  # no free inodes or space for the .part file: the slot must not leak
+        try:  # no free inodes or space for the .part file, or a read-only cache: the slot must not leak
             f, tmp = self.cache.new_upload()
+        except CacheError as exc:
+            self._upload_slots.release()
+            raise _Abort(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         except OSError as exc:
             self._upload_slots.release()
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store the model: {exc.strerror}", "disk") from None
@@ -537,7 +540,7 @@ class BenchdServer:
 def create_server(address: str = "127.0.0.1:0", config: ServerConfig | None = None) -> tuple[BenchdServer, int]:
     """Bind `address` (port 0 picks a free port), start serving, return (server, bound port)."""
     cfg = config or ServerConfig()
-    host, _ = split_address(address)
+    host, _ = parse_address(address, "address", any_port=True)
     if not is_loopback(host):
         if cfg.token is None and not cfg.insecure:
             raise ValueError(

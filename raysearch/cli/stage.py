@@ -42,17 +42,15 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
 
 
 def stage_main(stage: int, argv: list[str] | None = None) -> int:
-    from raysearch.data import check_data
+    from raysearch.search.driver import preflight
     from raysearch.search.presets import preset
     from raysearch.search.stages import run_stage
-    from raysearch.tracking.store import check_store
 
     args = build_stage_parser(stage).parse_args(argv)
     configure_logging(args.verbose)
     try:
         opts = search_options(args)
-        check_data(opts.data, limit=opts.limit, seed=opts.seed)  # before anything is opened or started
-        check_store(opts.tracking.store(), write=True)
+        preflight(opts)  # before anything is opened or started (stage 7 reads the store to plan)
         epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
         outcome = run_stage(stage, opts, epochs, args.res)
     except Exception as e:

@@ -76,10 +76,12 @@ class BenchOptions:
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
         elif self.farm:
-            host, _, port = self.farm.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            from benchd.security import parse_address
+
+            if ":" not in self.farm:
                 raise ValueError(f"--farm {self.farm!r}: expected a farm inventory (a .yaml file) or HOST:PORT of "
                                  "one benchd")
+            parse_address(self.farm, "--farm")  # benchd's own parser: a port gRPC would wrap is refused
 
     def _check_inventory(self) -> None:
         """An absolute inventory path (trials run in folders of their own) and a device class it
@@ -437,19 +439,29 @@ class _Where:
     state_path: Path
 
 
+def preflight(opts: SearchOptions) -> None:
+    """What the options name outside this process, checked before anything is created or started:
+    the Ray cluster, the data, the tracking store (`ValueError`, one line naming it)."""
+    from raysearch.data import check_data
+    from raysearch.search.ray_cluster import check_cluster, ray_is_up
+    from raysearch.tracking.store import check_store
+
+    if (address := opts.cluster.address or os.environ.get("RAY_ADDRESS")) and not ray_is_up():
+        check_cluster(address)  # no cluster there, or one that wants a token this process lacks
+    check_data(opts.data, limit=opts.limit, seed=opts.seed)
+    check_store(opts.tracking.store(), write=True)
+
+
 def run_search(req: SearchRequest) -> SearchOutcome:
     """Run one Ray Tune search over ``req.space`` and log it to MLflow (see the module doc)."""
-    from raysearch.data import check_data
-    from raysearch.tracking.store import check_store
 
     stage, space, opts = req.stage, req.space, req.opts
 
     space.check()  # bad input, one line each, before Ray starts
+    preflight(opts)
     if opts.mode == "search" and opts.schedule.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
         raise ValueError(f"--sampler latency-first measures every configuration's latency before training: this space "
                          f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --sampler tpe")
-    check_data(opts.data, limit=opts.limit, seed=opts.seed)
-    check_store(opts.tracking.store(), write=True)
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.cluster.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
     name = req.name or search_name(stage, opts)
@@ -526,6 +538,11 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
         gpus = 1.0 if have_gpus > 0 else 0.0
     elif gpus > have_gpus:  # the trials would wait for it forever
         raise ValueError(f"--gpus-per-trial {gpus:g}: the Ray cluster has {have_gpus:g} GPU(s)")
+    if gpus > 0:
+        from raysearch.search.gpu_nodes import unusable_gpu_nodes
+
+        for line in unusable_gpu_nodes():  # its trials will fail there, each saying so
+            log.warning("%s: torch cannot use its GPU; trials placed there will fail", line)
 
     with _farm(opts, reservation) as farm:
         settings = TrialSettings(

@@ -80,6 +80,7 @@ class BenchSettings:
 def open_farm(farm: str, device_class: str) -> BenchFarm:
     """A `BenchFarm`: the inventory file ``farm``, or one device at HOST:PORT (of ``device_class``)."""
     from benchd.farm import BenchFarm, FarmDevice
+    from benchd.security import parse_address
 
     if farm.endswith((".yaml", ".yml")):
         if not Path(farm).is_file():
@@ -87,6 +88,7 @@ def open_farm(farm: str, device_class: str) -> BenchFarm:
         return BenchFarm.from_file(farm)
     if ":" not in farm:
         raise ValueError(f"--farm {farm!r}: expected a farm inventory (.yaml) or HOST:PORT of one benchd")
+    parse_address(farm, "--farm")  # a port gRPC would wrap, said under the flag's name
     return BenchFarm([FarmDevice(name=farm, address=farm, device_class=device_class)])
 
 

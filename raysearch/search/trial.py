@@ -121,6 +121,27 @@ def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarra
     cv2.imwrite(str(path), cv2.cvtColor(np.hstack([img, gt_panel, pred_panel]), cv2.COLOR_RGB2BGR))
 
 
+def trial_device() -> str:
+    """"cuda" when Ray gave this trial a GPU, else "cpu". A GPU torch cannot use (a CPU wheel, a
+    missing driver) fails the trial at once, naming the node: training on the CPU instead would be
+    silently tens of times slower."""
+    import socket
+
+    import ray
+    import torch
+
+    from raysearch.training.train import cuda_report
+
+    gpus = ray.get_gpu_ids()
+    if not gpus:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on node {socket.gethostname()} "
+                           f"({ray.util.get_node_ip_address()}), but {cuda_report()}: install a CUDA build of torch "
+                           "there, or search with --gpus-per-trial 0")
+    return "cuda"
+
+
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """The Ray Tune function trainable (bind ``settings`` with ``tune.with_parameters``): a
     configuration already run is replayed from the results cache; otherwise its latency first
@@ -259,7 +280,7 @@ class _Trial:
             for m in trained_history(ckpt_dir):
                 report_epoch(m, replayed=True)
         cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                          amp=settings.amp, num_workers=settings.num_workers, progress=False)
+                          amp=settings.amp, num_workers=settings.num_workers, progress=False, device=trial_device())
         sources = {s: open_split(settings.data, s, seed=settings.data_seed, limit=settings.limit) for s in ("train", "val")}
         result = train(self.spec, sources["train"], sources["val"], cfg, out_dir=ckpt_dir, on_epoch=on_epoch,
                        resume=resume)

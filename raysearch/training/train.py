@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,14 @@ class TrainResult:
     def summary(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
                 "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.seconds}
+
+
+def cuda_report() -> str:
+    """What torch says of CUDA in this process, for a message about a GPU it cannot use."""
+    built = torch.version.cuda
+    return (f"torch {torch.__version__} " + (f"built with CUDA {built}" if built else "built without CUDA (a CPU wheel)")
+            + f", {torch.cuda.device_count()} CUDA device(s) visible "
+            + f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,7 +165,8 @@ def test_inventory_validation_names_entry_and_line(tmp_path: Path) -> None:
     cases = {
         "devices:\n  - name: a\n    address: h:1\n    class: x\n  - name: b\n    class: x\n":
             r"farm.yaml:5: device #2 \('b'\): 'address' is missing",
-        "devices:\n  - name: a\n    address: nohost\n    class: x\n": r":2: device #1 \('a'\): address 'nohost'",
+        "devices:\n  - name: a\n    address: nohost\n    class: x\n":
+            r":2: device #1 \('a'\): address nohost: expected HOST:PORT",
         "devices:\n  - {name: a, address: 'h:1', class: x}\n  - {name: a, address: 'h:2', class: x}\n":
             "duplicate name",
         "devices:\n  - {name: a, address: 'h:1', class: x, colour: red}\n": r"unknown key\(s\) \['colour'\]",
@@ -226,3 +229,78 @@ def test_a_device_with_a_missing_tls_file_is_down_and_the_rest_serve(tmp_path: P
     finally:
         farm.close()
         server.stop(grace=1)
+
+
+def test_bench_on_a_farm_with_no_device_up_is_bounded_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Every device unreachable or silent and no --timeout-s: `benchd bench --farm` retried for
+    1800 s without a word. Now it looks for a device for `FARM_WAIT_S` (--timeout-s if given),
+    says now and then what it waits for, and ends in one line naming the farm and each failure."""
+    from benchd import cli
+    from benchd.farm import FarmDevice
+
+    assert cli._parser().parse_args(["bench", "m.onnx", "--farm", "farm.yaml"]).timeout_s is None
+    assert cli.FARM_WAIT_S == 120  # what bounds it then: a person is waiting
+    model = fx.conv_model(tmp_path / "conv.onnx")
+    inventory = tmp_path / "farm.yaml"
+    with socket.socket() as refused, socket.socket() as silent:
+        refused.bind(("127.0.0.1", 0))  # bound, not listening: the connection is refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connected by the kernel, never answered
+        devices = {"pi-refused": refused.getsockname()[1], "pi-silent": silent.getsockname()[1]}
+        inventory.write_text("devices:\n" + "".join(f"  - {{name: {name}, address: '127.0.0.1:{port}', class: rpi4}}\n"
+                                                      for name, port in devices.items()))
+        end = (f"benchd bench: farm {inventory}: no device could run the benchmark within 3 s (class 'rpi4'): "
+               f"pi-refused (127.0.0.1:{devices['pi-refused']}) unreachable: Connection refused; "
+               f"pi-silent (127.0.0.1:{devices['pi-silent']}) silent: no answer within 2 s")
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "benchd.cli", "bench", str(model), "--farm", str(inventory),
+                            "--class", "rpi4", "--timeout-s", "3"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                           capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - t0 < 30
+        assert p.returncode == 1, p.stderr
+        *progress, last = p.stderr.strip().splitlines()
+        assert last == end
+        assert progress and progress[0].startswith(f"benchd bench: farm {inventory}: waiting for a device of class "
+                                                   "'rpi4': 1 silent, 1 unreachable, retrying ("), p.stderr
+        assert all(line.endswith(" s of 3 s)") for line in progress), p.stderr
+        # the same without --timeout-s: FARM_WAIT_S bounds it (made short here: the real one is 120 s)
+        monkeypatch.setattr(cli, "FARM_WAIT_S", 3.0)
+        try:
+            assert cli.main(["bench", str(model), "--farm", str(inventory), "--class", "rpi4"]) == 1
+        finally:
+            logging.getLogger("benchd.farm").setLevel(logging.NOTSET)
+        assert capsys.readouterr().err.strip().splitlines()[-1] == end
+        # the library: `wait_s` bounds the search for a device, whatever the job's own deadline
+        lines: list[str] = []
+        with BenchFarm([FarmDevice(n, f"127.0.0.1:{port}", "rpi4") for n, port in devices.items()]) as farm:
+            t0 = time.monotonic()
+            with pytest.raises(FarmError, match=r"^no device could run the benchmark within 3 s \(class 'rpi4'\): "
+                                                "pi-refused"):
+                farm.benchmark(model, device_class="rpi4", timeout_s=1800, wait_s=3, progress=lines.append)
+            assert time.monotonic() - t0 < 15 and lines[0].startswith("waiting for a device of class 'rpi4': ")
+
+
+def test_a_bad_inventory_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Invalid YAML took five lines (PyYAML's own, with a caret under an excerpt); an address whose
+    port gRPC would wrap (70000 is 4464 to it) was taken."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("devices: [\n  - {name: a\n")
+    wraps = tmp_path / "wraps.yaml"
+    wraps.write_text("devices:\n  - {name: a, address: '127.0.0.1:70000', class: rpi4}\n"
+                     "  - {name: b, address: '[::1]:50051', class: rpi4}\n")
+    says = {bad_yaml: f"{bad_yaml}:2:3: invalid YAML: expected the node content, but found '-' "
+                      "(while parsing a flow node)",
+            wraps: f"{wraps}:2: device #1 ('a'): address 127.0.0.1:70000: port 70000 is outside 1-65535"}
+    model = fx.conv_model(tmp_path / "conv.onnx")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for path, message in says.items():
+        with pytest.raises(FarmConfigError) as e:
+            load_inventory(path)
+        assert str(e.value) == message
+        for command, args in (("bench", [str(model), "--farm", str(path)]), ("farm status", [str(path)])):
+            p = subprocess.run([sys.executable, "-m", "benchd.cli", *command.split(), *args], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode == 2 and p.stderr.strip() == f"benchd {command}: {message}", p.stderr
+    wraps.write_text("devices:\n  - {name: b, address: '[::1]:50051', class: rpi4}\n")
+    assert load_inventory(wraps)[0].address == "[::1]:50051"  # IPv6 in brackets still works

@@ -323,6 +323,50 @@ def test_cache_lru_eviction_survives_restart(tmp_path: Path, models: dict[str, P
         srv.stop(0)
 
 
+def test_a_read_only_cache_serves_what_it_holds_and_refuses_uploads(tmp_path: Path, models: dict[str, Path]) -> None:
+    """`benchd serve --cache-dir D` on a read-only mount (an image baked once for many devices):
+    HasModel, Benchmark and Predict answered UNKNOWN "[Errno 30] Read-only file system" (touching
+    the file's last-use time) with a traceback in the log. Now the models held are served, their
+    times left as they are, and an upload is a FAILED_PRECONDITION naming the folder."""
+    import numpy as np
+
+    cache = tmp_path / "cache-ro"  # serve_subprocess's cache folder for the name "ro"
+    srv, port = start(tmp_path, cache_dir=str(cache))
+    try:
+        with BenchClient(f"127.0.0.1:{port}") as c:
+            held = c.upload(models["conv"]).sha256
+    finally:
+        srv.stop(0)
+    prefix, why = fx.read_only_prefix(cache)
+    if prefix is None:
+        pytest.skip(why)
+    cached = cache / "models" / f"{held}.onnx"
+    mtime = cached.stat().st_mtime_ns
+    log = tmp_path / "serve.log"
+    with fx.serve_subprocess(tmp_path, "ro", prefix=prefix, log=log) as (_, port), \
+            BenchClient(f"127.0.0.1:{port}", retries=0) as c:
+        fx.wait_serving(c)
+        assert c.has_model(held)
+        result = c.benchmark(models["conv"], **FAST)
+        assert result.runs == 3 and not result.uploaded
+        masks = c.predict(models["conv"], np.zeros((2, 3, 32, 32), np.float32)).output
+        assert masks.shape == (2, 32, 32)
+        assert [m.model_sha256 for m in c.info().cached_models] == [held]
+        assert not c.has_model(models["conv2"])
+        for refused in (lambda: c.upload(models["conv2"]), lambda: c.benchmark(models["conv2"], **FAST)):
+            with pytest.raises(errors.BenchInvalidArgument) as e:
+                refused()
+            assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert e.value.details == (f"the model cache {cache} is read-only: this device serves only the models it "
+                                       "holds and cannot store new ones")
+    assert cached.stat().st_mtime_ns == mtime  # the read-only mount was real: nothing was touched
+    text = log.read_text()
+    assert "Traceback" not in text and "Errno" not in text, text
+    said = [line for line in text.splitlines() if "read-only" in line and "benchd.cache" in line]
+    assert len(said) == 1 and said[0].endswith(f"model cache {cache} is read-only: serving only the 1 model(s) it "
+                                               "holds, refusing uploads"), text
+
+
 # ------------------------------------------------------------------ security and health
 
 

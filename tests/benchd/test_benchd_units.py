@@ -291,3 +291,46 @@ def test_a_worker_reply_crosses_the_pipe_as_a_frame() -> None:
         back = WorkerReply.from_frame(json.loads(json.dumps(reply.frame())))
         assert back == reply and back.ok == (reply.result is not None)
     assert not WorkerReply().ok
+
+
+def test_addresses_are_parsed_in_one_place_and_ports_grpc_would_wrap_are_refused(tmp_path: Path) -> None:
+    """gRPC takes a port modulo 65536: `benchd info --target 127.0.0.1:70000` asked port 4464."""
+    from benchd.client import BenchClient
+    from benchd.farm import FarmDevice
+    from benchd.security import parse_address
+
+    assert parse_address("127.0.0.1:50051") == ("127.0.0.1", 50051)
+    assert parse_address(" pi4-01.lan:1 ") == ("pi4-01.lan", 1)
+    assert parse_address("[::1]:65535") == ("::1", 65535)
+    assert parse_address("127.0.0.1:0", any_port=True) == ("127.0.0.1", 0)
+    for address, says in (("127.0.0.1:70000", "port 70000 is outside 1-65535"),
+                          ("[::1]:65536", "port 65536 is outside 1-65535"),
+                          ("127.0.0.1:0", "port 0 is outside 1-65535"),
+                          ("127.0.0.1:" + "9" * 5000, f"port {'9' * 5000} is outside 1-65535"),
+                          ("127.0.0.1:-1", "port '-1' is not a number"),
+                          ("127.0.0.1:٣", "port '٣' is not a number"),
+                          ("127.0.0.1", "expected HOST:PORT (an IPv6 host in brackets: [::1]:50051)"),
+                          ("[::1]", "expected HOST:PORT (an IPv6 host in brackets: [::1]:50051)"),
+                          (":50051", "expected HOST:PORT (an IPv6 host in brackets: [::1]:50051)"),
+                          ("::1:50051", "an IPv6 host goes in brackets, e.g. [::1:50051]:50051 or [::1]:50051")):
+        with pytest.raises(ValueError) as e:
+            parse_address(address, "--farm")
+        assert str(e.value) == f"--farm {address}: {says}"
+    with pytest.raises(ValueError, match="^target 127.0.0.1:70000: port 70000 is outside 1-65535$"):
+        BenchClient("127.0.0.1:70000")
+    with pytest.raises(ValueError, match="^farm device pi: address 127.0.0.1:70000: port 70000 is outside 1-65535$"):
+        FarmDevice("pi", "127.0.0.1:70000", "rpi4")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args, says in ((["info", "--target", "127.0.0.1:70000"],
+                        "benchd info: --target 127.0.0.1:70000: port 70000 is outside 1-65535"),
+                       (["bench", "m.onnx", "--target", "[::1]:70000"],
+                        "benchd bench: --target [::1]:70000: port 70000 is outside 1-65535"),
+                       (["serve", "--port", "70000", "--cache-dir", str(tmp_path / "cache")],
+                        "benchd serve: listen address (--address, --port) 127.0.0.1:70000: port 70000 is outside "
+                        "0-65535"),
+                       (["serve", "--port", "0", "--metrics-port", "70000", "--cache-dir", str(tmp_path / "cache")],
+                        "benchd serve: metrics address (--metrics-address, --metrics-port) 127.0.0.1:70000: port "
+                        "70000 is outside 0-65535")):
+        p = subprocess.run([sys.executable, "-m", "benchd.cli", *args], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 2 and p.stderr.strip() == says, p.stderr

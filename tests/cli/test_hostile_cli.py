@@ -59,7 +59,9 @@ def test_a_bad_flag_is_one_line_and_exit_2(capsys, no_ray, args, says):
     (None, ["--res", "100"], "input_hw=100x100 must be a multiple of 32"),
     (None, ["--farm", "/etc/hostname"], "--farm '/etc/hostname': expected a farm inventory"),
     (None, ["--farm", "host-without-port"], "--farm 'host-without-port': expected a farm inventory"),
-    (None, ["--farm", "host:99999"], "--farm 'host:99999': expected a farm inventory"),
+    (None, ["--farm", "host:99999"], "--farm host:99999: port 99999 is outside 1-65535"),
+    (None, ["--farm", "127.0.0.1:70000"], "--farm 127.0.0.1:70000: port 70000 is outside 1-65535"),  # gRPC: 4464
+    ("bad.yaml", ["--farm", "{p}"], "bad.yaml:2:3: invalid YAML: expected the node content, but found '-'"),
     (None, ["--farm", "/no/such/farm.yaml"], "farm inventory not found"),
     ("binary.yaml", ["--farm", "{p}"], "not a farm inventory (not UTF-8 text"),
     ("text.yaml", ["--farm", "{p}"], "expected a mapping with a 'devices' list"),
@@ -72,6 +74,8 @@ def test_bad_data_and_inventories_are_refused_before_ray(tmp_path, capsys, no_ra
         p.write_bytes(BINARY)
     elif make == "text.yaml":
         p.write_text("just a sentence\n")
+    elif make == "bad.yaml":
+        p.write_text("devices: [\n  - {name: a\n")  # PyYAML's message spans five lines
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["--quick", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
             *[a.format(p=p) for a in args]]
@@ -80,6 +84,16 @@ def test_bad_data_and_inventories_are_refused_before_ray(tmp_path, capsys, no_ra
     assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     client = MlflowClient(uri)
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_evaluate_refuses_a_farm_port_grpc_would_wrap(tmp_path, capsys):
+    """gRPC takes a port modulo 65536: `raysearch evaluate --farm 127.0.0.1:70000` asked port 4464."""
+    from tests.helpers import benchd_fixtures as fx
+
+    onnx = fx.conv_model(tmp_path / "m.onnx")
+    assert cli.main(["evaluate", "--onnx", str(onnx), "--data", "synthetic:3", "--farm", "127.0.0.1:70000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "raysearch evaluate: error: --farm 127.0.0.1:70000: port 70000 is outside 1-65535"
 
 
 def test_replay_and_train_flags_are_checked_too(capsys, tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +261,17 @@ def wait_serving(client: Any, timeout_s: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def serve_subprocess(tmp: Path, name: str, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`benchd serve` in its own process on 127.0.0.1:0 (so a test can SIGKILL it)."""
+def serve_subprocess(tmp: Path, name: str, *extra: str, prefix: Sequence[str] = (),
+                     log: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`benchd serve` in its own process on 127.0.0.1:0 (so a test can SIGKILL it), run under
+    ``prefix`` (e.g. `read_only_prefix`'s), its stderr (the server's log) into ``log``."""
     port_file = tmp / f"{name}.port"
-    cmd = [sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--port-file", str(port_file),
+    cmd = [*prefix, sys.executable, "-m", "benchd.cli", "serve", "--port", "0", "--port-file", str(port_file),
            "--device-name", name, "--device-class", "test", "--cache-dir", str(tmp / f"cache-{name}"),
            "--monitor-interval-s", "0", *extra]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "wb") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as stderr:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)  # the child has its own copy
     try:
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -277,6 +281,22 @@ def serve_subprocess(tmp: Path, name: str, *extra: str) -> Iterator[tuple[subpro
         yield proc, int(port_file.read_text())
     finally:
         stop_process(proc, timeout=10)
+
+
+def read_only_prefix(folder: Path) -> tuple[list[str] | None, str]:
+    """A command prefix that runs a command with ``folder`` mounted read-only (a bind mount in a
+    mount namespace of its own: nothing to undo, even if the test dies), and why there is none.
+    Tests run as root, whom a chmod 0555 does not stop; only a read-only mount does."""
+    if shutil.which("unshare") is None:
+        return None, "no unshare(1) to make a private read-only mount"
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    for unshare in (["unshare", "--mount", "--propagation", "private"], ["unshare", "--map-root-user", "--mount"]):
+        prefix = [*unshare, "sh", "-c", script, str(folder)]
+        probe = subprocess.run([*prefix, "sh", "-c", 'touch "$0/.probe" 2>/dev/null || echo read-only', str(folder)],
+                               capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 and probe.stdout.strip() == "read-only":
+            return prefix, ""
+    return None, f"mounting {folder} read-only is not permitted here ({probe.stderr.strip()[:200]})"
 
 
 def make_tls(tmp: Path) -> dict[str, Path]:

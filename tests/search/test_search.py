@@ -325,14 +325,15 @@ def test_ray_job_submit(tmp_path):
     """`ray job submit --working-dir . -- python raysearch/stage7.py --quick` (and `raysearch optimize`)
     against `ray start --head`."""
     ray_bin = str(Path(sys.executable).parent / "ray")
-    dash = _free_port()
+    dash, start_port = _free_port(), _free_port()
     env = {**ENV, "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on: the client must say so too
-    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(start_port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
                             "--include-dashboard", "true", "--disable-usage-stats"],
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr
     try:
+        _a_token_cluster_without_its_token_is_one_line(tmp_path, int(start_port))
         store = Store(tmp_path)
         job = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
                               "--", "python", "raysearch/stage7.py", "--quick", "--res", "64", "--epochs", "1",
@@ -351,6 +352,25 @@ def test_ray_job_submit(tmp_path):
         assert opt.info.status == "FINISHED" and store.client.get_registered_model(f"raysearch-{opt.info.run_name}")
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _a_token_cluster_without_its_token_is_one_line(tmp_path: Path, gcs_port: int) -> None:
+    """--address of a cluster with token authentication, from a process without RAY_AUTH_MODE, and
+    of an address where no cluster answers: one line each, in seconds (was: 20 lines over 20 s of
+    Ray's GCS client, then a traceback)."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+    for address, says in ((f"127.0.0.1:{gcs_port}", "the Ray cluster there uses token authentication; set "
+                                                    "RAY_AUTH_MODE=token with the cluster's token"),
+                          (f"127.0.0.1:{_free_port()}", "no Ray cluster answers there (unavailable)")):
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, str(REPO / "raysearch" / "stage7.py"), "--quick", "--address", address,
+                            "--storage-path", str(tmp_path / "refused"),
+                            "--tracking-uri", f"sqlite:///{tmp_path / 'refused.db'}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        err = [line for line in p.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+        assert p.returncode == 2 and len(err) == 1 and f"--address {address}: {says}" in err[0], p.stderr[-3000:]
+        assert "created the tracking store" not in p.stderr  # refused before anything was made
+        assert time.monotonic() - t0 < 60
 
 
 @pytest.mark.realdata
@@ -602,3 +622,32 @@ def test_a_storage_that_fills_up_mid_search_ends_every_run_and_says_so(tmp_path,
     assert "no space left on the device" in out.strip().splitlines()[-1], out[-3000:]
     runs = store.all_runs()
     assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_gpu_its_torch_cannot_use_fails_the_trial_naming_the_node(tmp_path, caplog):
+    """A logical GPU (`ray.init(num_gpus=1)`) on this machine's CPU torch stands for a GPU node with
+    a CPU wheel or no driver: the driver names the node before the search, and the trial fails at
+    once saying why (was: it trained on the CPU and the stage exited 0 without a word)."""
+    import ray
+    import torch
+
+    from raysearch.cli.stage import stage_main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine's torch can use its GPU: nothing misconfigured to show")
+    store = Store(tmp_path)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    try:
+        with caplog.at_level("WARNING"):
+            rc = stage_main(2, ["--quick", "--res", "64", "--epochs", "1", "--bench-runs", "3",
+                                "--gpus-per-trial", "1", *store.args()])
+    finally:
+        ray.shutdown()
+    assert rc == 1
+    warned = [r.getMessage() for r in caplog.records if "torch cannot use its GPU" in r.getMessage()]
+    assert len(warned) == 1 and f"GPU node {socket.gethostname()}" in warned[0] and "built without CUDA" in warned[0]
+    (parent,) = store.parents("stage2")
+    (kid,) = store.children(parent.info.run_id)
+    assert kid.info.status == "FAILED" and "epochs_trained" not in kid.data.metrics
+    error = kid.data.tags["error"]
+    assert f"Ray gave this trial GPU 0 on node {socket.gethostname()}" in error and "a CPU wheel" in error, error
