@@ -13,6 +13,7 @@ from pathlib import Path
 import raysearch
 from raysearch.cli.options import logit_threshold, optimize_options, spec_from_args
 from raysearch.records import names as obj
+from raysearch.storage import write_atomic
 
 # Each command imports what it runs inside its function: torch, Ray, MLflow and Optuna stay out of
 # `raysearch --help` and of the commands that do not need them (a fraction of a second to start).
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "onnx": {"path": str(report.path), "size_bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff},
         "history": [h.to_dict() for h in result.history],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"{spec.name}: test IoU {test.iou:.4f} (onnxruntime, {test.n_images} images, best epoch "
           f"{result.best_epoch}/{len(result.history)}) -> {report.path}, {out / 'metrics.json'}")
     return 0

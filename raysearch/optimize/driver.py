@@ -304,7 +304,7 @@ def _conclude(client, opt: OptimizeOptions, name: str, run_id: str, rows_by_stag
                             preface=f"<h2>Optimization {name}</h2><pre>{html.escape(summary)}</pre>")
         client.log_artifacts(run_id, str(tmp))
         out = Path(local_root(s)) / "optimize" / f"{name}.html"
-        out.write_bytes(report.read_bytes())
+        write_atomic(out, report.read_bytes())
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in {
         "spent_s": spent, obj.EPOCHS_SPENT: epochs, "n_candidates": len(pool), "n_qualifying": len(quals)}.items()])

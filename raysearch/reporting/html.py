@@ -15,6 +15,7 @@ from raysearch.records.pareto import pareto_front
 from raysearch.records.results import Requirement, TrialRow
 from raysearch.reporting.plots import plot_front
 from raysearch.reporting.tables import front_table
+from raysearch.storage import write_atomic
 from raysearch.tracking.readback import candidates_of, interruption, search_hypervolume, searches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +79,7 @@ def write_html(client: "MlflowClient", experiment: str, out: str | Path, *, run_
                 parts.extend(_img(f, jpeg=True) for f in files[:overlays])
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "img{max-width:100%;display:block;margin:.5em 0}.warn{background:#fff3cd;padding:.6em}pre{background:#f6f6f6;padding:1em;overflow-x:auto}")
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>raysearch report</title>"
+    write_atomic(out, f"<!doctype html><html><head><meta charset='utf-8'><title>raysearch report</title>"
                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     return out
 

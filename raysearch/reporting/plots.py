@@ -7,6 +7,7 @@ imported only inside the functions.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from raysearch.records.names import IOU, LATENCY_MS
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import Requirement, finite, point_value
+from raysearch.storage import write_atomic
 
 
 def _fps_iou(rows: Sequence[Any]) -> list[tuple[float, float, Any]]:
@@ -40,10 +42,9 @@ def new_figure(width: float = 8.0, height: float = 5.5):
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    return write_atomic(path, buf.getvalue())  # a full disk leaves the old picture, not half of a new one
 
 
 def _padded(lo: float, hi: float, frac: float = 0.08, min_span: float = 1e-3) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from raysearch.records import names as obj
 from raysearch.records.names import FPS, IOU, LATENCY_MS, MACS, OBJECTIVES, PARAMS_TOTAL, Objective
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import Requirement, TrialRow, point_value
+from raysearch.storage import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -147,12 +149,13 @@ def write_front_csv(rows: Sequence[Any], path: str | Path, objectives: Sequence[
     rest = sorted(keys - set(fixed) - {"pareto"})
     columns = fixed + rest + ["pareto"]
     on_front = set(pareto_front(rows, objectives))
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for i, row in enumerate(flat):
-            cells = [_csv_cell(row.get(c)) for c in columns[:-1]]
-            writer.writerow([*cells, 1 if i in on_front else 0])
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for i, row in enumerate(flat):
+        cells = [_csv_cell(row.get(c)) for c in columns[:-1]]
+        writer.writerow([*cells, 1 if i in on_front else 0])
+    write_atomic(path, f.getvalue())
     return path
 
 

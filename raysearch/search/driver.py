@@ -296,6 +296,9 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # a trial's error is Ray Tune's to report (one line, `condense_trial_errors`); the tasks it
+    # abandons when a search stops would each print theirs again as an "Unhandled error" traceback
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):

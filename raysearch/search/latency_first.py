@@ -41,6 +41,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from raysearch.records import names as obj
+from raysearch.storage import write_atomic
 
 PRIOR_INTERCEPT = (0.5, 0.3)  # (mean, sd)
 PRIOR_KNOB = (0.0, 0.1)
@@ -183,8 +184,7 @@ class LatencyFirstSearch(Searcher):
                 self.observed[i] = iou
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        write_atomic(checkpoint_path, pickle.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -85,21 +85,32 @@ def quiet_worker_exits() -> bool:
 
 
 TUNE_CONTROLLER = "ray.tune.execution.tune_controller"  # the logger of "Trial task failed for trial ..."
+EXPERIMENT_STATE = "ray.tune.execution.experiment_state"  # "Saving experiment state ... failed" (a full disk)
 
 
-class _OneLineTrialErrors(logging.Filter):
+class _OneLineErrors(logging.Filter):
+    """A record with a traceback whose message starts with ``prefix`` as one line: its message, the
+    cause's type and first line (any other record is kept whole)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+        if record.exc_info and str(record.msg).startswith(self.prefix):
             exc = record.exc_info[1]
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the trial's own exception
             first = (str(cause).strip().splitlines() or [""])[0][:300]
-            record.msg = f"{record.getMessage()}: {type(cause).__name__}: {first}"
+            head = record.getMessage().rstrip().rstrip(":")
+            record.msg = f"{head}: {type(cause).__name__}: {first}"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 
 def condense_trial_errors() -> None:
-    """Ray Tune's "Trial task failed" record as one line (idempotent)."""
-    logger = logging.getLogger(TUNE_CONTROLLER)
-    if not any(isinstance(f, _OneLineTrialErrors) for f in logger.filters):
-        logger.addFilter(_OneLineTrialErrors())
+    """Ray Tune's "Trial task failed" and failed experiment-state saves as one line each
+    (idempotent); the tracebacks stay in the trial's error file and Ray's session logs."""
+    for name, prefix in ((TUNE_CONTROLLER, "Trial task failed"), (EXPERIMENT_STATE, "Saving experiment state")):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineErrors) for f in logger.filters):
+            logger.addFilter(_OneLineErrors(prefix))

@@ -11,6 +11,7 @@ epoch: ``resume=True`` continues from it).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from raysearch.data.dataset import SegDataset, seed_worker
 from raysearch.data.sources import SegSource
 from raysearch.models import ModelSpec, build_model
 from raysearch.records.names import BEST_WEIGHTS, LAST_WEIGHTS
+from raysearch.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,13 @@ class TrainResult:
     def summary(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
                 "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.seconds}
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """torch.save, whole or not at all: a resume never meets half a last.pt (a full disk, a kill)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def cuda_report() -> str:
@@ -214,13 +223,13 @@ def train(spec: ModelSpec, train_source: SegSource, val_source: SegSource, cfg: 
             best_loss, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if out:
-                torch.save({"spec": spec.to_dict(), "model": best_state, "epoch": best_epoch, "val_loss": val_loss},
-                           out / BEST_WEIGHTS)
+                save_checkpoint({"spec": spec.to_dict(), "model": best_state, "epoch": best_epoch,
+                                 "val_loss": val_loss}, out / BEST_WEIGHTS)
         history.append(m)
         if out:
-            torch.save({"spec": spec.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "best_epoch": best_epoch, "best_val_loss": best_loss,
-                        "history": [h.to_dict() for h in history]}, out / LAST_WEIGHTS)
+            save_checkpoint({"spec": spec.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "epoch": epoch + 1, "best_epoch": best_epoch, "best_val_loss": best_loss,
+                             "history": [h.to_dict() for h in history]}, out / LAST_WEIGHTS)
         bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_iou=f"{m.val_iou:.4f}")
         log.debug("epoch %d: %s", epoch + 1, json.dumps(m.to_dict()))
         if on_epoch is not None and on_epoch(m) is False:

@@ -83,7 +83,7 @@ def test_a_failed_trial_is_one_line_naming_the_cause():
     condense_trial_errors()
     condense_trial_errors()  # idempotent
     logger = logging.getLogger(TUNE_CONTROLLER)
-    assert len([f for f in logger.filters if type(f).__name__ == "_OneLineTrialErrors"]) == 1
+    assert len([f for f in logger.filters if type(f).__name__ == "_OneLineErrors"]) == 1
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import multiprocessing as mp
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from raysearch.search.replay.methods import BASELINE, METHODS, Method, default_label
 from raysearch.search.replay.table import Table, load
+from raysearch.storage import write_atomic
 
 CURVE_POINTS = 41  # budgets 0 .. the largest, evenly, for the anytime curves
 
@@ -257,7 +259,8 @@ def plot(cmp: Comparison, path: str | Path) -> Path:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"table {cmp.table} ({cmp.source} latency): mean +- standard error over {cmp.seeds} seeds")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    path = write_atomic(path, buf.getvalue())
     return path
