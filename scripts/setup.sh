@@ -25,4 +25,7 @@ fi
 # dependencies it never imports (xgboost, statsmodels, scikit-learn; see pyproject's [peers])
 python -c "import syne_tune" 2>/dev/null || pip install -q --no-deps "syne-tune==0.16.0" >> .venv/setup.log 2>&1 || {
   cat .venv/setup.log >&2; exit 1; }
+# matplotlib builds its font cache on first import ("Matplotlib is building the font cache"): here,
+# once, rather than in the middle of the first search's output
+python -c "import matplotlib.font_manager" > /dev/null 2>&1 || true
 echo "setup: done ($(python -c 'import torch, ray, mlflow, onnxruntime as o; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}, onnxruntime {o.__version__}")'))"

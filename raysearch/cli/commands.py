@@ -186,7 +186,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = write_html(client, args.experiment, args.out, run_id=args.run_id, optimization=args.optimization,
                      requirement=req, device_class=args.device_class)
     print(f"wrote {out}")
+    page = _interactive_front(client, args, req)
+    print(f"wrote {page} (interactive: every trial, the front, parallel coordinates; click a point for its "
+          "MLflow run)")
     return 0
+
+
+def _interactive_front(client, args: argparse.Namespace, req) -> Path:
+    from raysearch.reporting.interactive import run_url, ui_address, write_front_page
+    from raysearch.tracking.readback import row_from_run, searches
+
+    rows, urls = [], {}
+    ui = ui_address(client.tracking_uri)
+    for parent in searches(client, args.experiment, args.run_id, args.optimization):
+        kids = client.search_runs([parent.info.experiment_id], f"tags.`{obj.TAG_PARENT}` = '{parent.info.run_id}'")
+        for k in kids:
+            row = row_from_run(k, parent.info.run_name)
+            if args.device_class is None or row.device_class == args.device_class:
+                rows.append(row)
+                urls[row.run_id] = run_url(ui, k.info.experiment_id, row.run_id)
+    out = Path(args.front or Path(args.out).with_name(Path(args.out).stem + "-front.html"))
+    return write_front_page(rows, out, requirement=req, urls=urls,
+                            title=f"raysearch: experiment {args.experiment}, {len(rows)} trials")
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
@@ -234,25 +255,95 @@ def _bundle(client, row, args: argparse.Namespace) -> Path:
     return write_bundle(row, args.bundle, logit_threshold=threshold, provenance=provenance)
 
 
+DEFAULT_REPLAY_CACHE = "runs/replay-cache"  # under the working folder, as the tracking store's runs/mlflow.db
+
+
+def duration(seconds: float) -> str:
+    """A rough duration for people: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _replay_cache(args: argparse.Namespace, table: Path):
+    """The folder that keeps finished replays: --cache DIR, else runs/replay-cache; None with
+    --no-cache, or (a warning) where the default folder cannot be made."""
+    from raysearch.search.replay.compare import ReplayCache
+
+    if args.no_cache:
+        return None
+    if args.cache is not None:
+        return ReplayCache(args.cache, table)  # cannot be used: one line, before any replay
+    try:
+        Path(DEFAULT_REPLAY_CACHE).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only working folder, a file named runs: the replay goes on, keeping nothing
+        print(f"raysearch replay: warning: cannot keep replays in {DEFAULT_REPLAY_CACHE} ({e.strerror or e}); "
+              "going on without (--cache DIR: elsewhere)", file=sys.stderr)
+        return None
+    return ReplayCache(DEFAULT_REPLAY_CACHE, table)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a replay as Ctrl-C does: workers terminated, cache kept
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from tqdm.auto import tqdm
 
     from raysearch.search.replay.compare import compare, plot, text_table
-    from raysearch.search.replay.methods import METHOD_KEYS
+    from raysearch.search.replay.methods import DEFAULT_METHODS, Method, estimate_seconds, is_slow, select
     from raysearch.search.replay.table import load
 
     table = _table_path(args.table)
-    load(table).require_complete(args.latency_source)  # a bad or unfinished table: one line, before anything runs
-    methods = [METHOD_KEYS[k] for k in args.methods] if args.methods else list(METHOD_KEYS.values())
+    loaded = load(table)
+    loaded.require_complete(args.latency_source)  # a bad or unfinished table: one line, before anything runs
+    methods = select(args.methods) if args.methods else list(DEFAULT_METHODS)
     jobs = args.jobs or len(os.sched_getaffinity(0))
-    with tqdm(total=args.seeds * len(methods), desc=f"replaying {table.name}", unit="search",
-              disable=args.quiet, file=sys.stderr) as bar:
-        cmp = compare(table, methods=methods, seeds=args.seeds, source=args.latency_source, workers=args.workers,
-                      budgets=args.budgets, jobs=jobs, max_latency_ms=args.max_latency_ms,
-                      progress=lambda n, total: bar.update(n - bar.n), cache=args.cache)
-    summary = cmp.summary()
-    out = plot(cmp, args.plot or f"replay-{cmp.table}-{cmp.source}.png")
+    store = _replay_cache(args, table)
+    where = f" (finished replays are kept in {store.folder})" if store is not None else ""
+    counts = {"finished": 0, "to_run": 0}
+
+    def plan(replays: list[Method]) -> None:
+        counts["to_run"] = len(replays)
+        slow = [m for m in dict.fromkeys(replays) if is_slow(m)]
+        if slow:
+            n = len(loaded.configs)
+            print(f"raysearch replay: {len(replays)} replays to run on {min(jobs, max(1, len(replays)))} processes, "
+                  f"about {duration(estimate_seconds(replays, jobs, n))} (slow: "
+                  + ", ".join(f"{m.key} ~{duration(estimate_seconds([m], 1, n))} per seed" for m in slow)
+                  + f"; measured on table A on a 2-core machine){where}; Ctrl-C stops", file=sys.stderr)
+
+    def progress(n: int, total: int) -> None:
+        counts["finished"] = n
+        bar.update(n - bar.n)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    try:
+        with tqdm(total=args.seeds * len(methods), desc=f"replaying {table.name}", unit="search",
+                  disable=args.quiet, file=sys.stderr) as bar:
+            cmp = compare(table, methods=methods, seeds=args.seeds, source=args.latency_source, workers=args.workers,
+                          budgets=args.budgets, jobs=jobs, max_latency_ms=args.max_latency_ms, progress=progress,
+                          cache=store, plan=plan)
+        summary = cmp.summary()
+        out = plot(cmp, args.plot or f"replay-{cmp.table}-{cmp.source}.png")
+    except KeyboardInterrupt:
+        kept = (f"kept in {store.folder}, run the same command to continue" if store is not None
+                else "not kept (--no-cache)")
+        print(f"raysearch replay: interrupted; {counts['finished']} finished replays {kept}", file=sys.stderr)
+        return 130
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     summary["plot"] = str(out)
+    total = args.seeds * len(methods)
+    summary["cache"] = None if store is None else {"folder": str(store.folder), "read_back": total - counts["to_run"],
+                                                   "replayed": counts["to_run"]}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -260,6 +351,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
               f"workers, the grid = {cmp.grid_epochs} epochs")
         print(text_table(summary))
         print(f"wrote {out}")
+        if store is not None:
+            print(f"replays kept in {store.folder} ({total - counts['to_run']} of {total} read back from there; "
+                  "--no-cache: keep none)")
+        else:
+            print("replays not kept (--no-cache)")
     return 0
 
 

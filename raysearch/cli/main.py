@@ -47,8 +47,15 @@ MAX_REPLAY_SEEDS = 1000  # a replay's results are held in memory: 10^12 seeds gr
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raysearch.cli.commands import DEFAULT_REPLAY_CACHE, duration
     from raysearch.search.device_iou import DEFAULT_TOLERANCE
-    from raysearch.search.replay.methods import METHOD_KEYS
+    from raysearch.search.replay.methods import (
+        DEFAULT_METHODS,
+        METHOD_GROUPS,
+        METHOD_KEYS,
+        SLOW_METHODS,
+        seconds_per_seed,
+    )
 
     p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -135,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "overlays embedded) to send instead of an MLflow link.")
     add_mlflow_args(s)
     s.add_argument("--out", default="raysearch-report.html", help="HTML file to write (default %(default)s)")
+    s.add_argument("--front", metavar="HTML",
+                   help="the interactive page of every trial (plotly: hover for a configuration, click for its "
+                        "MLflow run, the requirement as sliders, parallel coordinates, which knob drives IoU and "
+                        "latency; default: beside --out, as NAME-front.html)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("pick", help="the candidates that meet the requirements, best first",
@@ -180,15 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=POSITIVE, default=4, help="parallel trials of the simulated cluster "
                                                                    "(default %(default)s)")
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
-    s.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS), metavar="METHOD",
-                   help="the methods to compare, of: " + ", ".join(METHOD_KEYS) + " (default: all)")
+    s.add_argument("--methods", nargs="+", choices=[*METHOD_KEYS, *METHOD_GROUPS], metavar="METHOD",
+                   help="the methods to compare (keys, or the groups 'default' and 'all'). Default: the fast "
+                        "ones, " + ", ".join(m.key for m in DEFAULT_METHODS) + " (a few minutes for 20 "
+                        "seeds of table A on 2 cores). Slow, on request (an estimate is printed first): "
+                        + ", ".join(f"{m.key} (~{duration(seconds_per_seed(m))} per seed on table A)"
+                                    for m in SLOW_METHODS) + "; e.g. --methods default gp, or --methods all")
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")
     s.add_argument("--jobs", type=POSITIVE, help="replays at once (default: one per CPU)")
     s.add_argument("--plot", help="the anytime-curve plot (default replay-TABLE-SOURCE.png)")
-    s.add_argument("--cache", metavar="DIR", help="keep every finished replay in DIR and reuse it: a stopped "
-                                                  "comparison resumes where it was (keyed by the table, method, "
-                                                  "seed, settings and the Optuna and Ray versions; clear DIR after "
-                                                  "changing the search code)")
+    kept = s.add_mutually_exclusive_group()
+    kept.add_argument("--cache", metavar="DIR", help="keep every finished replay in DIR and reuse it: a stopped "
+                                                     "comparison (Ctrl-C) resumes where it was (keyed by the table, "
+                                                     "method, seed, settings and the Optuna and Ray versions; clear "
+                                                     f"DIR after changing the search code; default {DEFAULT_REPLAY_CACHE})")
+    kept.add_argument("--no-cache", action="store_true", help="keep no replay and read none back")
     s.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_replay)
@@ -204,6 +221,7 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:  # the local benchd's per-upload lines are noise in a search's console (-v shows them)
         logging.getLogger("benchd").setLevel(logging.WARNING)
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
+        logging.getLogger("raysearch.training.export").setLevel(logging.WARNING)  # a line per export in a sweep
 
 
 def store_error(e: BaseException, uri: str | None) -> str | None:

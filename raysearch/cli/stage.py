@@ -41,6 +41,22 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
     return p
 
 
+def _print_savings(opts, stage: int, outcome) -> None:
+    """What the search saved against the whole grid (and its share of a grid trained before)."""
+    from mlflow.tracking import MlflowClient
+
+    from raysearch.reporting.savings import savings_lines
+
+    try:
+        lines = savings_lines(MlflowClient(opts.tracking.store()), outcome.parent_run_id, f"stage{stage}", outcome.rows,
+                              epochs_spent=outcome.epochs_spent, space_size=outcome.space_size, epochs=outcome.epochs,
+                              measured_first=outcome.measured_first, grid=outcome.grid)
+    except Exception as e:  # a summary must never turn a finished search into an error
+        log.warning("could not compare the search with its grid: %s", e)
+        return
+    print("\n".join(lines))
+
+
 def stage_main(stage: int, argv: list[str] | None = None) -> int:
     from raysearch.search.driver import preflight
     from raysearch.search.presets import preset
@@ -69,6 +85,8 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
         print(f"stage{stage}: interrupted; every open MLflow run was ended as KILLED. Continue with --resume.",
               file=sys.stderr)
         return 130
+    if opts.mode == "search" and stage != 1:
+        _print_savings(opts, stage, outcome)
     quals = outcome.qualifying(opts.requirement)
     if opts.requirement.constrained:
         print(f"{len(quals)} Pareto candidate(s) meet the requirements" if quals else

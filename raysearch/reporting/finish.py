@@ -18,6 +18,7 @@ from raysearch.records.pareto import (
 from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STATUSES, STOPPED, Requirement, TrialRow, candidates
 from raysearch.reporting.plots import plot_front, plot_hypervolume
 from raysearch.reporting.tables import front_table, write_front_csv
+from raysearch.tracking.ui import budget_line, experiment_link, method_line, set_note, ui_base
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -50,7 +51,8 @@ def stopped_near_front(rows: Sequence[TrialRow], front: Sequence[TrialRow]) -> s
 def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list[TrialRow], hv_history: list,
                   requirement: Requirement, hv_latency: float | None) -> tuple[list[TrialRow], float]:
     """Tag every child (Pareto-optimal, qualifies), log the front's figures and files on the
-    parent (front.csv, front.png, hypervolume.png, candidates.txt), print the table; returns
+    parent (front.csv, front.png, hypervolume.png, candidates.txt), write the parent's description
+    (`search_note`), print the table and where MLflow shows the trials; returns
     (the front, best IoU first; the final hypervolume). ``hv_latency``: the reference latency
     (None: the largest measured)."""
     from mlflow.entities import Metric
@@ -86,10 +88,59 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
             plot_hypervolume([(h[0], h[3] if len(h) > 3 else h[2]) for h in hv_history], tmp / "hypervolume.png")
         (tmp / "candidates.txt").write_text(table)
         client.log_artifacts(parent_id, str(tmp))
+        files = sorted(p.name for p in tmp.iterdir())
+    front.sort(key=lambda r: -(r.iou or 0.0))
+    parent = client.get_run(parent_id)
+    set_note(client, parent_id, search_note(parent, stage, rows, front, share, ref[LATENCY_MS.name], requirement, files))
     print(f"\n{stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {share:.3f} of the box "
           f"IoU 0..1 x latency 0..{ref[LATENCY_MS.name]:.3g} ms ({hv:.4g} IoU x ms)")
     print(table)
-    front.sort(key=lambda r: -(r.iou or 0.0))
+    uri = client.tracking_uri
+    print(f"in MLflow: {experiment_link(parent.info.experiment_id, ui_base(uri))}"
+          + ("" if uri.startswith(("http://", "https://")) else
+             f" (after `mlflow ui --backend-store-uri {uri} --workers 1`)"))
     return front, hv
+
+
+#: what each file `finish_search` logs on the parent shows
+ARTIFACTS = {"front.png": "IoU against frames per second, the front marked",
+             "hypervolume.png": "the front's hypervolume share as trials ended",
+             "front.csv": "every trial's figures", "candidates.txt": "the table printed at the end"}
+
+
+def search_note(parent, stage: str, rows: Sequence[TrialRow], front: Sequence[TrialRow], share: float,
+                ref_latency: float, requirement: Requirement, files: Sequence[str]) -> str:
+    """The parent run's description once its search has ended (markdown): how it searched, what it
+    spent, what became of its trials, its front, its hypervolume share and where its plots are."""
+    params, metrics = parent.data.params, parent.data.metrics
+    n = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
+    trained = len(candidates(list(rows)))
+    trials = (f"{len(rows)}: {trained} trained to the end, {n[STOPPED]} stopped early by the scheduler, "
+              f"{n[PRUNED]} pruned by latency before training"
+              + (f", {n[DUPLICATE]} repeated configurations (not retrained)" if n[DUPLICATE] else "")
+              + (f", {n[FAILED]} failed" if n[FAILED] else ""))
+    lines = [f"**raysearch search `{parent.info.run_name}`** ({stage}), ended "
+             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}.", "",
+             f"- Method: {method_line(params)}",
+             f"- Budget: {budget_line(params, metrics.get(obj.EPOCHS_SPENT))}",
+             f"- Trials: {trials}",
+             f"- Hypervolume: {share:.3f} of the box IoU 0..1 x latency 0..{ref_latency:.3g} ms "
+             f"(`{obj.FINAL_HYPERVOLUME_NORMALIZED}`)", ""]
+    if front:
+        need = requirement.constrained
+        lines += [f"**Pareto front** ({len(front)}, best IoU first; the child runs tagged `{obj.TAG_PARETO}`)", "",
+                  "| trial | IoU | latency (ms) |" + (" meets the requirement |" if need else ""),
+                  "|---|---:|---:|" + ("---|" if need else "")]
+        for r in front:
+            lines.append(f"| {r.name} | {r.iou if r.iou is not None else float('nan'):.4f} | "
+                         f"{r.latency_ms if r.latency_ms is not None else float('nan'):.3g} |"
+                         + ((" yes |" if requirement.qualifies(r) else " no |") if need else ""))
+    else:
+        lines.append("**Pareto front**: empty (no trial was trained to the end).")
+    lines += ["", "**Plots and files** (this run's artifacts): "
+              + "; ".join(f"`{f}` ({ARTIFACTS[f]})" if f in ARTIFACTS else f"`{f}`" for f in files) + ".",
+              "", f"[Every trial, best IoU first, with IoU, latency and the Pareto flag]"
+                  f"({experiment_link(parent.info.experiment_id)})"]
+    return "\n".join(lines)
 
 

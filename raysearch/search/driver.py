@@ -248,6 +248,10 @@ class SearchOutcome:
     hypervolume: float
     errors: int = 0
     epochs_spent: int = 0  # training epochs of every trial together
+    space_size: int = 0  # configurations in the space searched
+    epochs: int = 0  # epochs of a trial trained to the end
+    measured_first: int = 0  # configurations whose latency was measured before any training (latency-first)
+    grid: str = ""  # the space as the parent's "grid" param (JSON): what finds the same grid's search
 
     def qualifying(self, requirement: Requirement) -> list[TrialRow]:
         return [r for r in self.front if requirement.qualifies(r)]
@@ -301,6 +305,8 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if ray.is_initialized():
         return
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a Ray of our own: its token warning is not news
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     elif reservation is not None:
@@ -522,6 +528,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
 
     from raysearch.data import prepare_data
     from raysearch.reporting.finish import finish_search
+    from raysearch.reporting.interactive import search_page
     from raysearch.tracking.callback import WRITE_ERRORS, SearchTracker
     from raysearch.tracking.runs import open_parent
 
@@ -572,7 +579,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
                         **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking.store(), exp_id, parent_id, stage, state_path, settings.spec_for,
-                                    hv_latency, planned_trials(space, opts))
+                                    hv_latency, planned_trials(space, opts), on_trial_end=search_page)
             trainable = tune.with_resources(tune.with_parameters(req.trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cluster.cpus_per_trial, "gpu": gpus})
             latencies = None
@@ -615,12 +622,15 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             log.warning("could not remove %s: %s", settings.trial_state, e)
         rows = list(tracker.state.finals.values())
         front, hv = finish_search(client, parent_id, stage, rows, tracker.state.hv_history, opts.requirement, hv_latency)
+        if (page := search_page(tracker, live=False)) is not None:  # self-contained now: the parent's artifact
+            client.log_artifact(parent_id, str(page))
         if errors:
             client.set_tag(parent_id, obj.TAG_TRIAL_ERRORS, str(errors))
         if not req.keep_parent_open:
             client.set_terminated(parent_id, "FINISHED")
         log.info("%s: %d trials, %d errors, %.0f s", name, len(rows), errors, time.time() - t0)
-        return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.state.epochs_spent)
+        return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.state.epochs_spent, space.size(),
+                             epochs, len(latencies or {}), json.dumps(space.grid))
 
 
 class _Deadline:
@@ -771,6 +781,11 @@ def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, 
            exp_path: str, tracker: SearchTracker, scheduler_state: Path, latencies: dict[str, float] | None) -> Tuner:
     if not opts.verbose:  # the concise view: a failed trial in one line (its traceback in its error file)
         condense_trial_errors()
+        # Ray Tune's newer console output prints a configuration box, the experiment's folder and a
+        # TensorBoard hint into Ray's temporary session even at verbose=0; its classic one is silent there
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    else:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         restored: Tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)

@@ -75,8 +75,10 @@ class SearchTracker(Callback):
 
     def __init__(self, tracking: str, experiment_id: str, parent_run_id: str, stage: str,
                  state_path: Path, to_spec: Callable[[dict], ModelSpec], hv_latency: float | None,
-                 expected_trials: int = 0) -> None:
-        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency, expected_trials)
+                 expected_trials: int = 0, on_trial_end: Callable[[SearchTracker], Any] | None = None) -> None:
+        self._args = (tracking, experiment_id, parent_run_id, stage, state_path, to_spec, hv_latency, expected_trials,
+                      on_trial_end)
+        self.on_trial_end = on_trial_end  # a module-level function (pickled by name, as Ray Tune pickles this)
         self.expected_trials = expected_trials  # the grid's points or --num-samples
         self.client = MlflowClient(tracking)
         self.experiment_id = experiment_id
@@ -85,6 +87,7 @@ class SearchTracker(Callback):
         self.state.parent = parent_run_id
         self.state.ended = False  # on_experiment_end ran: every trial concluded (not interrupted)
         self._last_status = time.time()
+        self.page_announced = False  # the live view's address was printed
 
     # ---- state ---------------------------------------------------------------------------
     # Ray Tune pickles callbacks into its experiment state and `Tuner.restore` brings back that
@@ -222,6 +225,8 @@ class SearchTracker(Callback):
         print(progress_line(row, stopped_at), flush=True)
         self._log_hypervolume()
         self._save()
+        if self.on_trial_end is not None:  # the search's live view (its interactive front)
+            self.on_trial_end(self)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_for(trial)
@@ -248,8 +253,9 @@ class SearchTracker(Callback):
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-        cands = candidates(list(self.state.finals.values()))
-        best = max(cands, key=lambda r: r.iou if r.iou is not None else -math.inf, default=None)
+        # a repeated (reused) configuration's figures are a trained model's too: the best may be one
+        finished = [r for r in self.state.finals.values() if r.status in (TRAINED, DUPLICATE) and r.iou is not None]
+        best = max(finished, key=lambda r: r.iou if r.iou is not None else -math.inf, default=None)
         print(f"[{self.stage}] " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
               + f"; {self.state.epochs_spent} epochs trained"
               + (f"; best IoU {best.iou:.4f} ({best.name}, {best.latency_ms:.3g} ms)" if best else ""), flush=True)

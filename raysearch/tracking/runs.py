@@ -18,6 +18,9 @@ from mlflow.tracking import MlflowClient
 from raysearch.records import names as obj
 from raysearch.records.results import TrialRow
 from raysearch.storage import write_atomic
+from raysearch.tracking import ui
+from raysearch.tracking.relocate import artifact_root, follow_moved_store
+from raysearch.tracking.store import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +40,35 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def ensure_experiment(client: MlflowClient, experiment: str, uri: str) -> str:
-    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD)."""
+    """The experiment's id, creating it (artifacts beside a SQLite database, not in the CWD), with
+    what the MLflow UI needs to show it as model training (`ui.settle_experiment`; an experiment of
+    an older store gets it too). A SQLite store that was moved or copied with its artifacts
+    reads and writes them in its new folder from here on (`relocate.follow_moved_store`)."""
+    from mlflow.exceptions import MlflowException
+
+    for line in follow_moved_store(uri):
+        log.warning("%s", line)
     exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifacts)
+    if exp is None:
+        db = sqlite_path(uri)
+        try:
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_root(db) if db else None,
+                                              tags={ui.KIND_TAG: ui.EXPERIMENT_KIND})
+            tags = {ui.KIND_TAG: ui.EXPERIMENT_KIND}
+        except MlflowException:  # another process created it meanwhile
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            exp_id, tags = exp.experiment_id, dict(exp.tags)
+    else:
+        exp_id, tags = exp.experiment_id, dict(exp.tags)
+    ui.settle_experiment(client, exp_id, tags)
+    return exp_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     """Params as MLflow shows them: lists and dicts as JSON, the rest as text; None left out."""
-    client.log_batch(run_id, params=[Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                                     for k, v in params.items() if v is not None])
+    client.log_batch(run_id, params=[Param(k, ui.param_text(v)) for k, v in params.items() if v is not None])
 
 
 def run_in_store(client: MlflowClient, run_id: str | None) -> bool:
@@ -102,7 +120,8 @@ class SearchState:
 
 def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Path, run_name: str, tags: dict,
                 params: dict) -> tuple[str, str]:
-    """(experiment id, parent run id): the saved parent on resume, else a new run."""
+    """(experiment id, parent run id): the saved parent on resume, else a new run; its description
+    (``mlflow.note.content``) says what the search is, until `finish_search` sums it up."""
     exp_id = ensure_experiment(client, experiment, uri)
     driver = {obj.TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", obj.TAG_COMMAND: command_line()}
     if state_path.is_file():
@@ -116,10 +135,12 @@ def open_parent(client: MlflowClient, experiment: str, uri: str, state_path: Pat
             client.set_tag(parent, obj.TAG_RESUMED, "true")
             for key, value in driver.items():
                 client.set_tag(parent, key, value)
+            ui.set_note(client, parent, ui.opening_note(run_name, tags, params, resumed=True))
         return exp_id, parent
     run = client.create_run(exp_id, run_name=run_name, tags={**tags, **driver})
     with ended_if_interrupted(client, run.info.run_id):
         log_params(client, run.info.run_id, params)
+        ui.set_note(client, run.info.run_id, ui.opening_note(run_name, tags, params))
     return exp_id, run.info.run_id
 
 

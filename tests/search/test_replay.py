@@ -7,14 +7,31 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from raysearch.search.driver import SearchOptions
 from raysearch.search.replay.compare import p_greater, standard_error
-from raysearch.search.replay.methods import BASELINE, METHOD_KEYS
+from raysearch.search.replay.methods import (
+    BASELINE,
+    DEFAULT_METHODS,
+    METHOD_GROUPS,
+    METHOD_KEYS,
+    METHODS,
+    SECONDS_PER_SEED,
+    SLOW_METHODS,
+    SLOW_SECONDS,
+    estimate_seconds,
+    is_slow,
+    select,
+)
 from raysearch.search.replay.simulator import grid_hypervolume, simulate
 from raysearch.search.replay.table import TableError, load
 from raysearch.search.scheduler import FRONT_MIN_FINISHED
@@ -219,8 +236,10 @@ def test_unreadable_and_incomplete_tables(tmp_path):
 
 
 # ---- the command line ------------------------------------------------------------------------
-def _raysearch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raysearch.cli", *args], capture_output=True, text=True, timeout=600)
+def _raysearch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`raysearch ARGS`; in ``cwd`` (a test's tmp_path: the default cache runs/replay-cache is made there)."""
+    return subprocess.run([sys.executable, "-m", "raysearch.cli", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
 
 
 def test_replay_command_prints_the_json_document_and_writes_the_plot(tmp_path):
@@ -229,7 +248,7 @@ def test_replay_command_prints_the_json_document_and_writes_the_plot(tmp_path):
     table = make_table(tmp_path / "t.jsonl.gz", points, epochs=2)
     plot = tmp_path / "curves.png"
     p = _raysearch("replay", "--table", str(table), "--seeds", "3", "--budgets", "0.25", "0.5", "--methods",
-                   "random", "latency-first-front", "--jobs", "1", "--plot", str(plot), "--json", "-q")
+                   "random", "latency-first-front", "--jobs", "1", "--plot", str(plot), "--json", "-q", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)
     assert doc["seeds"] == 3 and doc["grid_epochs"] == 12 and doc["latency_source"] == "host"
@@ -242,12 +261,12 @@ def test_replay_command_prints_the_json_document_and_writes_the_plot(tmp_path):
 
 
 def test_replay_command_refuses_bad_input_in_one_line(tmp_path):
-    p = _raysearch("replay", "--table", str(tmp_path / "nope.jsonl"))
+    p = _raysearch("replay", "--table", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert p.returncode == 2 and "no such table file" in p.stderr and "Traceback" not in p.stderr
     _write(tmp_path / "bad.jsonl", [META, CONFIG, {**RUN, "test_iou": 2}])
-    p = _raysearch("replay", "--table", str(tmp_path / "bad.jsonl"))
+    p = _raysearch("replay", "--table", str(tmp_path / "bad.jsonl"), cwd=tmp_path)
     assert p.returncode == 2 and "line 3: 'test_iou' is 2" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = _raysearch("replay", "--table", str(tmp_path / "bad.jsonl"), "--budgets", "1.5")
+    p = _raysearch("replay", "--table", str(tmp_path / "bad.jsonl"), "--budgets", "1.5", cwd=tmp_path)
     assert p.returncode == 2 and "'1.5' is not a budget" in p.stderr
 
 
@@ -273,7 +292,10 @@ def test_the_command_line_offers_every_method_and_names_the_default():
 
     replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
     methods = next(a for a in replay._actions if a.dest == "methods")
-    assert sorted(methods.choices) == sorted(METHOD_KEYS)
+    assert sorted(methods.choices) == sorted([*METHOD_KEYS, *METHOD_GROUPS])
+    for m in METHODS:  # --help says which are in the default set and which are slow
+        assert m.key in methods.help
+    assert all(m.key in methods.help.split("Slow")[1] for m in SLOW_METHODS)
     assert default_label() == "latency-first + front stopping"  # --mode search default
 
 
@@ -311,3 +333,150 @@ def test_the_recorded_tables_are_found_by_name(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads(p.stdout)
     assert doc["table"] == "B" and doc["grid_epochs"] == 3240 and doc["seeds"] == 1
+
+
+# ---- what runs by default, how long, and stopping it ------------------------------------------------
+def test_the_default_methods_are_the_fast_ones_and_the_slow_ones_come_on_request():
+    slow = {m.key for m in METHODS if is_slow(m)}
+    assert {m.key for m in METHODS if m.sampler == "gp"} <= slow  # a GP refit per proposal: minutes a seed
+    assert slow == {k for k, s in SECONDS_PER_SEED.items() if s > SLOW_SECONDS} | {m.key for m in METHODS
+                                                                                   if m.sampler == "gp"}
+    assert set(SECONDS_PER_SEED) == set(METHOD_KEYS)  # every method measured
+    assert slow and {m.key for m in DEFAULT_METHODS} == set(METHOD_KEYS) - slow
+    assert [m.key for m in SLOW_METHODS] == [m.key for m in METHODS if m.key in slow]
+    assert default_label_in(DEFAULT_METHODS)  # what --mode search runs is always compared
+    assert select(["all"]) == list(METHODS) and select(["default"]) == list(DEFAULT_METHODS)
+    first_slow = SLOW_METHODS[0]
+    assert select([first_slow.key, "default", first_slow.key]) == [first_slow, *DEFAULT_METHODS]
+    with pytest.raises(ValueError, match="--methods nope: no such method"):
+        select(["nope"])
+    # the estimate: cores' seconds shared by the jobs, never under the longest replay, larger tables longer
+    one = SECONDS_PER_SEED[first_slow.key]
+    assert estimate_seconds([first_slow] * 4, jobs=2) == pytest.approx(2 * one)
+    assert estimate_seconds([first_slow], jobs=8) == pytest.approx(one)
+    assert estimate_seconds([first_slow], jobs=1, configs=72) == pytest.approx(4 * one)
+    assert estimate_seconds([], jobs=2) == 0
+
+
+def default_label_in(methods) -> bool:
+    from raysearch.search.replay.methods import default_label
+
+    return default_label(methods) == default_label()
+
+
+def _six_points() -> dict:
+    return {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
+            for a in (0.125, 0.25, 0.5) for res in (64, 96)}
+
+
+def test_replay_keeps_finished_replays_in_runs_by_default(tmp_path):
+    """No --methods: the default set; no --cache: runs/replay-cache under the working folder, said in
+    the output; --no-cache: nothing kept."""
+    table = make_table(tmp_path / "t.jsonl", _six_points(), epochs=2)
+    args = ("replay", "--table", str(table), "--seeds", "1", "--budgets", "0.5", "--jobs", "1", "--json", "-q")
+    p = _raysearch(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(p.stdout)
+    assert set(doc["methods"]) == {m.label for m in DEFAULT_METHODS}
+    assert doc["cache"] == {"folder": "runs/replay-cache", "read_back": 0, "replayed": len(DEFAULT_METHODS)}
+    kept = sorted((tmp_path / "runs" / "replay-cache").glob("*.json"))
+    assert len(kept) == len(DEFAULT_METHODS) and {f.name.split("-seed0-")[0] for f in kept} == set(
+        m.key for m in DEFAULT_METHODS)
+    p = _raysearch(*args[:-2], "-q", cwd=tmp_path)  # the text output says where, and reads all of it back
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"replays kept in runs/replay-cache ({len(DEFAULT_METHODS)} of {len(DEFAULT_METHODS)} read back" in p.stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    p = _raysearch(*args, "--no-cache", cwd=other)
+    assert p.returncode == 0 and json.loads(p.stdout)["cache"] is None and not (other / "runs").exists()
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            found[int(d.name)] = (int(ppid), state)
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    procs = _processes()
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _) in procs.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pids: set[int]) -> set[int]:
+    procs = _processes()
+    return {p for p in pids if p in procs and procs[p][1] not in "ZX"}  # a zombie has ended
+
+
+def _seeds_kept(cache: Path) -> set[int]:
+    return {int(re.search(r"-seed(\d+)-", f.name).group(1)) for f in cache.glob("*.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_replay_stops_in_seconds_leaves_no_process_and_resumes(tmp_path, how):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (to the process, as
+    `kill` sends it) while several worker processes replay: exit 130 within seconds with one line,
+    no process of it left, every finished replay in the cache, and the same command reads them
+    back instead of replaying them."""
+    table = make_table(tmp_path / "t.jsonl", _six_points(), epochs=2)
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "raysearch.cli", "replay", "--table", str(table), "--budgets", "0.5",
+           "--methods", "tpe-asha", "--jobs", "3", "--cache", str(cache), "--json", "-q", "--seeds"]
+    p = subprocess.Popen([*cmd, "1000"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while len(seen) < 3 or len(list(cache.glob("*.json"))) < 3:  # its workers up, replays finishing
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
+            seen |= _descendants(p.pid)
+            time.sleep(0.2)
+        seen |= _descendants(p.pid)
+        if how == "ctrl-c":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, err = p.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err[-3000:]
+    assert took < 10, took
+    line = re.fullmatch(r"raysearch replay: interrupted; (\d+) finished replays kept in (.+), run the same command "
+                        r"to continue", err.strip())
+    assert line and Path(line[2]) == cache, err[-3000:]
+    assert out == ""
+    deadline = time.monotonic() + 5  # the resource tracker ends once its pipe closes
+    while _running(seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(seen), [Path(f"/proc/{q}/cmdline").read_bytes() for q in _running(seen)]
+    kept = sorted(cache.glob("*.json"))
+    # the count and the files may differ by the one replay being written when the signal came
+    assert len(kept) - 1 <= int(line[1]) <= len(kept) and len(kept) < 1000
+    assert all(json.loads(f.read_text())["trials"] > 0 for f in kept)  # whole files, nothing torn
+    assert not [f for f in cache.iterdir() if not f.name.endswith(".json")]  # no temporary file left behind
+    # the same command resumes: up to the first seed missing, everything is read back, one replayed
+    missing = min(set(range(1000)) - _seeds_kept(cache))
+    mtimes = {f: f.stat().st_mtime_ns for f in kept}
+    again = subprocess.run([*cmd, str(missing + 1)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["cache"] == {"folder": str(cache), "read_back": missing, "replayed": 1}
+    assert {f: f.stat().st_mtime_ns for f in kept} == mtimes

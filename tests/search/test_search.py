@@ -101,10 +101,39 @@ def test_stage2_grid_logs_everything(stage2):
         epochs = store.client.get_metric_history(k.info.run_id, "val_loss")
         assert [e.step for e in epochs][:2] == [1, 2]
     assert any(k.data.tags["pareto_optimal"] == "true" for k in kids)
-    assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} >= {"front.csv", "front.png",
-                                                                                 "hypervolume.png", "candidates.txt"}
+    assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} >= {
+        "front.csv", "front.png", "hypervolume.png", "candidates.txt", "front.html"}
+    live = [line for line in out.stdout.splitlines() if "live front: " in line]  # said once, where it is
+    assert len(live) == 1 and live[0].split("live front: ")[1].split(" (")[0].endswith("front.html")
     hv = store.client.get_metric_history(parent.info.run_id, "hypervolume")
     assert [h.step for h in hv] == [1, 2] and hv[1].value >= hv[0].value  # logged after every trial, grows
+
+
+def test_the_python_api_reads_a_search_as_dataframes(stage2):
+    """`raysearch.results` (the README's "Results in Python") on the real stage-2 search."""
+    from raysearch.records import names as obj
+    from raysearch.results import load_searches, load_trials, pick
+
+    store, _ = stage2
+    (parent,) = store.parents("stage2")
+    searches = load_searches(tracking_uri=store.uri)
+    row = searches[searches.run_id == parent.info.run_id].iloc[0]
+    assert (row["name"], row.stage, row["mode"], row.status) == (parent.info.run_name, "stage2", "grid", "FINISHED")
+    assert row.hypervolume_share == parent.data.metrics[obj.FINAL_HYPERVOLUME_NORMALIZED]
+    trials = load_trials(parent.info.run_name, tracking_uri=store.uri)
+    kids = {k.info.run_id: k for k in store.children(parent.info.run_id)}
+    assert sorted(trials.run_id) == sorted(kids) and list(trials.columns[:8]) == [
+        "search", "stage", "name", "run_id", "status", "iou", "latency_ms", "pareto"]
+    for t in trials.itertuples():
+        k = kids[t.run_id]
+        assert (t.iou, t.latency_ms, t.fps) == (k.data.metrics["iou"], k.data.metrics["latency_ms"], k.data.metrics["fps"])
+        assert t.pareto == (k.data.tags["pareto_optimal"] == "true") and t.status == "trained"
+        assert (t.input_size, t.a, t.arch) == (int(k.data.params["input_size"]), float(k.data.params["a"]), "fastscnn")
+    picked = pick(search=parent.info.run_id, tracking_uri=store.uri)
+    assert {p.run_id for p in picked} == set(trials[trials.pareto].run_id)
+    assert all(Path(p.onnx or "").is_file() for p in picked)
+    with pytest.raises(ValueError, match="no search named 'nope' in experiment 'raysearch'"):
+        load_trials("nope", tracking_uri=store.uri)
 
 
 def test_stage7_crosses_the_stage2_front(stage2):
@@ -162,6 +191,9 @@ def test_every_sampler_runs_a_real_search(tmp_path, sampler):
     assert float(parent.data.params["front_margin"]) == FRONT_MARGIN
     if sampler == "latency-first":  # the 3 configurations' latencies before any training, each trained once
         assert "latency sweep: 3 configurations" in out.stdout + out.stderr
+        console = out.stdout + out.stderr  # only what matters: no Ray box, TensorBoard hint, token warning
+        for noise in ("Configuration for experiment", "TensorBoard", "Token authentication", "exported fastscnn"):
+            assert noise not in console, console[-3000:]
         assert len({k.data.tags["raysearch.spec"] for k in kids}) == 3
 
 
@@ -651,3 +683,27 @@ def test_a_gpu_its_torch_cannot_use_fails_the_trial_naming_the_node(tmp_path, ca
     assert kid.info.status == "FAILED" and "epochs_trained" not in kid.data.metrics
     error = kid.data.tags["error"]
     assert f"Ray gave this trial GPU 0 on node {socket.gethostname()}" in error and "a CPU wheel" in error, error
+
+
+def test_the_quickstart_search_says_what_it_saved_against_the_grid(tmp_path):
+    """The main job (scripts/quickstart.sh: stage 7's default search) at a tiny scale: the search's
+    savings, then - once the grid of the same space ran in the store - its share of the grid's
+    hypervolume."""
+    script = (REPO / "scripts" / "quickstart.sh").read_text()
+    line = next(x for x in script.splitlines() if x.startswith("python raysearch/stage7.py"))
+    args = line.split()[2:-1]  # the quickstart's own flags, without "$@"
+    assert "--mode" in args and args[args.index("--mode") + 1] == "search"
+    store = Store(tmp_path)
+    tiny = ["--res", "64", "--epochs", "1", "--bench-runs", "3"]
+    first = store.stage(7, *args, *tiny)
+    assert "saved: " in first.stdout and "of the 3 a grid of these 3 configurations takes" in first.stdout
+    assert "the whole grid was not trained in this store" in first.stdout
+    store.stage(7, "--quick", "--mode", "grid", *tiny)
+    second = store.stage(7, *args, *tiny, "--num-samples", "2")
+    assert "saved: 2 epochs trained of the 3" in second.stdout, second.stdout[-3000:]
+    reach = [x for x in second.stdout.splitlines() if "of the hypervolume of the grid search stage7-grid-" in x]
+    assert len(reach) == 1, second.stdout[-3000:]
+    share = float(reach[0].split("its front reaches ")[1].split("%")[0]) / 100
+    # 2 of the grid's 3 configurations, trained and measured again: near the grid, and above it when
+    # this run's IoU or latency came out better (1 epoch of training, sub-millisecond latencies)
+    assert 0.0 < share < 2.0

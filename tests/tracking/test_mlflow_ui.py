@@ -3,6 +3,10 @@
 compare view of the search's trials rendered by a real headless Chromium (Debian's `chromium`). The
 assertions read the page the browser rendered (cells of its tables), never the URL or the API.
 
+A new user's browser (nothing in its localStorage) following the link the search printed lands in the
+model-training view, on the trials with IoU, latency and the Pareto flag as columns; the parent run's
+page shows the search's summary as its description.
+
 A screenshot of the compare view is saved under the test's tmp folder; with RAYSEARCH_UPDATE_SCREENSHOT=1
 (or when the file is missing) it also refreshes docs/mlflow-compare.png, the picture the README shows.
 """
@@ -24,6 +28,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+from raysearch.tracking import ui
 from tests.helpers import REPO
 from tests.helpers.browser import CHROMIUM, Browser
 
@@ -85,7 +90,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def search(server, tmp_path_factory):
-    """A quick stage-2 grid (two input sizes, one epoch) logged to the server; its experiment, parent, trials."""
+    """A quick stage-2 grid (two input sizes, one epoch) logged to the server; its experiment, parent,
+    trials and what it printed."""
     root = tmp_path_factory.mktemp("search")
     p = subprocess.run([sys.executable, str(REPO / "raysearch" / "stage2.py"), "--quick", "--res", "96", "64",
                         "--epochs", "1", "--bench-runs", "5", "--storage-path", str(root / "ray"),
@@ -96,7 +102,7 @@ def search(server, tmp_path_factory):
     (parent,) = client.search_runs([exp.experiment_id], "tags.stage = 'stage2' and tags.mode != ''")
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(kids) == 2 and all(set(METRICS) <= k.data.metrics.keys() for k in kids)
-    return exp, parent, kids
+    return exp, parent, kids, p.stdout
 
 
 def _browser(experiment_id: str, **kw) -> Browser:
@@ -186,7 +192,7 @@ COMPARE_JS = r"""(() => {
 
 
 def test_experiment_page_lists_the_trials_with_params_and_metrics(server, search, tmp_path):
-    exp, parent, kids = search
+    exp, parent, kids, _ = search
     eid = exp.experiment_id
     with _browser(eid, log=tmp_path / "chromium.log") as b:
         # the experiment as MLflow links it: the search's parent run (its trials are folded under it)
@@ -217,7 +223,7 @@ def test_experiment_page_lists_the_trials_with_params_and_metrics(server, search
 
 
 def test_compare_view_shows_the_trials_side_by_side(server, search, tmp_path):
-    exp, _, kids = search
+    exp, _, kids, _ = search
     ids = [k.info.run_id for k in sorted(kids, key=lambda k: -k.data.metrics["iou"])]  # best first
     url = (f"{server}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
            f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
@@ -249,3 +255,70 @@ def test_compare_view_shows_the_trials_side_by_side(server, search, tmp_path):
     if os.environ.get("RAYSEARCH_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+# what only the GenAI view shows (its overview's panels, its pop-up, its sidebar); the model-training
+# view shows none of it (its sidebar: Runs, Models, Traces)
+GENAI_TEXT = ("Detect Issues", "Tool calls", "Judges", "Agent versions", "Sessions", "No data available")
+# the runs table's header: column id -> its left edge, and whether "Model training" is the chosen workflow
+HEADER_JS = r"""(() => ({
+  columns: Object.fromEntries(Array.from(document.querySelectorAll('.ag-header-cell[col-id]'))
+    .map(e => [e.getAttribute('col-id'), Math.round(e.getBoundingClientRect().left)])),
+  width: window.innerWidth,
+}))()"""
+
+
+def test_the_printed_link_opens_the_trials_in_the_training_view(server, search, tmp_path):
+    """A new user (an empty browser profile) clicks the link the search printed."""
+    exp, parent, kids, out = search
+    link = ui.experiment_link(exp.experiment_id, server)
+    assert f"in MLflow: {link}" in out
+    iou, lat, pareto = "metrics.`iou`", "metrics.`latency_ms`", "tags.`pareto_optimal`"
+    t0 = time.monotonic()
+    with Browser(width=1600, height=1000, log=tmp_path / "chromium.log") as b:
+        # the experiment as MLflow links it lands in the GenAI view; its description leads to the trials
+        b.goto(f"{server}/#/experiments/{exp.experiment_id}")
+        b.wait_for("Array.from(document.querySelectorAll('a[href*=viewStateShareKey]')).map(a => a.href)",
+                   lambda v: bool(v), timeout=90, what="the experiment description's link to the trials")
+        b.goto(link)
+        want = {k.info.run_id for k in kids}
+
+        def shown(rows: dict) -> bool:  # every trial's row (not folded under its parent), IoU and latency filled
+            return want <= rows.keys() and all({iou, lat, pareto} <= rows[r].keys() for r in want)
+
+        rows = b.wait_for(RUNS_TABLE_JS, shown, timeout=90, what="the trials' rows with IoU, latency, Pareto flag")
+        text = b.text()
+        header = b.evaluate(HEADER_JS)
+        b.screenshot(tmp_path / "trials.png")
+    print(f"trials view: {time.monotonic() - t0:.1f} s")
+    assert "Model training" in text and "Runs" in text
+    assert not [t for t in GENAI_TEXT if t in text], [t for t in GENAI_TEXT if t in text]
+    assert ui.VIEW_NAME in text  # the saved view is the one applied
+    cols = header["columns"]
+    assert cols[iou] < cols[lat] < cols[pareto] < header["width"] - 300, cols  # first, on screen
+    for k in kids:
+        row = rows[k.info.run_id]
+        assert float(row[iou]) == pytest.approx(k.data.metrics["iou"], rel=1e-12)
+        assert float(row[lat]) == pytest.approx(k.data.metrics["latency_ms"], rel=1e-12)
+        assert row[pareto] == k.data.tags["pareto_optimal"]
+    by_iou = [k.info.run_id for k in sorted(kids, key=lambda k: -k.data.metrics["iou"])]
+    assert [rows[r]["index"] for r in by_iou] == sorted(rows[r]["index"] for r in by_iou)  # best IoU first
+    assert rows[parent.info.run_id]["index"] > max(rows[r]["index"] for r in by_iou)  # the parent: no IoU, last
+
+
+def test_the_parent_run_shows_the_search_summary(server, search, tmp_path):
+    exp, parent, kids, _ = search
+    front = [k for k in kids if k.data.tags.get("pareto_optimal") == "true"]
+    assert front
+    with Browser(width=1400, height=1400, log=tmp_path / "chromium.log") as b:
+        b.goto(f"{server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
+        text = b.wait_for_text(lambda t: "Pareto front" in t and "Hypervolume" in t, timeout=90,
+                               what="the parent's description")
+        b.screenshot(tmp_path / "parent.png")
+    assert f"raysearch search {parent.info.run_name}" in text
+    assert "Method: grid" in text and "1 epoch per trial" in text and "Trials: 2: " in text
+    for k in front:  # each member of the front with its IoU and latency, as a table row
+        assert any(k.info.run_name in line and f"{k.data.metrics['iou']:.4f}" in line
+                   and f"{k.data.metrics['latency_ms']:.3g}" in line for line in text.splitlines()), text
+    for f in ("front.png", "front.csv", "candidates.txt"):
+        assert f in text

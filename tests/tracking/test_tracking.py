@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from mlflow.entities import Metric
@@ -88,3 +89,29 @@ def test_the_console_says_what_became_of_each_trial():
     assert spec.name in trained and "IoU 0.9123" in trained and "2.5 ms" in trained
     assert "not trained" in progress_line(TrialRow(spec.name, "r", spec, PRUNED, iou=0.0, latency_ms=40.0))
     assert "at epoch 3" in progress_line(TrialRow(spec.name, "r", spec, STOPPED, iou=0.5, latency_ms=2.0), 3)
+
+
+def test_the_status_line_counts_a_reused_trial_as_the_best(tmp_path, capsys):
+    """`raysearch optimize` reuses trials of earlier stages (repeated configurations): the status
+    line's best IoU is theirs when they are best (was: 0.7912 shown while a reused one had 0.8091)."""
+    from types import SimpleNamespace
+
+    from raysearch.models import ModelSpec
+    from raysearch.records.results import DUPLICATE, STOPPED, TRAINED, TrialRow
+    from raysearch.tracking import callback
+    from raysearch.tracking.callback import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("x")
+    parent = client.create_run(exp).info.run_id
+    tracker = SearchTracker(uri, exp, parent, "stage7", tmp_path / "state.json", lambda c: None, None)
+    spec = ModelSpec(a=0.25, t=6, r=1, pp=0, input_hw=64)
+    tracker.state.finals = {
+        "t1": TrialRow("trained", "r1", spec, TRAINED, iou=0.7912, latency_ms=1.0),
+        "t2": TrialRow("reused", "r2", spec, DUPLICATE, iou=0.8091, latency_ms=2.0),
+        "t3": TrialRow("stopped", "r3", spec, STOPPED, iou=0.95, latency_ms=0.5),  # a validation IoU: not a result
+    }
+    tracker._last_status = time.time() - callback.STATUS_EVERY_S - 1
+    tracker.on_step_end(0, [SimpleNamespace(status="TERMINATED")] * 3)
+    assert "best IoU 0.8091 (reused, 2 ms)" in capsys.readouterr().out

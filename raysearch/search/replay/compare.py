@@ -15,13 +15,15 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from raysearch.search.replay.methods import BASELINE, METHODS, Method, default_label
+from raysearch.search.replay.methods import BASELINE, DEFAULT_METHODS, Method, default_label
 from raysearch.search.replay.table import Table, load
 from raysearch.storage import write_atomic
 
@@ -133,10 +135,9 @@ class ReplayCache:
             return None
 
     def put(self, task: tuple[Any, ...], result: SeedResult) -> None:
-        path = self._path(task)
-        tmp = path.with_suffix(".part")
-        tmp.write_text(json.dumps(dataclasses.asdict(result)))
-        os.replace(tmp, path)  # a replay killed while writing leaves no half file under the real name
+        # a temporary name of its own, then a rename: a replay killed while writing leaves no half
+        # file under the real name, and two comparisons sharing the folder do not write one file
+        write_atomic(self._path(task), json.dumps(dataclasses.asdict(result)))
 
 
 _TABLES: dict[str, Table] = {}
@@ -186,12 +187,68 @@ class Comparison:
                 "grid_epochs": self.grid_epochs, "default": default_label(), "methods": methods}
 
 
-def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seeds: int = 20, source: str = "host",
-            workers: int = 4, budgets: Sequence[float] = (0.1, 0.25, 0.5), jobs: int = 1,
+def _worker_init(parent: int) -> None:
+    """A replay process: Ctrl-C, which the terminal sends to the whole process group, is the
+    parent's to handle (it terminates the workers); and the worker dies with its parent, however
+    the parent ends (Linux's parent-death signal), instead of finishing a replay nobody waits for."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's terminate() is all there is
+        pass
+    if os.getppid() != parent:  # the parent was gone before the signal was set
+        os._exit(1)
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (shutdown alone waits for the running
+    replays: minutes each for GP)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # terminate_workers() from Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+
+
+def _run_pool(jobs: int, tasks: list[tuple[Any, ...]], todo: list[int], done: Callable[[int, SeedResult], None]) -> None:
+    pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                  initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_one, tasks[i]): i for i in todo}
+        for fut in cf.as_completed(futures):
+            done(futures[fut], fut.result())
+    except BaseException:  # Ctrl-C, SIGTERM made KeyboardInterrupt by the caller, a failed replay
+        # a second Ctrl-C must not cut the cleanup short and leave workers behind: ignored for
+        # its few seconds (signal handlers belong to the main thread; elsewhere nothing to shield)
+        shielded = {}
+        if threading.current_thread() is threading.main_thread():
+            shielded = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            _stop(pool)
+        finally:
+            for s, handler in shielded.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: one not set from Python
+        raise
+    pool.shutdown()
+
+
+def compare(table_path: str | Path, *, methods: Sequence[Method] = DEFAULT_METHODS, seeds: int = 20,
+            source: str = "host", workers: int = 4, budgets: Sequence[float] = (0.1, 0.25, 0.5), jobs: int = 1,
             max_latency_ms: float | None = None, progress: Callable[[int, int], None] | None = None,
-            cache: str | Path | None = None) -> Comparison:
-    """Replay every method ``seeds`` times on the (complete) table. ``cache``: a folder that keeps
-    every finished replay (`ReplayCache`), so that a stopped comparison resumes."""
+            cache: str | Path | ReplayCache | None = None,
+            plan: Callable[[list[Method]], None] | None = None) -> Comparison:
+    """Replay every method ``seeds`` times on the (complete) table. ``cache``: a folder (or a
+    `ReplayCache`) that keeps every finished replay, so that a stopped comparison resumes.
+    ``plan``: told the method of each replay still to run (not in the cache), before any runs.
+    Interrupted (KeyboardInterrupt, or any error), the replays not started are cancelled and the
+    worker processes terminated before the exception goes on; the finished ones are in the cache."""
     table = load(table_path)
     table.require_complete(source)
     top = max(budgets)
@@ -203,7 +260,7 @@ def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seed
     cmp = Comparison(table.name, source, seeds, workers, table.grid_epochs, list(budgets), curve_x, time_x)
     tasks = [(str(table_path), m, s, source, workers, list(budgets), curve_x, time_x, max_latency_ms)
              for m in methods for s in range(seeds)]
-    store = ReplayCache(cache, table_path) if cache is not None else None
+    store = cache if isinstance(cache, ReplayCache) or cache is None else ReplayCache(cache, table_path)
     results: dict[int, SeedResult] = {}
     if store is not None:
         results = {i: r for i, t in enumerate(tasks) if (r := store.get(t)) is not None}
@@ -218,11 +275,10 @@ def compare(table_path: str | Path, *, methods: Sequence[Method] = METHODS, seed
 
     if progress and results:
         progress(len(results), len(tasks))
+    if plan:
+        plan([tasks[i][1] for i in todo])
     if jobs > 1 and len(todo) > 1:
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_one, tasks[i]): i for i in todo}
-            for fut in cf.as_completed(futures):
-                done(futures[fut], fut.result())
+        _run_pool(min(jobs, len(todo)), tasks, todo, done)
     else:
         for i in todo:
             done(i, _one(tasks[i]))

@@ -4,6 +4,7 @@ imported only when a method's options are built)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -54,6 +55,60 @@ METHODS = (
     Method("moasha", "Syne Tune MOASHA (peer)", "random", "none", peer="moasha"),
 )
 METHOD_KEYS = {m.key: m for m in METHODS}
+
+# Seconds of one core per replay (one seed) on table A (36 configurations; 4 simulated workers,
+# budgets up to 50% of the grid's epochs), measured on the 2-core development VM with a nice-19
+# background job running (issue 33): the median over 2-3 seeds, without the first replay of a
+# process (its imports). What `raysearch replay` estimates a comparison's time from.
+SECONDS_PER_SEED = {
+    "random": 0.03, "random-pasha": 0.1, "tpe-asha": 1.2, "tpe-pasha": 1.0, "nsga2-pasha": 0.2,
+    "gp": 36.0, "gp-pasha": 180.0, "latency-first": 0.03, "latency-first-front": 0.03, "random-front": 0.02,
+    "moasha": 2.0,
+}
+ESTIMATE_CONFIGS = 36  # table A's configurations, where SECONDS_PER_SEED was measured
+SLOW_SECONDS = 10.0  # a method slower than this per seed on table A is left out unless asked for
+
+
+def is_slow(method: Method) -> bool:
+    """GP-based (a GP refit per proposal: minutes per replay) or measured above SLOW_SECONDS."""
+    return method.sampler == "gp" or SECONDS_PER_SEED.get(method.key, math.inf) > SLOW_SECONDS
+
+
+DEFAULT_METHODS = tuple(m for m in METHODS if not is_slow(m))  # what `raysearch replay` compares unless asked
+SLOW_METHODS = tuple(m for m in METHODS if is_slow(m))  # on request: `--methods gp ...` or `--methods all`
+METHOD_GROUPS = {"default": DEFAULT_METHODS, "all": METHODS}  # names `--methods` takes besides the keys
+
+
+def select(names: Sequence[str]) -> list[Method]:
+    """The methods of ``--methods``: keys and group names (`METHOD_GROUPS`), in the order given,
+    each once. A name that is neither: ValueError."""
+    chosen: dict[str, Method] = {}
+    for name in names:
+        group = METHOD_GROUPS.get(name)
+        if group is None and name not in METHOD_KEYS:
+            raise ValueError(f"--methods {name}: no such method (one of {', '.join([*METHOD_KEYS, *METHOD_GROUPS])})")
+        for m in group if group is not None else (METHOD_KEYS[name],):
+            chosen.setdefault(m.key, m)
+    return list(chosen.values())
+
+
+def seconds_per_seed(method: Method, configs: int = ESTIMATE_CONFIGS) -> float:
+    """One replay's rough cost in seconds of one core, on a table of ``configs`` configurations:
+    table A's measurement (SECONDS_PER_SEED) scaled by the table's size, linearly for the fast
+    methods, quadratically for the slow ones (a GP is refitted on every trial told so far for each
+    proposal, and proposals grow with the table: GP + Pareto-ASHA took about 2 hours a seed on
+    table B's 162, BENCHMARKS.md)."""
+    base = SECONDS_PER_SEED.get(method.key, SLOW_SECONDS if is_slow(method) else 1.0)
+    return base * (configs / ESTIMATE_CONFIGS) ** (2 if is_slow(method) else 1)
+
+
+def estimate_seconds(replays: Sequence[Method], jobs: int, configs: int = ESTIMATE_CONFIGS) -> float:
+    """Rough wall time of ``replays`` (one entry per replay to run) on ``jobs`` processes: their
+    cores' seconds shared among the jobs, never less than the longest single replay."""
+    costs = [seconds_per_seed(m, configs) for m in replays]
+    if not costs:
+        return 0.0
+    return max(sum(costs) / max(1, min(jobs, len(costs))), max(costs))
 
 
 def default_label(methods: Sequence[Method] = METHODS) -> str | None:
