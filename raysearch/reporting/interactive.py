@@ -77,13 +77,13 @@ def _value(text: str) -> Any:
 
 
 def knob_importance(rows: Sequence[TrialRow]) -> dict[str, dict[str, float]]:
-    """{knob: {"iou": eta², "latency": eta²}} over the trained trials: the share of the objective's
+    """{knob: {IoU's name: eta², "latency": eta²}} over the trained trials: the share of the objective's
     variance explained by the knob's values (1: the knob alone decides it; 0: it changes nothing)."""
     cands = candidates(list(rows))
     if len(cands) < 3:
         return {}
     knobs = knob_table(cands)
-    objectives = {"iou": np.array([r.known_iou for r in cands]),
+    objectives = {IOU.name: np.array([r.known_iou for r in cands]),
                   "latency": np.log(np.array([r.known_latency_ms for r in cands]))}
     out: dict[str, dict[str, float]] = {}
     for knob, values in knobs.items():
@@ -159,7 +159,7 @@ def front_figures(rows: Sequence[TrialRow], requirement: Requirement = Requireme
     if importance:
         names = list(importance)
         figures.append(go.Figure(
-            [go.Bar(name=obj, x=names, y=[importance[k][obj] for k in names]) for obj in ("iou", "latency")],
+            [go.Bar(name=obj, x=names, y=[importance[k][obj] for k in names]) for obj in (IOU.name, "latency")],
             layout={"title": "Which knob drives IoU and latency: share of variance its values explain",
                     "barmode": "group", "yaxis": {"range": [0, 1]}, "height": 400}))
     return figures
