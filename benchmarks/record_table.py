@@ -7,6 +7,7 @@ source. `raysearch replay` then compares search methods on the table in minutes.
     python benchmarks/record_table.py --space A                   # the study's stage 7: 36 x 3 seeds
     python benchmarks/record_table.py --space B                   # a wider space: 162 x 2 seeds
     python benchmarks/record_table.py --space L                   # A's 36 on long curves: 100 epochs x 1 seed
+    python benchmarks/record_table.py --space C                   # 2304 configurations, 6 epochs at --limit 60
     python benchmarks/record_table.py --space A --status          # what is done, what is left
     python benchmarks/record_table.py --space A --latency-only    # (re)measure the host latency only
     python benchmarks/record_table.py --space mine --grid a=0.25,0.125 t=6,2 r=1 pp=0 input_hw=64,96 \\
@@ -49,9 +50,16 @@ SPACE_A = {"input_hw": [512, 256, 192, 160, 128, 96],
            "model": [(1.0, 6, 1), (0.25, 6, 1), (0.125, 6, 2), (0.125, 4, 2), (0.125, 2, 2), (0.125, 2, 1)]}
 #: a wider space where a searcher must search: Fast-SCNN's knobs x small inputs (3*3*3*2*3 = 162)
 SPACE_B = {"a": [0.5, 0.25, 0.125], "t": [6, 4, 2], "r": [3, 2, 1], "pp": [0, 1], "input_hw": [64, 96, 128]}
-SPACES = {"A": (SPACE_A, [0, 1, 2]), "B": (SPACE_B, [0, 1]), "L": (SPACE_A, [0])}
-#: epochs per trial where a space's default is not 20: L is A's space on curves five times longer (issue 32)
-DEFAULT_EPOCHS = {"L": 100}
+#: out of sample for the latency model and the stopping settings (issue 31): inputs in steps of 32 and widths
+#: between and beyond the study's, 8 x 4 x 4 x 2 x 9 = 2304 configurations, at a small scale (see DEFAULT_*)
+SPACE_C = {"a": [0.125, 0.1875, 0.25, 0.3125, 0.375, 0.5, 0.625, 0.75], "t": [2, 3, 4, 6], "r": [1, 2, 3, 4],
+           "pp": [0, 1], "input_hw": list(range(64, 321, 32))}
+SPACES = {"A": (SPACE_A, [0, 1, 2]), "B": (SPACE_B, [0, 1]), "L": (SPACE_A, [0]), "C": (SPACE_C, [0])}
+#: epochs per trial where a space's default is not 20: L is A's space on curves five times longer (issue 32),
+#: C is 2304 configurations, each trained (hours of CPU even so)
+DEFAULT_EPOCHS = {"L": 100, "C": 6}
+#: images per split where a space's default is not 120
+DEFAULT_LIMIT = {"C": 60}
 #: a space whose configurations are another table's reuses that table's host latencies (measured once, quietly)
 LATENCY_FROM = {"L": "A"}
 
@@ -181,7 +189,7 @@ def main() -> None:
     ap.add_argument("--space", required=True, help="A, B, or a name of your own with --grid")
     ap.add_argument("--grid", nargs="+", metavar="KNOB=V1,V2", help="your own space: ModelSpec knobs and values")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--limit", type=int, default=120, help="images per split at most (default %(default)s)")
+    ap.add_argument("--limit", type=int, help="images per split at most (default 60 for C, else 120)")
     ap.add_argument("--epochs", type=int, help="epochs per trial, the LR schedule spanning them (default 100 for L, "
                     "else 20)")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2 for A, 0 1 for B)")
@@ -202,6 +210,7 @@ def main() -> None:
         ap.error(f"--space {args.space!r}: not one of {sorted(SPACES)}; give --grid for a space of your own")
     seeds = args.seeds or default_seeds
     args.epochs = args.epochs or DEFAULT_EPOCHS.get(args.space, 20)
+    args.limit = args.limit or DEFAULT_LIMIT.get(args.space, 120)
     data = Path(args.data)
     args.data_label = data.name if data.is_dir() else args.data
     out = Path(args.out) if args.out else TABLES / f"{args.space}.jsonl.gz"

@@ -18,7 +18,7 @@ from raysearch.records.pareto import (
 from raysearch.records.results import DUPLICATE, FAILED, PRUNED, STATUSES, STOPPED, Requirement, TrialRow, candidates
 from raysearch.reporting.plots import plot_front, plot_hypervolume
 from raysearch.reporting.tables import front_table, write_front_csv
-from raysearch.tracking.ui import budget_line, experiment_link, method_line, set_note, ui_base
+from raysearch.tracking.ui import budget_line, experiment_link, method_line, set_note, ui_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -95,10 +95,8 @@ def finish_search(client: "MlflowClient", parent_id: str, stage: str, rows: list
     print(f"\n{stage}: {len(rows)} trials, {len(front)} on the Pareto front, hypervolume {share:.3f} of the box "
           f"IoU 0..1 x latency 0..{ref[LATENCY_MS.name]:.3g} ms ({hv:.4g} IoU x ms)")
     print(table)
-    uri = client.tracking_uri
-    print(f"in MLflow: {experiment_link(parent.info.experiment_id, ui_base(uri))}"
-          + ("" if uri.startswith(("http://", "https://")) else
-             f" (after `mlflow ui --backend-store-uri {uri} --workers 1`)"))
+    if (where := ui_hint(client.tracking_uri, parent.info.experiment_id)) is not None:
+        print(where)
     return front, hv
 
 

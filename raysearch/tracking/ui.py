@@ -4,10 +4,11 @@ What MLflow 3.17's UI reads, and where (the bundle under ``mlflow/server/js/buil
 
 * The GenAI or model-training view is the browser's *workflow type*: the ``workflowType`` query
   parameter, else ``localStorage["mlflow.workflowType_v1"]``, else ``genai`` (main.*.js, module
-  7975). The experiment tag ``mlflow.experimentKind`` is read only when the workflow selector is off
-  (``useExperimentKind``, module 35024 ``Fi``; the flag ``Z0`` is on in 3.17), so it decides nothing
-  there; earlier 3.x UIs read it, and the UI writes it on the experiments it creates. raysearch sets it
-  (`EXPERIMENT_KIND`) and links with ``?workflowType=machine_learning`` (`experiment_link`).
+  7975). The experiment tag ``mlflow.experimentKind`` is read only when the workflow selector is
+  off (``useExperimentKind``, main.*.js module 31080 ``Fi``; its flag ``Z0``, module 89511, is on
+  in 3.17), so there it decides nothing; earlier 3.x UIs read it, and the UI writes it on the
+  experiments it creates. raysearch sets it (`EXPERIMENT_KIND`) and links with
+  ``?workflowType=machine_learning`` (`experiment_link`).
 * The runs table's columns, sort and charts are browser state too (``localStorage``
   ``MLflowLocalStorage-1.1-ExperimentPage-["ID"]-ReactComponentState``), defaulting to three
   attribute columns. What the store can carry is a *saved view*: the experiment tag
@@ -99,9 +100,15 @@ def experiment_link(experiment_id: str, base: str = "", view: bool = True) -> st
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
-def ui_base(uri: str) -> str:
-    """The address of the MLflow UI of a tracking store: the server itself, or `mlflow ui`'s default."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+def ui_hint(uri: str, experiment_id: str) -> str | None:
+    """The line telling where the MLflow UI shows the experiment's trials: on the tracking server
+    itself, or (a SQLite store) where `mlflow ui` serves it; None for another kind of store."""
+    if uri.startswith(("http://", "https://")):
+        return f"in MLflow: {experiment_link(experiment_id, uri)}"
+    if uri.startswith("sqlite:"):
+        return (f"in MLflow: {experiment_link(experiment_id, LOCAL_UI)} (after `mlflow ui --backend-store-uri "
+                f"{uri} --workers 1`)")
+    return None
 
 
 def experiment_note(experiment_id: str) -> str:
@@ -153,7 +160,7 @@ def grid_size(grid: str | None) -> int | None:
 
 def method_line(params: Mapping[str, str]) -> str:
     """How the search chose and stopped its trials, from its parent's params."""
-    mode, n = params.get("mode", ""), grid_size(params.get("grid"))
+    mode, n = params.get(obj.TAG_MODE, ""), grid_size(params.get("grid"))  # --mode: a param and a tag
     space = f" of {n} configurations" if n else ""
     if mode == "grid":
         return f"grid: every configuration{space}, each trained to the end"
@@ -189,7 +196,7 @@ def opening_note(name: str, tags: Mapping[str, Any], params: Mapping[str, Any], 
     stage = tags.get(obj.TAG_STAGE, "")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     return (f"**raysearch search `{name}`**" + (f" ({stage})" if stage else "") + ": "
-            + ("resumed" if resumed else "started") + f" {when}, running. Its summary (the Pareto front, the "
+            + ("resumed with --resume" if resumed else "started") + f" {when}, running. Its summary (the Pareto front, the "
             f"hypervolume, the plots) replaces this when it ends.\n\n"
             f"- Method: {method_line(p)}\n- Budget: {budget_line(p)}\n"
             f"- The trials are the child runs of this run.")

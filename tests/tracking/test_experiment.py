@@ -45,6 +45,8 @@ def test_a_new_experiment_is_model_training_with_the_trials_view(tmp_path):
     link = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=raysearch-trials"
     assert link in exp.tags[ui.NOTE]
     assert ui.experiment_link(exp.experiment_id, "http://h:5000/") == f"http://h:5000/{link}"
+    assert ui.ui_hint("http://h:5000", exp.experiment_id) == f"in MLflow: http://h:5000/{link}"
+    assert ui.ui_hint("databricks", exp.experiment_id) is None
     assert ensure_experiment(client, "raysearch", uri) == exp.experiment_id  # again: nothing rewritten
     assert client.get_experiment(exp.experiment_id).tags[ui.VIEW_TAG] == exp.tags[ui.VIEW_TAG]
 

@@ -311,10 +311,12 @@ def test_the_parent_run_shows_the_search_summary(server, search, tmp_path):
     front = [k for k in kids if k.data.tags.get("pareto_optimal") == "true"]
     assert front
     with Browser(width=1400, height=1400, log=tmp_path / "chromium.log") as b:
-        b.goto(f"{server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
+        # as the trials view links it (the workflow type travels in the query)
+        b.goto(f"{server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning")
         text = b.wait_for_text(lambda t: "Pareto front" in t and "Hypervolume" in t, timeout=90,
                                what="the parent's description")
         b.screenshot(tmp_path / "parent.png")
+    assert not [t for t in GENAI_TEXT if t in text], [t for t in GENAI_TEXT if t in text]
     assert f"raysearch search {parent.info.run_name}" in text
     assert "Method: grid" in text and "1 epoch per trial" in text and "Trials: 2: " in text
     for k in front:  # each member of the front with its IoU and latency, as a table row
