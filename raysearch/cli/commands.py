@@ -9,11 +9,15 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import raysearch
 from raysearch.cli.options import logit_threshold, optimize_options, spec_from_args
 from raysearch.records import names as obj
 from raysearch.storage import write_atomic
+
+if TYPE_CHECKING:
+    from raysearch.search.replay.compare import ReplayCache
 
 # Each command imports what it runs inside its function: torch, Ray, MLflow and Optuna stay out of
 # `raysearch --help` and of the commands that do not need them (a fraction of a second to start).
@@ -267,7 +271,7 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _replay_cache(args: argparse.Namespace, table: Path):
+def _replay_cache(args: argparse.Namespace, table: Path) -> ReplayCache | None:
     """The folder that keeps finished replays: --cache DIR, else runs/replay-cache; None with
     --no-cache, or (a warning) where the default folder cannot be made."""
     from raysearch.search.replay.compare import ReplayCache
@@ -305,7 +309,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     methods = select(args.methods) if args.methods else list(DEFAULT_METHODS)
     jobs = args.jobs or len(os.sched_getaffinity(0))
     store = _replay_cache(args, table)
-    where = f" (finished replays are kept in {store.folder})" if store is not None else ""
+    where = f"finished replays are kept in {store.folder}" if store is not None else "--no-cache: nothing kept"
     counts = {"finished": 0, "to_run": 0}
 
     def plan(replays: list[Method]) -> None:
@@ -313,10 +317,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         slow = [m for m in dict.fromkeys(replays) if is_slow(m)]
         if slow:
             n = len(loaded.configs)
-            print(f"raysearch replay: {len(replays)} replays to run on {min(jobs, max(1, len(replays)))} processes, "
-                  f"about {duration(estimate_seconds(replays, jobs, n))} (slow: "
-                  + ", ".join(f"{m.key} ~{duration(estimate_seconds([m], 1, n))} per seed" for m in slow)
-                  + f"; measured on table A on a 2-core machine){where}; Ctrl-C stops", file=sys.stderr)
+            bar.write(f"raysearch replay: {len(replays)} replays to run on {min(jobs, len(replays))} processes, "
+                      f"about {duration(estimate_seconds(replays, jobs, n))} (slow: "
+                      + ", ".join(f"{m.key} ~{duration(estimate_seconds([m], 1, n))} a seed" for m in slow)
+                      + f", measured on table A on 2 cores); {where}; Ctrl-C stops", file=sys.stderr)
 
     def progress(n: int, total: int) -> None:
         counts["finished"] = n
@@ -343,7 +347,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary["plot"] = str(out)
     total = args.seeds * len(methods)
     summary["cache"] = None if store is None else {"folder": str(store.folder), "read_back": total - counts["to_run"],
-                                                   "replayed": counts["to_run"]}
+                                                   "run_now": counts["to_run"]}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

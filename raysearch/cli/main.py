@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-source", default="host", help="the table's latency column (default %(default)s)")
     s.add_argument("--methods", nargs="+", choices=[*METHOD_KEYS, *METHOD_GROUPS], metavar="METHOD",
                    help="the methods to compare (keys, or the groups 'default' and 'all'). Default: the fast "
-                        "ones, " + ", ".join(m.key for m in DEFAULT_METHODS) + " (a few minutes for 20 "
-                        "seeds of table A on 2 cores). Slow, on request (an estimate is printed first): "
+                        "ones, " + ", ".join(m.key for m in DEFAULT_METHODS) + " (table A's 20 seeds: "
+                        "about a minute on 2 cores). Slow, on request (an estimate is printed first): "
                         + ", ".join(f"{m.key} (~{duration(seconds_per_seed(m))} per seed on table A)"
                                     for m in SLOW_METHODS) + "; e.g. --methods default gp, or --methods all")
     s.add_argument("--max-latency-ms", type=number(float, 0, lo_open=True), help="latency budget: slower configurations are pruned untrained")

@@ -369,6 +369,7 @@ def _six_points() -> dict:
             for a in (0.125, 0.25, 0.5) for res in (64, 96)}
 
 
+@pytest.mark.slow
 def test_replay_keeps_finished_replays_in_runs_by_default(tmp_path):
     """No --methods: the default set; no --cache: runs/replay-cache under the working folder, said in
     the output; --no-cache: nothing kept."""
@@ -378,7 +379,7 @@ def test_replay_keeps_finished_replays_in_runs_by_default(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)
     assert set(doc["methods"]) == {m.label for m in DEFAULT_METHODS}
-    assert doc["cache"] == {"folder": "runs/replay-cache", "read_back": 0, "replayed": len(DEFAULT_METHODS)}
+    assert doc["cache"] == {"folder": "runs/replay-cache", "read_back": 0, "run_now": len(DEFAULT_METHODS)}
     kept = sorted((tmp_path / "runs" / "replay-cache").glob("*.json"))
     assert len(kept) == len(DEFAULT_METHODS) and {f.name.split("-seed0-")[0] for f in kept} == set(
         m.key for m in DEFAULT_METHODS)
@@ -478,5 +479,5 @@ def test_an_interrupted_replay_stops_in_seconds_leaves_no_process_and_resumes(tm
     mtimes = {f: f.stat().st_mtime_ns for f in kept}
     again = subprocess.run([*cmd, str(missing + 1)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(again.stdout)["cache"] == {"folder": str(cache), "read_back": missing, "replayed": 1}
+    assert json.loads(again.stdout)["cache"] == {"folder": str(cache), "read_back": missing, "run_now": 1}
     assert {f: f.stat().st_mtime_ns for f in kept} == mtimes

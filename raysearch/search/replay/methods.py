@@ -56,14 +56,16 @@ METHODS = (
 )
 METHOD_KEYS = {m.key: m for m in METHODS}
 
-# Seconds of one core per replay (one seed) on table A (36 configurations; 4 simulated workers,
-# budgets up to 50% of the grid's epochs), measured on the 2-core development VM with a nice-19
-# background job running (issue 33): the median over 2-3 seeds, without the first replay of a
-# process (its imports). What `raysearch replay` estimates a comparison's time from.
+# Seconds per replay (one seed) on table A (36 configurations; 4 simulated workers, budgets up to
+# 50% of the grid's epochs), one process, measured on the 2-core development VM beside a nice-19
+# background job (2026-12-07, Optuna 5.1 and Ray 2.60; issue 33): the median over 3 seeds without a
+# process's first replay (its imports); gp-pasha one seed (23 minutes: nearly all of its 360
+# proposals are configurations already trained, each a GP fit and an acquisition optimization).
+# What `raysearch replay` estimates a comparison's time from, and what makes a method slow.
 SECONDS_PER_SEED = {
-    "random": 0.03, "random-pasha": 0.1, "tpe-asha": 1.2, "tpe-pasha": 1.0, "nsga2-pasha": 0.2,
-    "gp": 36.0, "gp-pasha": 180.0, "latency-first": 0.03, "latency-first-front": 0.03, "random-front": 0.02,
-    "moasha": 2.0,
+    "random": 0.01, "random-pasha": 0.13, "tpe-asha": 0.8, "tpe-pasha": 0.8, "nsga2-pasha": 0.17,
+    "gp": 16.0, "gp-pasha": 1400.0, "latency-first": 0.03, "latency-first-front": 0.03, "random-front": 0.02,
+    "moasha": 1.5,
 }
 ESTIMATE_CONFIGS = 36  # table A's configurations, where SECONDS_PER_SEED was measured
 SLOW_SECONDS = 10.0  # a method slower than this per seed on table A is left out unless asked for
