@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement, TrialRow
@@ -595,7 +595,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
                 raise KeyboardInterrupt
             INTERRUPTS.in_fit = True
             try:
-                with alarm:
+                with alarm, _classic_tune_output(not opts.verbose):
                     results = tuner.fit()
             finally:
                 INTERRUPTS.in_fit = False
@@ -656,6 +656,24 @@ class _Deadline:
     def __exit__(self, *exc: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+@contextlib.contextmanager
+def _classic_tune_output(quiet: bool) -> Iterator[None]:
+    """Ray Tune's classic console output for the concise view: its newer one prints a configuration
+    box, the experiment's folder and a TensorBoard hint into Ray's temporary session even at
+    verbose=0. For this fit only (Ray Tune reads the variable when the fit starts): nothing else in
+    the process is changed."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if quiet:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def shipped_families() -> tuple[Any, ...]:
@@ -781,11 +799,6 @@ def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, 
            exp_path: str, tracker: SearchTracker, scheduler_state: Path, latencies: dict[str, float] | None) -> Tuner:
     if not opts.verbose:  # the concise view: a failed trial in one line (its traceback in its error file)
         condense_trial_errors()
-        # Ray Tune's newer console output prints a configuration box, the experiment's folder and a
-        # TensorBoard hint into Ray's temporary session even at verbose=0; its classic one is silent there
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    else:
-        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
     if opts.resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming the search at %s", exp_path)
         restored: Tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
