@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement, TrialRow
-from raysearch.search.latency import WIRE_KNOBS, BenchSettings, CpuReservation, local_benchd, reserve_cpu
+from raysearch.search.latency import (
+    WIRE_KNOBS,
+    BenchSettings,
+    CpuReservation,
+    check_farm_address,
+    local_benchd,
+    reserve_cpu,
+)
 from raysearch.search.presets import preset
 from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exits
 from raysearch.search.samplers import SAMPLERS, make_sampler
@@ -76,12 +83,7 @@ class BenchOptions:
         if self.farm and self.farm.endswith((".yaml", ".yml")):
             self._check_inventory()
         elif self.farm:
-            from benchd.security import parse_address
-
-            if ":" not in self.farm:
-                raise ValueError(f"--farm {self.farm!r}: expected a farm inventory (a .yaml file) or HOST:PORT of "
-                                 "one benchd")
-            parse_address(self.farm, "--farm")  # benchd's own parser: a port gRPC would wrap is refused
+            check_farm_address(self.farm)
 
     def _check_inventory(self) -> None:
         """An absolute inventory path (trials run in folders of their own) and a device class it

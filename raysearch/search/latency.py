@@ -77,18 +77,24 @@ class BenchSettings:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def check_farm_address(farm: str) -> None:
+    """--farm HOST:PORT of one benchd, or `ValueError` naming it (a port gRPC would wrap too)."""
+    from benchd.security import parse_address
+
+    if ":" not in farm:
+        raise ValueError(f"--farm {farm!r}: expected a farm inventory (a .yaml file) or HOST:PORT of one benchd")
+    parse_address(farm, "--farm")
+
+
 def open_farm(farm: str, device_class: str) -> BenchFarm:
     """A `BenchFarm`: the inventory file ``farm``, or one device at HOST:PORT (of ``device_class``)."""
     from benchd.farm import BenchFarm, FarmDevice
-    from benchd.security import parse_address
 
     if farm.endswith((".yaml", ".yml")):
         if not Path(farm).is_file():
             raise FileNotFoundError(f"{farm}: farm inventory not found")
         return BenchFarm.from_file(farm)
-    if ":" not in farm:
-        raise ValueError(f"--farm {farm!r}: expected a farm inventory (.yaml) or HOST:PORT of one benchd")
-    parse_address(farm, "--farm")  # a port gRPC would wrap, said under the flag's name
+    check_farm_address(farm)
     return BenchFarm([FarmDevice(name=farm, address=farm, device_class=device_class)])
 
 
