@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import itertools
 import logging
 import multiprocessing as mp
+import shutil
 import subprocess
 import sys
 import time
@@ -196,6 +197,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each (default %(default)s)")
     ap.add_argument("--latency-passes", type=int, default=3)
     ap.add_argument("--latency-only", action="store_true", help="measure the missing host latencies, train nothing")
+    ap.add_argument("--remeasure-latency", action="store_true",
+                    help="drop the table's host latencies and measure them all again (on an idle machine)")
+    ap.add_argument("--skip-latency", action="store_true",
+                    help="train now, measure the host latency later with --latency-only on an idle machine")
     ap.add_argument("--status", action="store_true", help="say what is done and what is left, then stop")
     ap.add_argument("--out", help="the table (default benchmarks/tables/SPACE.jsonl.gz)")
     ap.add_argument("--work", default="runs/record", help="work folders of runs in progress")
@@ -240,7 +245,10 @@ def main() -> None:
     if args.space in LATENCY_FROM and "host" not in table.sources():
         copy_latency(table, TABLES / f"{LATENCY_FROM[args.space]}.jsonl.gz")
         table.save(out)
-    if "host" not in table.sources() or table.missing("host"):
+    if args.remeasure_latency:
+        table.latencies = {k: v for k, v in table.latencies.items() if k[1] != "host"}
+        table.meta["latency_sources"].pop("host", None)
+    if not args.skip_latency and ("host" not in table.sources() or table.missing("host")):
         measure_latency(table, args.latency_passes, work)
         table.save(out)
     if args.latency_only:
@@ -261,6 +269,7 @@ def main() -> None:
             table.meta["provenance"]["core_seconds"] = round(
                 table.meta["provenance"].get("core_seconds", 0) + sum(e.seconds for e in run.curve) + run.fixed_s, 1)
             table.save(out)
+            shutil.rmtree(work / f"{cid}-seed{seed}", ignore_errors=True)  # its checkpoints: the table holds the run
             elapsed = time.time() - t_start
             log.info("[%d/%d] %s seed %d: test IoU %.4f, %d epochs in %.0f s (ETA %.1f h)", n, len(todo), cid, seed,
                      run.test_iou, len(run.curve), sum(e.seconds for e in run.curve),

@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -138,3 +139,20 @@ class DocumentStore:
 
     def put(self, key: str, value: dict) -> None:
         write_bytes(f"{self.root}/{key}.json", json.dumps(value).encode())
+
+    def documents(self) -> Iterator[dict]:
+        """Every document (none when the folder does not exist; an unreadable one is skipped)."""
+        import pyarrow.fs as pafs
+
+        fs, root = storage_fs(self.root)
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            return
+        for info in fs.get_file_info(pafs.FileSelector(root)):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith("."):
+                try:
+                    with fs.open_input_stream(info.path) as f:
+                        doc = json.loads(f.read())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if isinstance(doc, dict):
+                    yield doc

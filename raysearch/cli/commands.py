@@ -42,6 +42,31 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency(args: argparse.Namespace) -> int:
+    from raysearch.search.latency_model import cross_validated
+    from raysearch.search.trial import cached_latencies
+
+    cache = Path(args.cache)
+    if not cache.is_dir():
+        log.error("%s: no latency cache there (a search keeps one in STORAGE/latency_cache; --storage-path "
+                  "runs/ray by default)", cache)
+        return 2
+    groups = cached_latencies(str(cache))
+    if args.device_class:
+        groups = {k: v for k, v in groups.items() if k[0] == args.device_class}
+    if not groups:
+        print(f"{cache}: no latency measured" + (f" on device class {args.device_class!r}" if args.device_class else ""))
+        return 0
+    for (device_class, timing), measured in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        ms = sorted(m for _, m in measured)
+        print(f"device class {device_class!r} (benchmark settings {timing[:8]}): {len(measured)} configurations "
+              f"measured, {ms[0]:.3g} to {ms[-1]:.3g} ms")
+        err = cross_validated(measured)
+        print("  the latency model, each predicted from the others (5-fold): "
+              + (err.describe() if err else "needs 6 measurements or more"))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from raysearch.data.synthetic import write_synthetic
     from raysearch.models import parse_hw

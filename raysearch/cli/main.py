@@ -20,6 +20,7 @@ from benchd.errors import BenchError, FarmError
 from raysearch.cli.commands import (
     cmd_evaluate,
     cmd_export,
+    cmd_latency,
     cmd_optimize,
     cmd_pick,
     cmd_replay,
@@ -136,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"), help="ONNX exporter")
     s.add_argument("--out", required=True, help="output .onnx path")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("latency", help="what the latency cache holds and how well the latency model predicts it",
+                       description="The latencies searches measured (the latency cache), by device class and "
+                                   "benchmark settings, and the error of the latency model that latency-first fits on "
+                                   "them: each measurement predicted from the others (5-fold), against the measured.")
+    s.add_argument("--cache", default="runs/ray/latency_cache",
+                   help="the latency cache: STORAGE/latency_cache of the searches (default %(default)s)")
+    s.add_argument("--device-class", help="only this device class")
+    s.set_defaults(func=cmd_latency)
 
     s = sub.add_parser("report", help="Pareto tables and a self-contained HTML report of the searches",
                        description="Print each search's candidates and write one HTML file (plots and prediction "

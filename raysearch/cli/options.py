@@ -143,7 +143,7 @@ def add_mlflow_args(p: argparse.ArgumentParser) -> None:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     """Requirements, data, latency, tracking and cluster options (the stages' and `raysearch optimize`'s)."""
-    from raysearch.search.driver import SCHEDULERS
+    from raysearch.search.driver import LATENCY_SWEEPS, SCHEDULERS
     from raysearch.search.samplers import SAMPLERS
 
     g = p.add_argument_group("requirements (mark which candidates qualify; latency also prunes before training)")
@@ -201,8 +201,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-failures", type=COUNT, default=1, help="retries of a failed trial (default %(default)s)")
     g = p.add_argument_group("search (--mode search)")
     g.add_argument("--sampler", choices=SAMPLERS, default="latency-first",
-                   help="latency-first: measure every configuration's latency before training (seconds each on "
-                        "the farm), then train next the configuration expected to add the most hypervolume to the "
+                   help="latency-first: know every configuration's latency before training (see "
+                        "--latency-sweep), then train next the configuration expected to add the most hypervolume to the "
                         "front, each once; it beat every other method at every budget on the recorded tables "
                         "(BENCHMARKS.md). tpe: Optuna's multi-objective TPE; gp: Optuna's Gaussian-process sampler "
                         "(LogEHVI); nsga2: a genetic algorithm, from about a hundred trials; random: the baseline "
@@ -213,6 +213,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "it scored best); none: every trial to the end; pareto-asha: successive halving "
                         "that ranks the trials at each rung by validation IoU and measured latency together; asha: "
                         "Ray Tune's ASHA on validation IoU only (for comparison) (default %(default)s)")
+    g.add_argument("--latency-sweep", choices=LATENCY_SWEEPS, default="auto",
+                   help="how latency-first learns latencies before training. all: measure every configuration "
+                        "first (at most 2,000; seconds each on the farm); needed: a latency model of the device "
+                        "class (fitted on what the latency cache holds) predicts every latency with an uncertainty, "
+                        "and the farm measures only the configurations whose latency could change which one is "
+                        "trained next (any space size; on the recorded tables it measured a quarter to two fifths "
+                        "of the space and scored up to 0.007 lower early on, BENCHMARKS.md); auto: all up to 2,000 "
+                        "configurations, needed beyond (default %(default)s)")
     g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "
                                                                "%(default)s); rungs at grace x factor^k epochs")
     g.add_argument("--reduction-factor", type=number(float, 1, lo_open=True), default=3.0,

@@ -81,6 +81,8 @@ PARAM_SEARCHER_PRIOR = "searcher_prior"
 PARAM_FRONT_MARGIN = "front_margin"  # --scheduler front: the IoU margin of its stopping rule
 PARAM_FRONT_MIN_FINISHED = "front_min_finished"  # --scheduler front: finished trials before it stops any
 N_PARETO = "n_pareto"
+LATENCY_MEASURED = "latency_configs_measured"  # latency-first with a latency model: measured for the search
+LATENCY_PREDICTED = "latency_configs_predicted"  # ... and the configurations of the space it predicted only
 EPOCHS_SPENT = "epochs_spent"
 
 # Tags of the MLflow runs.

@@ -38,7 +38,7 @@ from raysearch.search.latency import (
 from raysearch.search.presets import preset
 from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exits
 from raysearch.search.samplers import SAMPLERS, make_sampler
-from raysearch.search.trial import TrialSettings, run_trial, sweep_latencies
+from raysearch.search.trial import TrialSettings, latency_oracle, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
+    from raysearch.search.latency_first import LatencyOracle
     from raysearch.tracking.callback import SearchTracker
 
 # Ray, the data pipeline and the end-of-search reporting are imported inside the functions that
@@ -55,7 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("grid", "search")
-SWEEP_LIMIT = 2000  # configurations latency-first measures before training (seconds each on a device)
+SWEEP_LIMIT = 2000  # configurations --latency-sweep all measures before training (seconds each on a device)
+# latency-first: measure what could change a choice (a latency model), every configuration first, or
+# auto: all in a space of up to SWEEP_LIMIT (it scored higher on the recorded tables), needed beyond
+LATENCY_SWEEPS = ("auto", "needed", "all")
 SCHEDULERS = ("pareto-asha", "front", "asha", "none")  # pareto-asha: on (val IoU, latency); front: stop what cannot
 # join the front; asha: Ray's, on val IoU
 
@@ -142,8 +146,11 @@ class ScheduleOptions:
     scheduler: str = "front"  # measured on the recorded tables: latency-first + front stopping (BENCHMARKS.md)
     grace_period: int = 1
     reduction_factor: float = 3.0
+    latency_sweep: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.latency_sweep not in LATENCY_SWEEPS:
+            raise ValueError(f"--latency-sweep {self.latency_sweep!r} is not one of {LATENCY_SWEEPS}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
         if self.sampler not in SAMPLERS:
@@ -470,9 +477,10 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
     space.check()  # bad input, one line each, before Ray starts
     preflight(opts)
-    if opts.mode == "search" and opts.schedule.sampler == "latency-first" and space.size() > SWEEP_LIMIT:
-        raise ValueError(f"--sampler latency-first measures every configuration's latency before training: this space "
-                         f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --sampler tpe")
+    if (opts.mode == "search" and opts.schedule.sampler == "latency-first" and opts.schedule.latency_sweep == "all"
+            and space.size() > SWEEP_LIMIT):
+        raise ValueError(f"--latency-sweep all measures every configuration's latency before training: this space "
+                         f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --latency-sweep needed")
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.cluster.storage_path else "the driver's state folder")
     storage = storage_uri(opts)
     name = req.name or search_name(stage, opts)
@@ -584,15 +592,18 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
                                     hv_latency, planned_trials(space, opts), on_trial_end=search_page)
             trainable = tune.with_resources(tune.with_parameters(req.trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cluster.cpus_per_trial, "gpu": gpus})
-            latencies = None
-            if opts.mode == "search" and opts.schedule.sampler == "latency-first":  # every latency before any training
-                from raysearch.search.latency_first import grid_configs
+            latencies, oracle = None, None
+            if opts.mode == "search" and opts.schedule.sampler == "latency-first":
+                if sweeps_all(opts, space):  # every latency before any training
+                    from raysearch.search.latency_first import grid_configs
 
-                log.info("--sampler latency-first: measuring the latency of all %d configurations before training",
-                         space.size())
-                latencies = sweep_latencies(grid_configs(space.grid), settings)
+                    log.info("--latency-sweep all: measuring the latency of all %d configurations before training",
+                             space.size())
+                    latencies = sweep_latencies(grid_configs(space.grid), settings)
+                else:
+                    oracle = latency_oracle(settings)
             tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
-                           state_path.with_name("scheduler.json"), latencies)
+                           state_path.with_name("scheduler.json"), latencies, oracle)
             if INTERRUPTS.count:  # a Ctrl-C that some library swallowed on the way here
                 raise KeyboardInterrupt
             INTERRUPTS.in_fit = True
@@ -631,8 +642,14 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
         if not req.keep_parent_open:
             client.set_terminated(parent_id, "FINISHED")
         log.info("%s: %d trials, %d errors, %.0f s", name, len(rows), errors, time.time() - t0)
+        measured_first = len(latencies) if latencies else (oracle.measured if oracle else 0)
+        if oracle is not None:
+            log.info("latency model: %d configurations measured for the search, %d predicted (of %d)",
+                     oracle.measured, space.size() - oracle.measured, space.size())
+            client.log_metric(parent_id, obj.LATENCY_MEASURED, oracle.measured)
+            client.log_metric(parent_id, obj.LATENCY_PREDICTED, space.size() - oracle.measured)
         return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.state.epochs_spent, space.size(),
-                             epochs, len(latencies or {}), json.dumps(space.grid))
+                             epochs, measured_first, json.dumps(space.grid))
 
 
 class _Deadline:
@@ -720,24 +737,34 @@ def _sampler(opts: SearchOptions) -> BaseSampler:
 
 
 def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None,
-                  latencies: dict[str, float] | None = None) -> Searcher:
+                  latencies: dict[str, float] | None = None, oracle: LatencyOracle | None = None) -> Searcher:
     """The searcher of ``--mode search``. ``--sampler latency-first``: `LatencyFirstSearch` over
-    ``latencies`` (`config_key` -> ms, every configuration's, measured before the search). Else
+    ``latencies`` (`config_key` -> ms, every configuration's, measured before the search:
+    ``--latency-sweep all``) or ``oracle`` (a latency model, measuring what it needs). Else
     Optuna's sampler behind Ray Tune's `OptunaSearch`, told the objectives (metric/mode only here:
     TuneConfig(metric=...) would make it single-objective); a trial the scheduler stops is told to
-    it with its last report (IoU at the stop, latency).
+    it with its last report (IoU at the stop, latency). Either way each configuration is proposed once
+    (`DistinctSearch` around Optuna's: a repeat is told its known outcome and the sampler asked again).
     ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
     if opts.schedule.sampler == "latency-first":
         from raysearch.search.latency_first import LatencyFirstSearch
 
-        if latencies is None:
-            raise ValueError("--sampler latency-first needs every configuration's latency before the search")
-        return LatencyFirstSearch(latencies, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
+        if latencies is None and oracle is None:
+            raise ValueError("--sampler latency-first needs every configuration's latency or a latency model")
+        return LatencyFirstSearch(latencies, oracle=oracle, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
                                   points_to_evaluate=first)
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=obj.metric_names(), mode=list[str](obj.metric_modes()), sampler=_sampler(opts),
-                        points_to_evaluate=first)
+    from raysearch.search.distinct import DistinctSearch
+
+    return DistinctSearch(OptunaSearch(metric=obj.metric_names(), mode=list[str](obj.metric_modes()),
+                                       sampler=_sampler(opts), points_to_evaluate=first))
+
+
+def sweeps_all(opts: SearchOptions, space: Space) -> bool:
+    """Whether latency-first measures every configuration before training (``--latency-sweep``)."""
+    sweep = opts.schedule.latency_sweep
+    return sweep == "all" or (sweep == "auto" and space.size() <= SWEEP_LIMIT)
 
 
 def planned_trials(space: Space, opts: SearchOptions) -> int:
@@ -745,7 +772,7 @@ def planned_trials(space: Space, opts: SearchOptions) -> int:
     configuration once, so no more than the space holds)."""
     if opts.mode == "grid":
         return space.size()
-    return min(opts.num_samples, space.size()) if opts.schedule.sampler == "latency-first" else opts.num_samples
+    return min(opts.num_samples, space.size())  # every sampler proposes each configuration once
 
 
 def method_params(opts: SearchOptions) -> dict[str, Any]:
@@ -798,7 +825,8 @@ def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None) ->
 
 
 def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str,
-           exp_path: str, tracker: SearchTracker, scheduler_state: Path, latencies: dict[str, float] | None) -> Tuner:
+           exp_path: str, tracker: SearchTracker, scheduler_state: Path, latencies: dict[str, float] | None,
+           oracle: LatencyOracle | None) -> Tuner:
     if not opts.verbose:  # the concise view: a failed trial in one line (its traceback in its error file)
         condense_trial_errors()
     if opts.resume and tune.Tuner.can_restore(exp_path):
@@ -813,7 +841,7 @@ def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, 
     if opts.mode == "grid":  # the study's grid: every trial to the end
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=opts.cluster.concurrency)
     else:
-        tune_config = tune.TuneConfig(search_alg=make_searcher(opts, latencies=latencies), scheduler=make_scheduler(opts, epochs, scheduler_state),
+        tune_config = tune.TuneConfig(search_alg=make_searcher(opts, latencies=latencies, oracle=oracle), scheduler=make_scheduler(opts, epochs, scheduler_state),
                                       num_samples=opts.num_samples, max_concurrent_trials=opts.cluster.concurrency)
     tuner: Tuner = tune.Tuner(trainable, param_space=param_space(space, opts.mode), tune_config=tune_config,
                               run_config=run_config)

@@ -66,15 +66,24 @@ class BenchSettings:
         """The `BenchmarkRequest` fields these settings set, under their own names."""
         return {k: getattr(self, k) for k in WIRE_KNOBS}
 
+    def _timing(self) -> dict[str, Any]:
+        # the key's own names are older than the fields': renaming them would orphan every latency cache
+        return {"device_class": self.device_class, "threads": self.intra_op_threads, "runs": self.runs,
+                "warmup": self.warmup_runs, "stat": self.stat, "precision": self.target_rel_ci,
+                "max_seconds": self.max_duration_s, "min_seconds": self.min_duration_s}
+
     def cache_key(self, spec: ModelSpec) -> str:
         # the weights do not matter, everything that shapes the graph and the timing does
-        # (the statistic too: the cached reply's latency_ms is the one it chose). The key's own names
-        # are older than the fields': renaming them would orphan every latency cache.
-        ident = {"spec": spec.to_dict(), "device_class": self.device_class, "threads": self.intra_op_threads,
-                 "runs": self.runs, "warmup": self.warmup_runs, "stat": self.stat,
-                 "precision": self.target_rel_ci, "max_seconds": self.max_duration_s,
-                 "min_seconds": self.min_duration_s}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        # (the statistic too: the cached reply's latency_ms is the one it chose)
+        return _digest({"spec": spec.to_dict(), **self._timing()})
+
+    def timing_key(self) -> str:
+        """What `cache_key` holds besides the spec: measurements under one timing key are one latency model's."""
+        return _digest(self._timing())
+
+
+def _digest(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def check_farm_address(farm: str) -> None:

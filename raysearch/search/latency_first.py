@@ -18,6 +18,16 @@ Running trials count at their predicted IoU (a "kriging believer"), so parallel 
 along the latency axis instead of piling onto one region. A configuration is suggested once: a
 finite space is exhausted, never repeated (the searcher then says FINISHED).
 
+Latencies without a sweep (`LatencyOracle`, the default ``--latency-sweep needed``): a latency model
+(`raysearch.search.latency_model`) predicts every configuration's latency with an uncertainty
+from what the farm measured. The searcher first measures `INITIAL_MEASURED` configurations spread
+over the space's sizes (MACs), then before each choice measures the configurations whose latency
+could still change it: a candidate whose expected gain at the fast end of its latency interval
+(``Z_MEASURE`` sd) reaches the best gain any candidate is sure of (at the slow end of its own) is a
+contender when that gain is `GAIN_TOLERANCE` above the sure one; while more than one contender remains and some are unmeasured, up to `MEASURE_BATCH` of
+them (the most promising first; not those predicted within `SURE_LOG_SD`) are measured and the model refitted. Every latency a trial
+reports joins the model too. ``--latency-sweep all`` measures every configuration first.
+
 What a trial tells it: a trial trained to the end (its final report) is an observation of its test
 IoU; a trial stopped early, pruned over ``--max-latency-ms`` or failed is only marked tried (an
 early-epoch validation IoU is not a final test IoU, so it is not fitted as one).
@@ -32,10 +42,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import pickle
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from ray.tune.search import Searcher
@@ -43,10 +55,37 @@ from ray.tune.search import Searcher
 from raysearch.records import names as obj
 from raysearch.storage import write_atomic
 
+if TYPE_CHECKING:
+    from raysearch.models import ModelSpec
+    from raysearch.search.latency_model import LatencyModel
+
+log = logging.getLogger(__name__)
+
 PRIOR_INTERCEPT = (0.5, 0.3)  # (mean, sd)
 PRIOR_KNOB = (0.0, 0.1)
 PRIOR_LOG_LATENCY = (0.03, 0.1)
 NOISE_SD = 0.02
+INITIAL_MEASURED = 5  # configurations measured before the first choice, at quantiles of their MACs
+Z_MEASURE = 2.0  # the latency interval (in sd of log latency) within which a contender is measured
+GAIN_TOLERANCE = 0.1  # a contender must be able to beat the sure gain by this share to be worth measuring
+MEASURE_BATCH = 4  # configurations measured per round
+SURE_LOG_SD = 0.025  # a prediction this sure (+-2.5%, about a measurement's repeatability) is not measured
+MAX_ROUNDS = 8  # rounds of measurement before one choice at most
+
+
+@dataclass
+class LatencyOracle:
+    """Latencies for a search without a full sweep: ``model`` (one device class) predicts them,
+    ``measure`` measures configurations on the farm (the live search) or reads them from a table
+    (the replay), ``to_spec`` turns a searched config into its `ModelSpec`."""
+
+    model: LatencyModel
+    to_spec: Callable[[dict[str, Any]], ModelSpec]
+    measure: Callable[[list[dict[str, Any]]], list[float]]
+    measured: int = 0  # configurations measured for the searcher (not counting the trials' own)
+
+    def __getstate__(self) -> dict[str, Any]:  # the searcher's saved state: what was measured, not how
+        return {"model": self.model, "measured": self.measured}
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -108,13 +147,18 @@ def expected_hv_gain(latency: float, mu: float, sd: float, front: Sequence[tuple
 
 
 class LatencyFirstSearch(Searcher):
-    """A Ray Tune searcher over a finite space whose latencies were measured before any training
-    (``latencies``: `config_key` -> ms). See the module's docstring."""
+    """A Ray Tune searcher over a finite space whose latencies were either all measured before any
+    training (``latencies``: `config_key` -> ms) or are predicted and measured as needed (``oracle``).
+    See the module's docstring."""
 
-    def __init__(self, latencies: Mapping[str, float], *, seed: int = 0, max_latency_ms: float | None = None,
+    def __init__(self, latencies: Mapping[str, float] | None = None, *, oracle: LatencyOracle | None = None,
+                 seed: int = 0, max_latency_ms: float | None = None,
                  points_to_evaluate: Sequence[dict[str, Any]] | None = None) -> None:
         super().__init__(metric=obj.IOU.name, mode=obj.IOU.mode)
-        self.latencies = dict(latencies)
+        if (latencies is None) == (oracle is None):
+            raise ValueError("latency-first needs either every configuration's latency or a latency oracle")
+        self.latencies = dict(latencies or {})
+        self.oracle = oracle
         self.max_latency_ms = max_latency_ms
         self.first = [dict(p) for p in points_to_evaluate or ()]
         self.rng = np.random.default_rng(seed)
@@ -132,17 +176,19 @@ class LatencyFirstSearch(Searcher):
 
     def _set_space(self, grid: Mapping[str, Sequence[Any]]) -> None:
         configs = grid_configs(grid)
-        missing = [c for c in configs if config_key(c) not in self.latencies]
-        if missing:
-            raise ValueError(f"latency-first: no latency measured for {len(missing)} of {len(configs)} "
-                             f"configurations (first: {missing[0]})")
         self.configs = configs
-        lat = np.array([self.latencies[config_key(c)] for c in configs], dtype=float)
-        self.latency = lat
-        allowed = lat <= self.max_latency_ms if self.max_latency_ms is not None else np.ones(len(lat), bool)
-        self.tried |= {i for i in range(len(configs)) if not allowed[i]}  # pruned anyway: never trained
-        self.right = float(lat[allowed].max()) if allowed.any() else float(lat.max())
-        # features: intercept, one-hot per value of every knob that varies, standardized log latency
+        if self.oracle is None:
+            missing = [c for c in configs if config_key(c) not in self.latencies]
+            if missing:
+                raise ValueError(f"latency-first: no latency measured for {len(missing)} of {len(configs)} "
+                                 f"configurations (first: {missing[0]})")
+            self.latency = np.array([self.latencies[config_key(c)] for c in configs], dtype=float)
+            self.latency_hi = self.latency_lo = self.latency
+            self.is_measured = np.ones(len(configs), bool)
+        else:
+            self.specs = [self.oracle.to_spec(c) for c in configs]
+            self._measure_initial()
+        # features: intercept, one-hot per value of every knob that varies, then the standardized log latency
         columns = [np.ones(len(configs))]
         prior_mean, prior_sd = [PRIOR_INTERCEPT[0]], [PRIOR_INTERCEPT[1]]
         for k in sorted(grid):
@@ -153,14 +199,88 @@ class LatencyFirstSearch(Searcher):
                 columns.append(np.array([repr(c[k]) == v for c in configs], dtype=float))
                 prior_mean.append(PRIOR_KNOB[0])
                 prior_sd.append(PRIOR_KNOB[1])
-        log_lat = np.log(lat)
-        spread = log_lat.std()
-        columns.append((log_lat - log_lat.mean()) / spread if spread > 0 else np.zeros(len(configs)))
         prior_mean.append(PRIOR_LOG_LATENCY[0])
         prior_sd.append(PRIOR_LOG_LATENCY[1])
-        self.features = np.stack(columns, axis=1)
+        self.knob_columns = np.stack(columns, axis=1)
         self.prior = (np.array(prior_mean), np.array(prior_sd))
         self.index = {config_key(c): i for i, c in enumerate(configs)}
+        self._latencies_changed()
+
+    def _latencies_changed(self) -> None:
+        """The box, the pruned configurations and the IoU model's latency column, from ``self.latency``."""
+        lat = self.latency
+        allowed = self.latency_lo <= self.max_latency_ms if self.max_latency_ms is not None else np.ones(len(lat), bool)
+        self.tried |= {i for i in range(len(lat)) if not allowed[i]}  # pruned anyway: never trained
+        self.right = float(lat[allowed].max()) if allowed.any() else float(lat.max())
+        log_lat = np.log(lat)
+        spread = log_lat.std()
+        column = (log_lat - log_lat.mean()) / spread if spread > 0 else np.zeros(len(lat))
+        self.features = np.concatenate([self.knob_columns, column[:, None]], axis=1)
+
+    # ---- latencies without a sweep ------------------------------------------------------------
+    def _predict_latency(self) -> None:
+        assert self.oracle is not None
+        pred = self.oracle.model.predict(self.specs)
+        self.latency, self.is_measured, self.log_sd = pred.ms, pred.measured, pred.log_sd
+        self.latency_lo, self.latency_hi = pred.bounds(Z_MEASURE)
+
+    def _measure(self, idx: Sequence[int]) -> None:
+        assert self.oracle is not None
+        idx = [i for i in idx if not self.is_measured[i]]
+        if not idx:
+            return
+        for i, ms in zip(idx, self.oracle.measure([self.configs[i] for i in idx])):
+            self.oracle.model.add(self.specs[i], ms)
+        self.oracle.measured += len(idx)
+
+    def _measure_initial(self) -> None:
+        """`INITIAL_MEASURED` configurations at quantiles of the first feature (log MACs), the
+        smallest and the largest among them, unless the model already knows that many."""
+        assert self.oracle is not None
+        n = len(self.configs)
+        if len(self.oracle.model) < INITIAL_MEASURED:
+            size = np.array([self.oracle.model.features(s)[0] for s in self.specs])
+            order = np.argsort(size, kind="stable")
+            picks = sorted({int(order[round(q * (n - 1))]) for q in np.linspace(0, 1, INITIAL_MEASURED)})
+            self._predict_latency()
+            self._measure(picks)
+        self._predict_latency()
+
+    def _measure_needed(self, left: list[int]) -> None:
+        """Measure the contenders whose latency could change the next choice (see the module's doc)."""
+        for _ in range(MAX_ROUNDS):
+            left = [i for i in left if i not in self.tried]
+            if not left:
+                return
+            mu, sd = self.model().predict(self.features)
+            front = self._front(mu)
+            g_fast = np.array([expected_hv_gain(self.latency_lo[i], mu[i], sd[i], front, self.right) for i in left])
+            g_slow = np.array([expected_hv_gain(self.latency_hi[i], mu[i], sd[i], front, self.right) for i in left])
+            bar = g_slow.max() * (1 + GAIN_TOLERANCE)
+            best = left[int(np.argmax(g_slow))]
+            contenders = [best] + [left[j] for j in np.argsort(-g_fast, kind="stable") if g_fast[j] > bar
+                                   and left[j] != best]
+            todo = [i for i in contenders if not self.is_measured[i] and self.log_sd[i] > SURE_LOG_SD]
+            if len(contenders) <= 1 or not todo:
+                return
+            self._measure(todo[:MEASURE_BATCH])
+            self._predict_latency()
+            self._latencies_changed()
+
+    def _learn_latency(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        """A latency a trial measured (every trained configuration's) joins the model."""
+        i = self.pending.get(trial_id)
+        if self.oracle is None or i is None or not result or self.is_measured[i]:
+            return
+        ms = result.get(obj.LATENCY_MS.name)
+        if isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0:
+            self.oracle.model.add(self.specs[i], float(ms))
+            self.is_measured[i] = True
+
+    def latency_counts(self) -> tuple[int, int]:
+        """(configurations whose latency is known from a measurement, configurations predicted)."""
+        known = int(self.is_measured.sum())
+        return known, len(self.configs) - known
 
     # ---- Ray Tune's searcher interface --------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -170,11 +290,20 @@ class LatencyFirstSearch(Searcher):
             if i is not None and i not in self.tried:
                 return self._start(trial_id, i)
         left = [i for i in range(len(self.configs)) if i not in self.tried]
-        if not left:
+        best = self._best(left) if left else -1
+        if best < 0:
+            if not getattr(self, "_said_exhausted", False):
+                self._said_exhausted = True
+                log.info("search ended: every one of the space's %d configurations was tried or pruned: the space "
+                         "is exhausted", len(self.configs))
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray Tune's "space exhausted" answer
-        return self._start(trial_id, self._best(left))
+        return self._start(trial_id, best)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._learn_latency(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self._learn_latency(trial_id, result)
         i = self.pending.pop(trial_id, None)
         if i is None or error or not result:
             return
@@ -187,8 +316,13 @@ class LatencyFirstSearch(Searcher):
         write_atomic(checkpoint_path, pickle.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
+        live = self.oracle
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = pickle.load(f)
+        saved = state.get("oracle")
+        if live is not None and saved is not None:  # how to measure: this process's, not the pickle's
+            state["oracle"] = LatencyOracle(saved.model, live.to_spec, live.measure, measured=saved.measured)
+        self.__dict__.update(state)
 
     # ---- the choice ---------------------------------------------------------------------------
     def _start(self, trial_id: str, i: int) -> dict[str, Any]:
@@ -203,10 +337,18 @@ class LatencyFirstSearch(Searcher):
             fitted.fit(self.features[idx], np.array([self.observed[i] for i in idx]))
         return fitted
 
-    def _best(self, left: list[int]) -> int:
-        mu, sd = self.model().predict(self.features)
+    def _front(self, mu: np.ndarray) -> list[tuple[float, float]]:
         front = [(self.latency[i], iou) for i, iou in self.observed.items()]
-        front += [(self.latency[i], float(mu[i])) for i in self.pending.values()]  # running: at their prediction
+        return front + [(self.latency[i], float(mu[i])) for i in self.pending.values()]  # running: at their prediction
+
+    def _best(self, left: list[int]) -> int:
+        if self.oracle is not None:
+            self._measure_needed(left)
+            left = [i for i in left if i not in self.tried]  # measured over --max-latency-ms
+            if not left:
+                return -1
+        mu, sd = self.model().predict(self.features)
+        front = self._front(mu)
         gains = np.array([expected_hv_gain(self.latency[i], mu[i], sd[i], front, self.right) for i in left])
         best = np.flatnonzero(gains >= gains.max() - 1e-12)
         return left[int(self.rng.choice(best))]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from benchd.farm import BenchFarm
+    from raysearch.search.latency_first import LatencyOracle
 
 log = logging.getLogger(__name__)
 
@@ -422,8 +423,52 @@ def untrained_latency(spec: ModelSpec, settings: TrialSettings, work: Path, cali
 
     path = _export(model if model is not None else build_model(spec), work / "untrained.onnx", settings, calibration)
     measured = measure(path, settings.bench)
-    cache.put(key, measured.to_dict())
+    # the spec and the timing key beside the reply: what the next search's latency model is fitted on
+    cache.put(key, {**measured.to_dict(), CACHE_SPEC: spec.to_dict(), CACHE_TIMING: settings.bench.timing_key()})
     return measured
+
+
+CACHE_SPEC, CACHE_TIMING = "spec", "timing_key"  # keys of a latency cache document besides the reply
+
+
+def cached_latencies(cache: str) -> dict[tuple[str, str], list[tuple[ModelSpec, float]]]:
+    """What a latency cache holds, by (device class, timing key): (spec, ms) of each configuration
+    (documents written before the cache kept the spec are left out)."""
+    out: dict[tuple[str, str], list[tuple[ModelSpec, float]]] = {}
+    for doc in DocumentStore(cache).documents():
+        try:
+            spec, ms = ModelSpec.from_dict(doc[CACHE_SPEC]), float(doc[obj.LATENCY_MS.name])
+            group = (str(doc[obj.TAG_DEVICE_CLASS]), str(doc[CACHE_TIMING]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.setdefault(group, []).append((spec, ms))
+    return out
+
+
+def latency_oracle(settings: TrialSettings) -> LatencyOracle:
+    """Latency-first's latencies without a sweep: a latency model of the device class, fitted on what
+    the latency cache already holds, that measures on the farm (through the cache) what it needs."""
+    from raysearch.search.latency_first import LatencyOracle
+    from raysearch.search.latency_model import LatencyModel
+
+    model = LatencyModel(settings.bench.device_class)
+    timing = settings.bench.timing_key()
+    known = [m for (_, key), group in cached_latencies(settings.latency_cache).items() if key == timing for m in group]
+    model.update(known)
+    if known:
+        log.info("latency model of %r: %d configurations measured by earlier searches (the latency cache)",
+                 settings.bench.device_class, len(known))
+
+    def measure_configs(configs: list[dict[str, Any]]) -> list[float]:
+        out = []
+        with tempfile.TemporaryDirectory(prefix="raysearch-latency-") as work:
+            for config in configs:
+                spec = settings.spec_for(config)
+                out.append(untrained_latency(spec, settings, Path(work), calibration_for(spec, settings)).latency_ms)
+                log.info("latency measured for the search: %s %.3f ms", spec.name, out[-1])
+        return out
+
+    return LatencyOracle(model, settings.spec_for, measure_configs)
 
 
 def sweep_latencies(configs: list[dict[str, Any]], settings: TrialSettings) -> dict[str, float]:

@@ -5,6 +5,8 @@ the same front."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from raysearch.models import ModelSpec
@@ -13,6 +15,7 @@ from raysearch.records.results import DUPLICATE, STOPPED, TRAINED
 from raysearch.search.driver import SearchOptions, SearchRequest, run_search
 from raysearch.search.replay.simulator import simulate, table_space, table_trial
 from raysearch.search.replay.table import load
+from raysearch.search.samplers import SAMPLERS
 from tests.helpers.replay_tables import make_table
 
 pytestmark = pytest.mark.slow
@@ -49,3 +52,30 @@ def test_the_driver_and_the_simulator_make_the_same_search(tmp_path, scheduler):
     sim_front = [finished[i].config for i in pareto_front([{"iou": t.iou, "latency_ms": t.latency_ms} for t in finished])]
     assert sorted(by_spec[r.spec.to_json()] for r in live.front) == sorted(sim_front)
     assert any(outcome == "stopped" for _, outcome in live_trials)  # the scheduler had decisions to make
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_configuration_is_never_charged_twice(tmp_path, local_ray, sampler, caplog):
+    """A grid of 4 configurations and --num-samples 10 on real Ray: 4 trials, each configuration
+    once, and the search ends saying the space is exhausted, whatever the sampler."""
+    points = {f"a{a:g}-{res}": ({"a": a, "input_hw": res}, a * res / 8, [[0.4 + a, 0.5 + a]], [0.6 + a])
+              for a in (0.125, 0.25) for res in (64, 96)}
+    table = load(make_table(tmp_path / "four.jsonl", points, epochs=2))
+    opts = SearchOptions.from_flags(mode="search", sampler=sampler, scheduler="none", num_samples=10, seed=0,
+                                    concurrency=1, data="synthetic:30", bench_runs=3, storage_path=str(tmp_path / "ray"),
+                                    tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with caplog.at_level(logging.INFO, logger="raysearch.search"):
+        live = run_search(SearchRequest("replay", table_space(table), opts, table.epochs,
+                                        trial_fn=table_trial(str(tmp_path / "four.jsonl"))))
+    assert len(live.rows) == 4 and all(r.status == TRAINED for r in live.rows)
+    assert len({r.spec.to_json() for r in live.rows}) == 4
+    assert "the space is exhausted" in caplog.text

@@ -40,5 +40,5 @@ def test_what_optuna_is_told_of_a_trial_the_scheduler_stopped():
     searcher.set_search_properties(None, None, param_space(Space({"a": [0.5, 0.25]}), "search"))
     searcher.suggest("t0")
     searcher.on_trial_complete("t0", {obj.IOU.name: 0.0, obj.LATENCY_MS.name: 2.0, obj.EPOCH: 1})  # stopped at epoch 1
-    (trial,) = searcher._ot_study.trials
+    (trial,) = searcher.inner._ot_study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [0.0, 2.0]

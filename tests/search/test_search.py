@@ -707,3 +707,26 @@ def test_the_quickstart_search_says_what_it_saved_against_the_grid(tmp_path):
     # 2 of the grid's 3 configurations, trained and measured again: near the grid, and above it when
     # this run's IoU or latency came out better (1 epoch of training, sub-millisecond latencies)
     assert 0.0 < share < 2.0
+
+
+def test_latency_model_search_measures_part_of_the_space_and_the_next_search_reads_the_cache(tmp_path):
+    """--latency-sweep needed on real Ray and a real local benchd: the first search measures part of
+    the space for its latency model (and says how much), the second on the same storage starts from
+    what the first measured (the latency cache) and measures fewer."""
+    store = Store(tmp_path)
+    args = ("--quick", "--mode", "search", "--num-samples", "2", "--res", "64", "96", "128", "--epochs", "1",
+            "--bench-runs", "3", "--latency-sweep", "needed", "--concurrency", "1")
+    first = store.stage(7, *args, "--name", "first")
+    (parent,) = store.parents("stage7")
+    space = json.loads(parent.data.params["grid"])
+    size = math.prod(len(v) for v in space.values())
+    measured = parent.data.metrics["latency_configs_measured"]
+    assert parent.data.params["latency_sweep"] == "needed"
+    assert 5 <= measured < size and parent.data.metrics["latency_configs_predicted"] == size - measured
+    assert "latency sweep" not in first.stdout + first.stderr  # nothing measured wholesale
+    second = store.stage(7, *args, "--name", "second")
+    log_text = second.stdout + second.stderr
+    assert "measured by earlier searches (the latency cache)" in log_text, log_text[-3000:]
+    (again,) = [p for p in store.parents("stage7") if p.info.run_name == "second"]
+    assert again.data.metrics["latency_configs_measured"] < measured
+    assert len(store.children(again.info.run_id)) == 2

@@ -48,6 +48,10 @@ def text_table(summary: dict[str, Any]) -> str:
             cells.append(f"{c['hv_share_mean']:.3f} +- {c['hv_share_se']:.3f}{mark}".ljust(30))
         tag = " (default)" if label == summary["default"] else ""
         lines.append((label + tag).ljust(width + 10) + "".join(cells))
+    for label, m in summary["methods"].items():
+        if "latency_measured_mean" in m:
+            lines.append(f"{label}: its latency model had {m['latency_measured_mean']:g} configurations measured for "
+                         f"it on average (at most {m['latency_measured_max']}), besides those it trained")
     return "\n".join(lines)
 
 
@@ -74,6 +78,8 @@ class SeedResult:
     stopped: int
     epochs_spent: int  # below a budget: the search ran out of trials (num_samples) before spending it
     repeated: int  # trials of a configuration already trained (nothing trained)
+    latency_measured: int | None = None  # latency-first's latency model: configurations measured for it
+    repeat_proposals: int | None = None  # an Optuna sampler's proposals of configurations already proposed
 
 
 def _one(args: tuple[Any, ...]) -> SeedResult:
@@ -99,7 +105,13 @@ def _one(args: tuple[Any, ...]) -> SeedResult:
     return SeedResult([r.share_at(b * table.grid_epochs) for b in budgets],
                       [r.share_at(x * table.grid_epochs) for x in curve_x], [r.share_at_time(t * 3600) for t in time_x],
                       len(r.trials), sum(t.outcome == "stopped" for t in r.trials), r.epochs_spent,
-                      sum(t.outcome == "duplicate" for t in r.trials))
+                      sum(t.outcome == "duplicate" for t in r.trials), r.latency_measured,
+                      r.repeat_proposals)
+
+
+# bumped whenever the product's search changes what a replay gives (keys a `ReplayCache` file): 2 = each
+# configuration proposed once (`DistinctSearch`), latency-first's latency model (issues 31, 32)
+SEARCH_VERSION = 2
 
 
 class ReplayCache:
@@ -124,7 +136,7 @@ class ReplayCache:
 
     def _path(self, task: tuple[Any, ...]) -> Path:
         _, method, seed, *settings = task
-        key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, *self._versions])
+        key = json.dumps([self._table_sha, dataclasses.astuple(method), seed, settings, *self._versions, SEARCH_VERSION])
         return self.folder / f"{method.key}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
     def get(self, task: tuple[Any, ...]) -> SeedResult | None:
@@ -183,6 +195,13 @@ class Comparison:
                               "trials_mean": round(statistics.fmean(r.trials for r in runs), 1),
                               "stopped_mean": round(statistics.fmean(r.stopped for r in runs), 1),
                               "repeated_mean": round(statistics.fmean(r.repeated for r in runs), 1)}
+            repeats = [r.repeat_proposals for r in runs if r.repeat_proposals is not None]
+            if repeats:  # answered from what the search knew, not trials
+                methods[label]["repeat_proposals_mean"] = round(statistics.fmean(repeats), 1)
+            measured = [r.latency_measured for r in runs if r.latency_measured is not None]
+            if measured:  # what the latency model had measured, at the largest budget
+                methods[label]["latency_measured_mean"] = round(statistics.fmean(measured), 1)
+                methods[label]["latency_measured_max"] = max(measured)
         return {"table": self.table, "latency_source": self.source, "seeds": self.seeds, "workers": self.workers,
                 "grid_epochs": self.grid_epochs, "default": default_label(), "methods": methods}
 

@@ -25,12 +25,13 @@ class Method:
     grace_period: int | None = None
     reduction_factor: float | None = None
     peer: str | None = None  # a peer's own search (`raysearch.search.replay.peers`) instead of sampler + scheduler
+    latency_sweep: str | None = None  # latency-first: "needed" predicts with a latency model (None: the default)
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> "SearchOptions":
         from raysearch.search.driver import SearchOptions
 
-        tuned = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor))
-                 if v is not None}
+        tuned = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor),
+                                   ("latency_sweep", self.latency_sweep)) if v is not None}
         return SearchOptions.from_flags(mode="search", sampler=self.sampler, scheduler=self.scheduler, seed=seed,
                                         num_samples=num_samples, max_latency_ms=max_latency_ms, **tuned)
 
@@ -51,6 +52,10 @@ METHODS = (
     Method("gp-pasha", "GP + Pareto-ASHA", "gp", "pareto-asha"),
     Method("latency-first", "latency-first, no stopping", "latency-first", "none"),
     Method("latency-first-front", "latency-first + front stopping", "latency-first", "front"),
+    Method("latency-first-model", "latency-first (latency model), no stopping", "latency-first", "none",
+           latency_sweep="needed"),
+    Method("latency-first-front-model", "latency-first (latency model) + front stopping", "latency-first",
+           "front", latency_sweep="needed"),
     Method("random-front", "random + front stopping", "random", "front"),
     Method("moasha", "Syne Tune MOASHA (peer)", "random", "none", peer="moasha"),
 )
@@ -65,6 +70,7 @@ METHOD_KEYS = {m.key: m for m in METHODS}
 SECONDS_PER_SEED = {
     "random": 0.01, "random-pasha": 0.13, "tpe-asha": 0.8, "tpe-pasha": 0.8, "nsga2-pasha": 0.17,
     "gp": 16.0, "gp-pasha": 1400.0, "latency-first": 0.03, "latency-first-front": 0.03, "random-front": 0.02,
+    "latency-first-model": 1.2, "latency-first-front-model": 1.2,  # 2026-12-07, AMD EPYC VM (issue 31)
     "moasha": 1.5,
 }
 ESTIMATE_CONFIGS = 36  # table A's configurations, where SECONDS_PER_SEED was measured

@@ -21,7 +21,8 @@ trains nothing (the results cache); otherwise one report per recorded epoch (val
 loss, at the epoch's recorded wall time) and a final report with the test IoU of the best epoch
 by validation loss after the trial's fixed cost (export, evaluation). Each trial draws one of
 the configuration's recorded training seeds (deterministic per ``seed``), so seed-to-seed noise is
-replayed. The time to measure a latency is not simulated (seconds against minutes of training).
+replayed. The time to measure a latency is not simulated (seconds against minutes of training);
+what latency-first measures with its latency model is read from the table's column and counted.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from ray.tune.search import Searcher
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import hypervolume
-from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space
-from raysearch.search.latency_first import config_key, grid_configs
+from raysearch.search.distinct import DistinctSearch
+from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space, sweeps_all
+from raysearch.search.latency_first import LatencyFirstSearch, LatencyOracle, config_key, grid_configs
+from raysearch.search.latency_model import LatencyModel
 from raysearch.search.replay.table import Run, Table, TableError, load
 from raysearch.search.trial import TrialSettings, base_metrics
 from raysearch.storage import DocumentStore
@@ -104,6 +107,9 @@ class Replay:
     trace: list[tuple[int, float, float]] = field(default_factory=list)
     epochs_spent: int = 0
     seconds: float = 0.0
+    latency_measured: int | None = None  # latency-first with a latency model: configurations measured for it
+    latency_known: int | None = None  # ... and those measured by it or by a trial, at the end
+    repeat_proposals: int | None = None  # proposals of configurations already proposed (told, asked again)
 
     def share_at(self, epochs: float) -> float:
         """The front's hypervolume share once ``epochs`` training epochs were spent."""
@@ -161,9 +167,13 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
     if objects is not None:
         searcher, scheduler = objects
     else:
-        # the product measures every configuration before a latency-first search
-        latencies = table_latencies(table, source, space) if opts.schedule.sampler == "latency-first" else None
-        searcher = make_searcher(opts, first, latencies)
+        latencies, oracle = None, None
+        if opts.schedule.sampler == "latency-first" and sweeps_all(opts, space):
+            latencies = table_latencies(table, source, space)  # every configuration measured first
+        elif opts.schedule.sampler == "latency-first":  # a latency model, measuring (reading) what it needs
+            oracle = LatencyOracle(LatencyModel(source), to_id.settings.spec_for,
+                                   lambda configs: [table.latency_ms(to_id(c), source) for c in configs])
+        searcher = make_searcher(opts, first, latencies, oracle)
         scheduler = make_scheduler(opts, table.epochs, None)
     searcher.set_search_properties(None, None, param_space(space, "search"))  # as Tune's controller does
     ref = hv_box(table, source)
@@ -244,6 +254,11 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
                 start(now)
             continue
         heapq.heappush(events, (now + wait, o, trial_id, gen))
+    if isinstance(searcher, DistinctSearch):
+        out.repeat_proposals = searcher.repeats
+    if isinstance(searcher, LatencyFirstSearch) and searcher.oracle is not None:
+        out.latency_measured = searcher.oracle.measured
+        out.latency_known = searcher.latency_counts()[0]
     return out
 
 
