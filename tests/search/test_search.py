@@ -730,3 +730,15 @@ def test_latency_model_search_measures_part_of_the_space_and_the_next_search_rea
     (again,) = [p for p in store.parents("stage7") if p.info.run_name == "second"]
     assert again.data.metrics["latency_configs_measured"] < measured
     assert len(store.children(again.info.run_id)) == 2
+    # what the cache holds, and the model's error on it, in a few lines
+    cache = str(tmp_path / "ray" / "latency_cache")
+    shown = subprocess.run(["raysearch", "latency", "--cache", cache], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "device class 'local'" in shown.stdout and "configurations measured" in shown.stdout
+    assert "(5-fold): " in shown.stdout and ("within +-10%" in shown.stdout or "needs 6" in shown.stdout)
+    other = subprocess.run(["raysearch", "latency", "--cache", cache, "--device-class", "rpi4"], capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 0 and "no latency measured on device class 'rpi4'" in other.stdout
+    missing = subprocess.run(["raysearch", "latency", "--cache", str(tmp_path / "nowhere")], capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and "no latency cache there" in missing.stderr and "Traceback" not in missing.stderr
