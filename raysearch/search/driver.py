@@ -768,7 +768,7 @@ def sweeps_all(opts: SearchOptions, space: Space) -> bool:
 
 
 def planned_trials(space: Space, opts: SearchOptions) -> int:
-    """Trials the search will run at most: the grid, or --num-samples (latency-first proposes each
+    """Trials the search will run at most: the grid, or --num-samples (every searcher proposes each
     configuration once, so no more than the space holds)."""
     if opts.mode == "grid":
         return space.size()

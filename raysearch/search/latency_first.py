@@ -18,15 +18,16 @@ Running trials count at their predicted IoU (a "kriging believer"), so parallel 
 along the latency axis instead of piling onto one region. A configuration is suggested once: a
 finite space is exhausted, never repeated (the searcher then says FINISHED).
 
-Latencies without a sweep (`LatencyOracle`, the default ``--latency-sweep needed``): a latency model
-(`raysearch.search.latency_model`) predicts every configuration's latency with an uncertainty
-from what the farm measured. The searcher first measures `INITIAL_MEASURED` configurations spread
-over the space's sizes (MACs), then before each choice measures the configurations whose latency
-could still change it: a candidate whose expected gain at the fast end of its latency interval
-(``Z_MEASURE`` sd) reaches the best gain any candidate is sure of (at the slow end of its own) is a
-contender when that gain is `GAIN_TOLERANCE` above the sure one; while more than one contender remains and some are unmeasured, up to `MEASURE_BATCH` of
-them (the most promising first; not those predicted within `SURE_LOG_SD`) are measured and the model refitted. Every latency a trial
-reports joins the model too. ``--latency-sweep all`` measures every configuration first.
+Latencies without a sweep (`LatencyOracle`: ``--latency-sweep needed``, and ``auto`` beyond 2,000
+configurations): a latency model (`raysearch.search.latency_model`) predicts every configuration's
+latency with an uncertainty from what the farm measured. The searcher first measures
+`INITIAL_MEASURED` configurations spread over the space's sizes (MACs), then before each choice
+measures the configurations whose latency could still change it: a candidate is a contender when
+its expected gain at the fast end of its latency interval (``Z_MEASURE`` sd) beats by
+`GAIN_TOLERANCE` the best gain any candidate is sure of (at the slow end of its own interval); while
+contenders remain that are unmeasured and not already predicted within `SURE_LOG_SD`, up to
+`MEASURE_BATCH` of them (the most promising first) are measured and the model refitted. Every
+latency a trial reports joins the model too.
 
 What a trial tells it: a trial trained to the end (its final report) is an observation of its test
 IoU; a trial stopped early, pruned over ``--max-latency-ms`` or failed is only marked tried (an
@@ -83,9 +84,6 @@ class LatencyOracle:
     to_spec: Callable[[dict[str, Any]], ModelSpec]
     measure: Callable[[list[dict[str, Any]]], list[float]]
     measured: int = 0  # configurations measured for the searcher (not counting the trials' own)
-
-    def __getstate__(self) -> dict[str, Any]:  # the searcher's saved state: what was measured, not how
-        return {"model": self.model, "measured": self.measured}
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -166,6 +164,7 @@ class LatencyFirstSearch(Searcher):
         self.observed: dict[int, float] = {}  # config index -> test IoU (trained to the end)
         self.pending: dict[str, int] = {}  # trial id -> config index
         self.tried: set[int] = set()
+        self.said_exhausted = False
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
                               **spec: Any) -> bool:
@@ -292,8 +291,8 @@ class LatencyFirstSearch(Searcher):
         left = [i for i in range(len(self.configs)) if i not in self.tried]
         best = self._best(left) if left else -1
         if best < 0:
-            if not getattr(self, "_said_exhausted", False):
-                self._said_exhausted = True
+            if not self.said_exhausted:
+                self.said_exhausted = True
                 log.info("search ended: every one of the space's %d configurations was tried or pruned: the space "
                          "is exhausted", len(self.configs))
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray Tune's "space exhausted" answer
@@ -313,15 +312,21 @@ class LatencyFirstSearch(Searcher):
                 self.observed[i] = iou
 
     def save(self, checkpoint_path: str) -> None:
-        write_atomic(checkpoint_path, pickle.dumps(self.__dict__))
+        state = dict(self.__dict__)
+        if self.oracle is not None:  # what was measured, not how to measure (closures over this process)
+            state["oracle"] = (self.oracle.model, self.oracle.measured)
+        write_atomic(checkpoint_path, pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        live = self.oracle
+        live = self.oracle  # Ray Tune restores this object first (with its callables), then the state
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         saved = state.get("oracle")
-        if live is not None and saved is not None:  # how to measure: this process's, not the pickle's
-            state["oracle"] = LatencyOracle(saved.model, live.to_spec, live.measure, measured=saved.measured)
+        if isinstance(saved, tuple):
+            if live is None:
+                raise ValueError("latency-first: this saved search measured latencies as it went; restore it into "
+                                 "a searcher given a latency oracle")
+            state["oracle"] = LatencyOracle(saved[0], live.to_spec, live.measure, measured=saved[1])
         self.__dict__.update(state)
 
     # ---- the choice ---------------------------------------------------------------------------
@@ -342,7 +347,9 @@ class LatencyFirstSearch(Searcher):
         return front + [(self.latency[i], float(mu[i])) for i in self.pending.values()]  # running: at their prediction
 
     def _best(self, left: list[int]) -> int:
-        if self.oracle is not None:
+        if self.oracle is not None:  # what trials measured since the last choice, then what is needed
+            self._predict_latency()
+            self._latencies_changed()
             self._measure_needed(left)
             left = [i for i in left if i not in self.tried]  # measured over --max-latency-ms
             if not left:
