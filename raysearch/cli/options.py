@@ -218,8 +218,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "first (at most 2,000; seconds each on the farm); needed: a latency model of the device "
                         "class (fitted on what the latency cache holds) predicts every latency with an uncertainty, "
                         "and the farm measures only the configurations whose latency could change which one is "
-                        "trained next (any space size; on the recorded tables it measured a quarter to two fifths "
-                        "of the space and scored up to 0.007 lower early on, BENCHMARKS.md); auto: all up to 2,000 "
+                        "trained next (any space size; on the recorded tables it measured about a quarter of the "
+                        "space and scored 0.004 lower early on, BENCHMARKS.md); auto: all up to 2,000 "
                         "configurations, needed beyond (default %(default)s)")
     g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "
                                                                "%(default)s); rungs at grace x factor^k epochs")
