@@ -460,15 +460,20 @@ def latency_oracle(settings: TrialSettings) -> LatencyOracle:
                  settings.bench.device_class, len(known))
 
     def measure_configs(configs: list[dict[str, Any]]) -> list[float]:
-        out = []
-        with tempfile.TemporaryDirectory(prefix="raysearch-latency-") as work:
-            for config in configs:
-                spec = settings.spec_for(config)
-                out.append(untrained_latency(spec, settings, Path(work), calibration_for(spec, settings)).latency_ms)
-                log.info("latency measured for the search: %s %.3f ms", spec.name, out[-1])
-        return out
+        return measure_configs_of(configs, settings, "latency measured for the search")
 
     return LatencyOracle(model, settings.spec_for, measure_configs)
+
+
+def measure_configs_of(configs: list[dict[str, Any]], settings: TrialSettings, what: str) -> list[float]:
+    """Each configuration's untrained latency (the cache's, or measured and cached), a log line each."""
+    out: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="raysearch-latency-") as work:
+        for n, config in enumerate(configs, 1):
+            spec = settings.spec_for(config)
+            out.append(untrained_latency(spec, settings, Path(work), calibration_for(spec, settings)).latency_ms)
+            log.info("%s %d/%d: %s %.3f ms", what, n, len(configs), spec.name, out[-1])
+    return out
 
 
 def sweep_latencies(configs: list[dict[str, Any]], settings: TrialSettings) -> dict[str, float]:
@@ -476,14 +481,8 @@ def sweep_latencies(configs: list[dict[str, Any]], settings: TrialSettings) -> d
     `raysearch.search.latency_first.config_key` -> ms; the trials then find theirs in the latency cache."""
     from raysearch.search.latency_first import config_key
 
-    out: dict[str, float] = {}
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="raysearch-sweep-") as work:
-        for n, config in enumerate(configs, 1):
-            spec = settings.spec_for(config)
-            out[config_key(config)] = untrained_latency(spec, settings, Path(work),
-                                                        calibration_for(spec, settings)).latency_ms
-            log.info("latency sweep %d/%d: %s %.3f ms", n, len(configs), spec.name, out[config_key(config)])
+    out = dict(zip(map(config_key, configs), measure_configs_of(configs, settings, "latency sweep")))
     log.info("latency sweep: %d configurations in %.0f s", len(configs), time.time() - t0)
     return out
 
