@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: set everything up, then search stage 7 of the study with the
-# default method (latency-first + front stopping): local Ray, a local benchd on 127.0.0.1, MLflow in
+# default method (latency-first, every trial to the end): local Ray, a local benchd on 127.0.0.1, MLflow in
 # runs/mlflow.db, the bundled synthetic conveyor-belt data. It ends with the front and what the
 # search saved against the grid. Extra arguments go to the stage script (`--mode grid`: the study's
 # whole grid; see `python raysearch/stage7.py --help`).

@@ -1,13 +1,9 @@
 """The search driver: Ray Tune (grid, or a multi-objective search with optional early stopping),
 a benchd farm for latency, MLflow for everything, the Pareto front at the end.
 
-Searchers (``--sampler``): `raysearch.search.latency_first` (the default) measures every configuration's
-latency before training and trains the configuration with the largest expected hypervolume gain
-next; Optuna's TPE (MOTPE), GP (LogEHVI), NSGA-II and random samplers are the alternatives.
-Schedulers (``--scheduler``): front (the default, `raysearch.search.scheduler.FrontStopping`: stop
-what cannot join the front), none (every trial to the end), pareto-asha
-(`raysearch.search.scheduler.ParetoASHA`), or Ray Tune's ASHA on validation IoU alone (for comparison).
-The defaults are what won the replays of the recorded tables (`raysearch replay`, BENCHMARKS.md).
+The samplers (``--sampler``) and schedulers (``--scheduler``) are `raysearch.search.methods`'s tables:
+latency-first and every trial to the end by default, what won the replays of the recorded tables
+(`raysearch replay`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,17 +31,24 @@ from raysearch.search.latency import (
     local_benchd,
     reserve_cpu,
 )
+from raysearch.search.methods import (
+    LATENCY_SWEEPS,
+    SAMPLERS,
+    SCHEDULERS,
+    SWEEP_LIMIT,
+    make_scheduler,
+    make_searcher,
+    method_params,
+    needs_latency_first,
+    sweeps_all,
+)
 from raysearch.search.presets import preset
 from raysearch.search.ray_console import condense_trial_errors, quiet_worker_exits
-from raysearch.search.samplers import SAMPLERS, make_sampler
 from raysearch.search.trial import TrialSettings, latency_oracle, run_trial, sweep_latencies
 from raysearch.storage import delete_tree
 
 if TYPE_CHECKING:
-    from optuna.samplers import BaseSampler
     from ray.tune import Tuner
-    from ray.tune.schedulers import TrialScheduler
-    from ray.tune.search import Searcher
 
     from raysearch.search.latency_first import LatencyOracle
     from raysearch.tracking.callback import SearchTracker
@@ -56,12 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("grid", "search")
-SWEEP_LIMIT = 2000  # configurations --latency-sweep all measures before training (seconds each on a device)
-# latency-first: measure what could change a choice (a latency model), every configuration first, or
-# auto: all in a space of up to SWEEP_LIMIT (it scored higher on the recorded tables), needed beyond
-LATENCY_SWEEPS = ("auto", "needed", "all")
-SCHEDULERS = ("pareto-asha", "front", "asha", "none")  # pareto-asha: on (val IoU, latency); front: stop what cannot
-# join the front; asha: Ray's, on val IoU
 
 
 @dataclass
@@ -143,7 +140,7 @@ class ScheduleOptions:
 
     PREFIXED: ClassVar[tuple[str, ...]] = ()
     sampler: str = "latency-first"
-    scheduler: str = "front"  # measured on the recorded tables: latency-first + front stopping (BENCHMARKS.md)
+    scheduler: str = "none"  # no stopping rule beat none on the recorded tables, long curves included (BENCHMARKS.md)
     grace_period: int = 1
     reduction_factor: float = 3.0
     latency_sweep: str = "auto"
@@ -477,8 +474,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
     space.check()  # bad input, one line each, before Ray starts
     preflight(opts)
-    if (opts.mode == "search" and opts.schedule.sampler == "latency-first" and opts.schedule.latency_sweep == "all"
-            and space.size() > SWEEP_LIMIT):
+    if needs_latency_first(opts) and opts.schedule.latency_sweep == "all" and space.size() > SWEEP_LIMIT:
         raise ValueError(f"--latency-sweep all measures every configuration's latency before training: this space "
                          f"has {space.size()} configurations (at most {SWEEP_LIMIT}); use --latency-sweep needed")
     check_writable(local_root(opts), "--storage-path" if "://" not in opts.cluster.storage_path else "the driver's state folder")
@@ -593,7 +589,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             trainable = tune.with_resources(tune.with_parameters(req.trial_fn or run_trial, settings=settings),
                                             {"cpu": opts.cluster.cpus_per_trial, "gpu": gpus})
             latencies, oracle = None, None
-            if opts.mode == "search" and opts.schedule.sampler == "latency-first":
+            if needs_latency_first(opts):
                 if sweeps_all(opts, space):  # every latency before any training
                     from raysearch.search.latency_first import grid_configs
 
@@ -731,69 +727,12 @@ class _farm:
             self._ctx.__exit__(*exc)
 
 
-def _sampler(opts: SearchOptions) -> BaseSampler:
-    """The Optuna sampler of ``--sampler``, seeded by ``--seed`` (see the README for which to use)."""
-    return make_sampler(opts.schedule.sampler, seed=opts.seed, num_samples=opts.num_samples)
-
-
-def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None,
-                  latencies: dict[str, float] | None = None, oracle: LatencyOracle | None = None) -> Searcher:
-    """The searcher of ``--mode search``. ``--sampler latency-first``: `LatencyFirstSearch` over
-    ``latencies`` (`config_key` -> ms, every configuration's, measured before the search:
-    ``--latency-sweep all``) or ``oracle`` (a latency model, measuring what it needs). Else
-    Optuna's sampler behind Ray Tune's `OptunaSearch`, told the objectives (metric/mode only here:
-    TuneConfig(metric=...) would make it single-objective); a trial the scheduler stops is told to
-    it with its last report (IoU at the stop, latency). Either way each configuration is proposed once
-    (`DistinctSearch` around Optuna's: a repeat is told its known outcome and the sampler asked again).
-    ``first``: configs to try before the sampler's own (Optuna's enqueued trials)."""
-    if opts.schedule.sampler == "latency-first":
-        from raysearch.search.latency_first import LatencyFirstSearch
-
-        if latencies is None and oracle is None:
-            raise ValueError("--sampler latency-first needs every configuration's latency or a latency model")
-        return LatencyFirstSearch(latencies, oracle=oracle, seed=opts.seed, max_latency_ms=opts.max_latency_ms,
-                                  points_to_evaluate=first)
-    from ray.tune.search.optuna import OptunaSearch
-
-    from raysearch.search.distinct import DistinctSearch
-
-    return DistinctSearch(OptunaSearch(metric=obj.metric_names(), mode=list[str](obj.metric_modes()),
-                                       sampler=_sampler(opts), points_to_evaluate=first))
-
-
-def sweeps_all(opts: SearchOptions, space: Space) -> bool:
-    """Whether latency-first measures every configuration before training (``--latency-sweep``)."""
-    sweep = opts.schedule.latency_sweep
-    return sweep == "all" or (sweep == "auto" and space.size() <= SWEEP_LIMIT)
-
-
 def planned_trials(space: Space, opts: SearchOptions) -> int:
     """Trials the search will run at most: the grid, or --num-samples (every searcher proposes each
     configuration once, so no more than the space holds)."""
     if opts.mode == "grid":
         return space.size()
     return min(opts.num_samples, space.size())  # every sampler proposes each configuration once
-
-
-def method_params(opts: SearchOptions) -> dict[str, Any]:
-    """How ``--mode search``'s searcher works, for the parent run's params (beside ``sampler``,
-    ``scheduler``, ``grace_period`` and ``reduction_factor``, logged from the options)."""
-    if opts.mode != "search":
-        return {}
-    out: dict[str, Any] = {}
-    if opts.schedule.scheduler == "front":
-        from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
-
-        out = {obj.PARAM_FRONT_MARGIN: FRONT_MARGIN, obj.PARAM_FRONT_MIN_FINISHED: FRONT_MIN_FINISHED}
-    if opts.schedule.sampler == "latency-first":
-        from raysearch.search import latency_first as lf
-
-        return {**out, obj.PARAM_STARTUP_TRIALS: 0, obj.PARAM_STOPPED_TRIALS: "marked tried, not fitted",
-                obj.PARAM_SEARCHER_PRIOR: f"intercept {lf.PRIOR_INTERCEPT}, knob {lf.PRIOR_KNOB}, log latency "
-                                          f"{lf.PRIOR_LOG_LATENCY}, noise {lf.NOISE_SD}"}
-    startup = 10 if opts.schedule.sampler in ("tpe", "gp") else 0  # Optuna's default n_startup_trials
-    return {**out, obj.PARAM_STARTUP_TRIALS: startup,
-            obj.PARAM_STOPPED_TRIALS: "COMPLETE with its last report (OptunaSearch)"}
 
 
 def param_space(space: Space, mode: str) -> dict[str, Any]:
@@ -803,25 +742,6 @@ def param_space(space: Space, mode: str) -> dict[str, Any]:
     if mode == "grid":
         return {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
     return {k: tune.choice(list(v)) for k, v in space.grid.items()}
-
-
-def make_scheduler(opts: SearchOptions, epochs: int, state_path: Path | None) -> TrialScheduler | None:
-    if opts.schedule.scheduler == "pareto-asha":
-        from raysearch.search.scheduler import ParetoASHA
-
-        return ParetoASHA(epochs=max(1, epochs), grace_period=opts.schedule.grace_period,
-                          reduction_factor=opts.schedule.reduction_factor, state_path=state_path)
-    if opts.schedule.scheduler == "front":
-        from raysearch.search.scheduler import FrontStopping
-
-        return FrontStopping(grace_period=opts.schedule.grace_period, state_path=state_path)
-    if opts.schedule.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        # +1: reaching max_t stops a trial, and its last epoch must still export/evaluate
-        return ASHAScheduler(time_attr=obj.EPOCH, metric=obj.VAL_IOU.name, mode=obj.VAL_IOU.mode, max_t=epochs + 1,
-                             grace_period=opts.schedule.grace_period, reduction_factor=opts.schedule.reduction_factor)
-    return None
 
 
 def _tuner(tune: ModuleType, trainable: Any, space: Space, opts: SearchOptions, epochs: int, name: str, storage: str,

@@ -20,8 +20,7 @@ from typing import Any
 
 import optuna
 
-OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2", "random")
-SAMPLERS = ("latency-first", *OPTUNA_SAMPLERS)  # latency-first: `raysearch.search.latency_first`, not Optuna
+OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2", "random")  # what `make_sampler` builds (`raysearch.search.methods`'s table)
 
 
 class _FreshLocks:

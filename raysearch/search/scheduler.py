@@ -232,9 +232,11 @@ class FrontStopping(_StatefulScheduler):
 
     A trial's latency is known before its first epoch, so the IoU it must beat is known too: the
     best final IoU among the finished trials at most as slow (`front_level`). Whether it can still
-    get there is read from the trials that finished: the most any of them gained from its
-    validation IoU at this epoch to its final test IoU (``gain``). A trial whose validation IoU
-    plus that gain plus ``margin`` is below the level stops. Until ``min_finished`` trials have
+    get there is read from the trials that finished: the most any of them gained from its best
+    validation IoU up to this epoch to its final test IoU (``gain``). A trial whose best
+    validation IoU so far plus that gain plus ``margin`` is below the level stops. The best so far,
+    not the last: on long, noisy curves (table L, 100 epochs on a small validation split) a dip
+    of one epoch stopped trials that would have joined the front (BENCHMARKS.md, "Early stopping"). Until ``min_finished`` trials have
     finished with a validation IoU at this epoch, nothing stops (no evidence of the gain yet); the
     fast end of the front is never cut, since nothing faster has to be beaten there.
 
@@ -257,7 +259,7 @@ class FrontStopping(_StatefulScheduler):
         super().__init__(dict(grace_period=grace_period, margin=margin, min_finished=min_finished,
                               state_path=None if state_path is None else str(state_path)))
         self.grace_period, self.margin, self.min_finished = grace_period, margin, min_finished
-        self.curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> validation IoU
+        self.curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> best validation IoU up to it
         self.latency: dict[str, float] = {}
         self.finished: dict[str, Point] = {}  # trial id -> (final test IoU, latency)
         self.stopped: dict[str, int] = {}
@@ -275,7 +277,7 @@ class FrontStopping(_StatefulScheduler):
         self.stopped.update(state.get("stopped", {}))
 
     def gain(self, epoch: int) -> float | None:
-        """The most a finished trial gained from its validation IoU at ``epoch`` to its final IoU
+        """The most a finished trial gained from its best validation IoU up to ``epoch`` to its final IoU
         (None: fewer than ``min_finished`` finished trials reported that epoch)."""
         gains = [self.finished[k][0] - self.curves[k][epoch] for k in self.finished
                  if epoch in self.curves.get(k, {})]
@@ -287,10 +289,11 @@ class FrontStopping(_StatefulScheduler):
         latency = self.latency.get(trial_id)
         if iou is None or latency is None:
             return TrialScheduler.CONTINUE
-        self.curves.setdefault(trial_id, {})[epoch] = iou
+        curve = self.curves.setdefault(trial_id, {})
+        best = curve[epoch] = max(iou, max(curve.values(), default=iou))  # best so far: a dip never stops it
         if epoch < self.grace_period or (gain := self.gain(epoch)) is None:
             return TrialScheduler.CONTINUE
-        if iou + gain + self.margin < front_level(list(self.finished.values()), latency):
+        if best + gain + self.margin < front_level(list(self.finished.values()), latency):
             self.stopped[trial_id] = epoch
             self._save()
             return TrialScheduler.STOP

@@ -163,7 +163,7 @@ def test_search_options_are_grouped_and_every_one_is_a_flag_of_the_same_name():
     argv = ["--sampler", "tpe", "--bench-runs", "3", "--farm", "127.0.0.1:9", "--tracking-uri", "sqlite:///x.db",
             "--amp", "--grace-period", "2", "--device-iou", "off"]
     opts = cli.search_options(cli.build_stage_parser(2).parse_args(argv))
-    assert (opts.schedule.sampler, opts.schedule.grace_period, opts.schedule.scheduler) == ("tpe", 2, "front")
+    assert (opts.schedule.sampler, opts.schedule.grace_period, opts.schedule.scheduler) == ("tpe", 2, "none")
     assert (opts.bench.runs, opts.bench.farm, opts.bench.device_iou) == (3, "127.0.0.1:9", "off")
     assert (opts.tracking.uri, opts.cluster.amp) == ("sqlite:///x.db", True)
     assert SearchOptions.from_flags(**opts.flags()) == opts

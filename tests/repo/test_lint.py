@@ -140,3 +140,19 @@ def test_no_test_module_imports_another(tmp_path):
     assert _test_imports(REPO / "tests") == []
     (tmp_path / "test_a.py").write_text("from tests.cli.test_cli import run\nimport conftest\n")
     assert _test_imports(tmp_path) == ["test_a.py: tests.cli.test_cli", "test_a.py: conftest"]
+
+
+_METHOD_NAME_TEST = r"\b(sampler|scheduler)\b\s*(==|!=|not in|in)\s*[(\"']"
+
+
+def test_no_code_compares_a_method_name_outside_the_methods_table():
+    """What a sampler or scheduler does is asked of `raysearch.search.methods`'s table (issue 34):
+    a string comparison on ``sampler`` or ``scheduler`` anywhere else is a second table."""
+    import re
+
+    found = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in sorted((REPO / "raysearch").rglob("*.py"))
+             if p.name != "methods.py" or p.parent.name != "search"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(_METHOD_NAME_TEST, line)]
+    # the one left: MLflow's params of a finished search, read by tracking (below search in the layers)
+    assert found == ["raysearch/tracking/ui.py:169: if scheduler not in (\"none\", \"front\", \"?\"):"], found
+    assert re.search(_METHOD_NAME_TEST, 'if opts.schedule.sampler == "gp":')  # the check finds one

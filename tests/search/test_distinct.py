@@ -8,7 +8,8 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from raysearch.search.distinct import DistinctSearch
-from raysearch.search.driver import SearchOptions, Space, make_searcher, param_space
+from raysearch.search.driver import SearchOptions, Space, param_space
+from raysearch.search.methods import make_searcher
 
 
 class Scripted(Searcher):

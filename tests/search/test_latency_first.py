@@ -136,14 +136,16 @@ def test_the_default_search_is_the_same_method_at_every_budget():
     """The replays found one method best at 10%, 25% and 50% of the grid: the default does not
     change with --num-samples; latency-first plans no more trials than the space holds."""
     from raysearch.records import names as obj
-    from raysearch.search.driver import SearchOptions, Space, method_params, planned_trials
+    from raysearch.search.driver import SearchOptions, Space, planned_trials
+    from raysearch.search.methods import method_params
     from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
     space = Space({"a": [0.125, 0.25], "input_hw": [[64, 64], [96, 96], [128, 128]]}, {"arch": "fastscnn"})
     for n in (1, 4, 6, 60, 5000):
         opts = SearchOptions(mode="search", num_samples=n)
-        assert (opts.schedule.sampler, opts.schedule.scheduler) == ("latency-first", "front")
+        assert (opts.schedule.sampler, opts.schedule.scheduler) == ("latency-first", "none")
         assert planned_trials(space, opts) == min(n, space.size()) == min(n, 6)
         params = method_params(opts)
-        assert params[obj.PARAM_FRONT_MIN_FINISHED] == FRONT_MIN_FINISHED
-        assert params[obj.PARAM_FRONT_MARGIN] == FRONT_MARGIN and params[obj.PARAM_STARTUP_TRIALS] == 0
+        assert obj.PARAM_FRONT_MARGIN not in params and params[obj.PARAM_STARTUP_TRIALS] == 0
+    params = method_params(SearchOptions.from_flags(mode="search", scheduler="front"))
+    assert params[obj.PARAM_FRONT_MIN_FINISHED] == FRONT_MIN_FINISHED and params[obj.PARAM_FRONT_MARGIN] == FRONT_MARGIN

@@ -250,11 +250,11 @@ def test_replay_command_prints_the_json_document_and_writes_the_plot(tmp_path):
     table = make_table(tmp_path / "t.jsonl.gz", points, epochs=2)
     plot = tmp_path / "curves.png"
     p = _raysearch("replay", "--table", str(table), "--seeds", "3", "--budgets", "0.25", "0.5", "--methods",
-                   "random", "latency-first-front", "--jobs", "1", "--plot", str(plot), "--json", "-q", cwd=tmp_path)
+                   "random", "latency-first", "--jobs", "1", "--plot", str(plot), "--json", "-q", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)
     assert doc["seeds"] == 3 and doc["grid_epochs"] == 12 and doc["latency_source"] == "host"
-    default = "latency-first + front stopping"
+    default = "latency-first, no stopping"
     assert doc["default"] == default and set(doc["methods"]) == {BASELINE, default}
     cell = doc["methods"][default]["budgets"]["0.5"]
     assert 0 <= cell["hv_share_mean"] <= 1.5 and cell["hv_share_se"] >= 0 and 0 <= cell["p_vs_random"] <= 1
@@ -298,7 +298,7 @@ def test_the_command_line_offers_every_method_and_names_the_default():
     for m in METHODS:  # --help says which are in the default set and which are slow
         assert m.key in methods.help
     assert all(m.key in methods.help.split("Slow")[1] for m in SLOW_METHODS)
-    assert default_label() == "latency-first + front stopping"  # --mode search default
+    assert default_label() == "latency-first, no stopping"  # --mode search default
 
 
 def test_a_cached_comparison_resumes_and_gives_the_same_document(tmp_path):

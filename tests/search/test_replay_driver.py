@@ -13,9 +13,9 @@ from raysearch.models import ModelSpec
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import DUPLICATE, STOPPED, TRAINED
 from raysearch.search.driver import SearchOptions, SearchRequest, run_search
+from raysearch.search.methods import SAMPLERS
 from raysearch.search.replay.simulator import simulate, table_space, table_trial
 from raysearch.search.replay.table import load
-from raysearch.search.samplers import SAMPLERS
 from tests.helpers.replay_tables import make_table
 
 pytestmark = pytest.mark.slow

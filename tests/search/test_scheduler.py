@@ -167,3 +167,17 @@ def test_front_stopping_waits_for_enough_finished_trials_then_stops_what_cannot_
     # its state survives the pickling Ray Tune does on restore (from the state file)
     back = pickle.loads(pickle.dumps(s))
     assert back.finished == s.finished and back.stopped == s.stopped and back.gain(1) == pytest.approx(gain)
+
+
+def test_front_stopping_decides_on_the_best_validation_iou_so_far():
+    """A one-epoch dip of a noisy validation curve does not stop a trial that was on course:
+    finished trials gain 0.1 from epoch 2's best to their final IoU; the level at 10 ms is 0.8."""
+    s = FrontStopping()
+    for k in range(FRONT_MIN_FINISHED):
+        _finish(s, f"f{k}", [0.6, 0.7], 0.8 - k / 100, latency=1.0 + k)  # gains from epoch 2: 0.1 - k/100
+    assert s.gain(2) == pytest.approx(0.1)
+    assert s.decide("dip", 1, 0.75, 10.0) == CONTINUE
+    # epoch 2 reads 0.5, yet its best so far (0.75) + 0.1 + the margin reaches the level 0.8: on course
+    assert s.decide("dip", 2, 0.5, 10.0) == CONTINUE and s.curves["dip"][2] == 0.75
+    # a trial whose best so far is 0.6: 0.6 + 0.1 + 0.01 < 0.8, stopped
+    assert s.decide("low", 1, 0.6, 10.0) == CONTINUE and s.decide("low", 2, 0.55, 10.0) == STOP

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raysearch.records.pareto import normalized_hypervolume
-from raysearch.search.samplers import SAMPLERS
+from raysearch.search.methods import SAMPLERS
 from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 from raysearch.tracking.readback import interruption as interruption_note
 from tests.helpers import REPO, tmpfs
@@ -176,19 +176,24 @@ def test_latency_budget_prunes_before_training(tmp_path):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_real_search(tmp_path, sampler):
-    """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle)."""
+    """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle);
+    latency-first with the default scheduler (none), the others with front stopping."""
     store = Store(tmp_path)
+    front = sampler != "latency-first"
     out = store.stage(7, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1",
-                      "--bench-runs", "3", "--sampler", sampler)
+                      "--bench-runs", "3", "--sampler", sampler, *(["--scheduler", "front"] if front else []))
     (parent,) = store.parents("stage7")
     assert parent.data.params["sampler"] == sampler and parent.info.status == "FINISHED"
     kids = store.children(parent.info.run_id)
     assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), out.stdout[-3000:]
     assert parent.data.params["stopped_trials_tell_searcher"] and "startup_trials" in parent.data.params
-    # the default scheduler and its settings, beside the sampler's
-    assert parent.data.params["scheduler"] == "front"
-    assert parent.data.params["front_min_finished"] == str(FRONT_MIN_FINISHED)
-    assert float(parent.data.params["front_margin"]) == FRONT_MARGIN
+    # the scheduler and its settings, beside the sampler's (the default, none, has none)
+    assert parent.data.params["scheduler"] == ("front" if front else "none")
+    if front:
+        assert parent.data.params["front_min_finished"] == str(FRONT_MIN_FINISHED)
+        assert float(parent.data.params["front_margin"]) == FRONT_MARGIN
+    else:
+        assert "front_margin" not in parent.data.params
     if sampler == "latency-first":  # the 3 configurations' latencies before any training, each trained once
         assert "latency sweep: 3 configurations" in out.stdout + out.stderr
         console = out.stdout + out.stderr  # only what matters: no Ray box, TensorBoard hint, token warning

@@ -110,8 +110,9 @@ def _one(args: tuple[Any, ...]) -> SeedResult:
 
 
 # bumped whenever the product's search changes what a replay gives (keys a `ReplayCache` file): 2 = each
-# configuration proposed once (`DistinctSearch`), latency-first's latency model (issues 31, 32)
-SEARCH_VERSION = 2
+# configuration proposed once (`DistinctSearch`), latency-first's latency model (issues 31, 32); 3 = front
+# stopping decides on the best validation IoU so far (issue 32)
+SEARCH_VERSION = 3
 
 
 class ReplayCache:

@@ -79,7 +79,9 @@ SLOW_SECONDS = 10.0  # a method slower than this per seed on table A is left out
 
 def is_slow(method: Method) -> bool:
     """GP-based (a GP refit per proposal: minutes per replay) or measured above SLOW_SECONDS."""
-    return method.sampler == "gp" or SECONDS_PER_SEED.get(method.key, math.inf) > SLOW_SECONDS
+    from raysearch.search.methods import SAMPLER_TABLE
+
+    return SAMPLER_TABLE[method.sampler].slow or SECONDS_PER_SEED.get(method.key, math.inf) > SLOW_SECONDS
 
 
 DEFAULT_METHODS = tuple(m for m in METHODS if not is_slow(m))  # what `raysearch replay` compares unless asked

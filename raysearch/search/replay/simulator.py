@@ -39,9 +39,10 @@ from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import hypervolume
 from raysearch.search.distinct import DistinctSearch
-from raysearch.search.driver import SearchOptions, Space, make_scheduler, make_searcher, param_space, sweeps_all
+from raysearch.search.driver import SearchOptions, Space, param_space
 from raysearch.search.latency_first import LatencyFirstSearch, LatencyOracle, config_key, grid_configs
 from raysearch.search.latency_model import LatencyModel
+from raysearch.search.methods import make_scheduler, make_searcher, needs_latency_first, sweeps_all
 from raysearch.search.replay.table import Run, Table, TableError, load
 from raysearch.search.trial import TrialSettings, base_metrics
 from raysearch.storage import DocumentStore
@@ -168,9 +169,9 @@ def simulate(table: Table, opts: SearchOptions, *, source: str = "host", workers
         searcher, scheduler = objects
     else:
         latencies, oracle = None, None
-        if opts.schedule.sampler == "latency-first" and sweeps_all(opts, space):
+        if needs_latency_first(opts) and sweeps_all(opts, space):
             latencies = table_latencies(table, source, space)  # every configuration measured first
-        elif opts.schedule.sampler == "latency-first":  # a latency model, measuring (reading) what it needs
+        elif needs_latency_first(opts):  # a latency model, measuring (reading) what it needs
             oracle = LatencyOracle(LatencyModel(source), to_id.settings.spec_for,
                                    lambda configs: [table.latency_ms(to_id(c), source) for c in configs])
         searcher = make_searcher(opts, first, latencies, oracle)
