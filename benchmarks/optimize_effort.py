@@ -24,7 +24,8 @@ from common import machine
 from raysearch.optimize.driver import optimize
 from raysearch.optimize.options import OptimizeOptions
 from raysearch.records.results import Requirement
-from raysearch.search.driver import SearchOptions, SearchRequest, run_search
+from raysearch.search.driver import SearchRequest, run_search
+from raysearch.search.options import SearchOptions
 from raysearch.search.stages import stage7_space, stage_space
 from raysearch.tracking.readback import row_from_run
 

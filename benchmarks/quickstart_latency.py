@@ -128,8 +128,9 @@ def area(spec: dict[str, Any]) -> int:
 # ---- 3. the idle reference ------------------------------------------------------------------------------
 def measure_idle(rows: list[dict[str, Any]], repeats: int, seed: int, wait_s: float, tmp: Path) -> dict[str, Any]:
     from raysearch.models import ModelSpec, build_model
-    from raysearch.search.driver import SearchOptions, bench_settings
+    from raysearch.search.driver import bench_settings
     from raysearch.search.latency import local_benchd, measure, reserve_cpu
+    from raysearch.search.options import SearchOptions
     from raysearch.training.export import export_onnx
 
     specs = {json.dumps(r["spec"], sort_keys=True): r["spec"] for r in rows}

@@ -79,7 +79,7 @@ def space_specs(grid: dict) -> list[ModelSpec]:
 
 
 def search_space(grid: dict) -> dict:
-    """The space a live search of these configurations searches (`raysearch.search.driver.Space` as
+    """The space a live search of these configurations searches (`raysearch.search.options.Space` as
     JSON): named models x inputs for A (as stage 7 searches it), else the knobs' values."""
     hws = [[r, r] if isinstance(r, int) else list(r) for r in grid["input_hw"]]
     if "model" in grid:

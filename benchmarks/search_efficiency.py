@@ -31,7 +31,8 @@ from pathlib import Path
 from common import machine
 from raysearch.records.pareto import default_reference, normalized_hypervolume, pareto_front
 from raysearch.records.results import STOPPED, candidates
-from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search
+from raysearch.search.driver import SearchRequest, run_search
+from raysearch.search.options import SearchOptions, Space
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 # (label, mode, sampler, scheduler)

@@ -12,7 +12,7 @@ from raysearch.records import names as obj
 from raysearch.search.presets import QUICK, STUDY, preset
 
 if TYPE_CHECKING:
-    from raysearch.search.driver import SearchOptions
+    from raysearch.search.options import SearchOptions
 
 # The option checks import the model and search modules inside the functions that need them:
 # building a parser must not import Ray or Optuna (`raysearch --help` starts in a fraction of a second).
@@ -233,7 +233,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
     """The flags' values, grouped (a flag left out keeps the option's default)."""
-    from raysearch.search.driver import SearchOptions
+    from raysearch.search.options import SearchOptions
 
     keys = SearchOptions().flags()
     kw = {k: v for k, v in vars(args).items() if k in keys and v is not None}

@@ -17,7 +17,7 @@ log = logging.getLogger("raysearch")
 
 def build_stage_parser(stage: int) -> argparse.ArgumentParser:
     from raysearch.search import stages
-    from raysearch.search.driver import MODES
+    from raysearch.search.options import MODES
 
     p = Parser(
         prog=f"python raysearch/stage{stage}.py", description=stages.DESCRIPTIONS[stage] + "\n\n" + stages.__doc__,
@@ -58,8 +58,8 @@ def _print_savings(opts, stage: int, outcome) -> None:
 
 
 def stage_main(stage: int, argv: list[str] | None = None) -> int:
-    from raysearch.search.driver import preflight
     from raysearch.search.presets import preset
+    from raysearch.search.runtime import preflight
     from raysearch.search.stages import run_stage
 
     args = build_stage_parser(stage).parse_args(argv)

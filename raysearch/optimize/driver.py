@@ -34,16 +34,9 @@ from raysearch.records.results import PRUNED, Requirement, TrialRow, candidates
 from raysearch.reporting.html import write_html
 from raysearch.reporting.plots import plot_front
 from raysearch.reporting.tables import front_table
-from raysearch.search.driver import (
-    BudgetExpired,
-    SearchOptions,
-    SearchRequest,
-    Space,
-    local_root,
-    run_search,
-    search_state_path,
-    storage_uri,
-)
+from raysearch.search.driver import SearchRequest, run_search
+from raysearch.search.options import SearchOptions, Space
+from raysearch.search.runtime import BudgetExpired, local_root, search_state_path, storage_uri
 from raysearch.storage import write_atomic
 from raysearch.tracking.readback import onnx_path
 from raysearch.tracking.registry import register

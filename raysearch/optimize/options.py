@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raysearch.models import ModelSpec, get_family, parse_hw
-from raysearch.search.driver import SearchOptions
+from raysearch.search.options import SearchOptions
 from raysearch.search.presets import preset
 
 EFFORTS = ("entry", "intermediate", "expert")

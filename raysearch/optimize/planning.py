@@ -33,7 +33,7 @@ from raysearch.optimize.options import OptimizeOptions
 from raysearch.records import names as obj
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import PRUNED, TrialRow, candidates
-from raysearch.search.driver import Space
+from raysearch.search.options import Space
 
 GRID_LIMIT = 16  # a stage with more points is searched (--sampler: latency-first by default) instead of run as a grid
 MAX_TOPOLOGIES = 6  # Pareto topologies carried into the cross stage (the study carried six)

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    from raysearch.search.driver import SearchOptions, Space
     from raysearch.search.latency_first import LatencyOracle
+    from raysearch.search.options import SearchOptions, Space
 
 SWEEP_LIMIT = 2000  # configurations --latency-sweep all measures before training (seconds each on a device)
 # latency-first: measure what could change a choice (a latency model), every configuration first, or

@@ -23,7 +23,8 @@ from typing import Any
 
 from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.records import names as obj
-from raysearch.search.driver import SearchOptions, SearchOutcome, SearchRequest, Space, run_search, search_name
+from raysearch.search.driver import SearchOutcome, SearchRequest, run_search, search_name
+from raysearch.search.options import SearchOptions, Space
 from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
 from raysearch.tracking.readback import row_from_run

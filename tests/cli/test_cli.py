@@ -156,7 +156,7 @@ def test_each_bench_flag_has_one_name_from_flag_to_wire():
 
 
 def test_search_options_are_grouped_and_every_one_is_a_flag_of_the_same_name():
-    from raysearch.search.driver import SearchOptions
+    from raysearch.search.options import SearchOptions
 
     dests = {a.dest for a in cli.build_stage_parser(2)._actions}
     assert set(SearchOptions().flags()) <= dests  # no option a user cannot set, none under another name

@@ -216,22 +216,24 @@ def test_an_unreachable_tracking_server_is_said_in_seconds(tmp_path):
 
 def test_a_second_search_with_the_same_name_is_refused_while_the_first_runs(tmp_path):
     """Two drivers of one search would log it twice: the second is refused in one line, before Ray."""
-    from raysearch.search.driver import SearchOptions, SearchRequest, Space, _SearchLock, run_search, search_state_path
+    from raysearch.search.driver import SearchRequest, run_search
+    from raysearch.search.options import SearchOptions, Space
+    from raysearch.search.runtime import SearchLock, search_state_path
 
     opts = SearchOptions.from_flags(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                          data="synthetic:30", name="twice")
     state = search_state_path(opts, "twice")
-    first = _SearchLock(state.with_name("driver.lock"), "twice")  # what the first driver holds while it runs
+    first = SearchLock(state.with_name("driver.lock"), "twice")  # what the first driver holds while it runs
     try:
         with pytest.raises(ValueError, match=r"a search named 'twice' is already running \(pid \d+ on "):
             run_search(SearchRequest("stage7", Space({"a": [0.25]}, {"input_hw": 64}), opts, 1, name="twice"))
     finally:
         first.release()
-    _SearchLock(state.with_name("driver.lock"), "twice").release()  # free again once the first is done
+    SearchLock(state.with_name("driver.lock"), "twice").release()  # free again once the first is done
 
 
 def test_a_storage_without_working_room_is_refused_before_ray(tmp_path):
-    from raysearch.search.driver import check_writable
+    from raysearch.search.runtime import check_writable
 
     check_writable(tmp_path, "--storage-path", min_free=1)
     with pytest.raises(ValueError, match=r"--storage-path .* has \d+ MiB free; a search needs at least"):

@@ -28,7 +28,7 @@ from raysearch.optimize.planning import (
     topology_space,
 )
 from raysearch.records.results import PRUNED, TRAINED, TrialRow
-from raysearch.search.driver import SearchOptions
+from raysearch.search.options import SearchOptions
 
 ENV_KEYS = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -8,8 +8,8 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from raysearch.search.distinct import DistinctSearch
-from raysearch.search.driver import SearchOptions, Space, param_space
 from raysearch.search.methods import make_searcher
+from raysearch.search.options import SearchOptions, Space, param_space
 
 
 class Scripted(Searcher):

@@ -136,8 +136,8 @@ def test_the_default_search_is_the_same_method_at_every_budget():
     """The replays found one method best at 10%, 25% and 50% of the grid: the default does not
     change with --num-samples; latency-first plans no more trials than the space holds."""
     from raysearch.records import names as obj
-    from raysearch.search.driver import SearchOptions, Space, planned_trials
     from raysearch.search.methods import method_params
+    from raysearch.search.options import SearchOptions, Space, planned_trials
     from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 
     space = Space({"a": [0.125, 0.25], "input_hw": [[64, 64], [96, 96], [128, 128]]}, {"arch": "fastscnn"})

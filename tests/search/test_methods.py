@@ -8,7 +8,6 @@ from ray.tune.schedulers import ASHAScheduler
 
 from raysearch.records import names as obj
 from raysearch.search.distinct import DistinctSearch
-from raysearch.search.driver import SearchOptions
 from raysearch.search.latency_first import LatencyFirstSearch
 from raysearch.search.methods import (
     SAMPLER_TABLE,
@@ -20,6 +19,7 @@ from raysearch.search.methods import (
     method_params,
     needs_latency_first,
 )
+from raysearch.search.options import SearchOptions
 from raysearch.search.samplers import OPTUNA_SAMPLERS
 from raysearch.search.scheduler import FrontStopping, ParetoASHA
 

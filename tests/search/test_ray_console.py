@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent("""
             return os.getpid()
 
     if sys.argv[1] == "raysearch":
-        from raysearch.search.driver import init_ray
+        from raysearch.search.runtime import init_ray
         init_ray(None)
     else:
         ray.init(address="local", include_dashboard=False, num_cpus=1)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from raysearch.search.driver import SearchOptions
+from raysearch.search.options import SearchOptions
 from raysearch.search.replay.compare import p_greater, standard_error
 from raysearch.search.replay.methods import (
     BASELINE,

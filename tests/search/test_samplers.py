@@ -34,8 +34,8 @@ def test_what_optuna_is_told_of_a_trial_the_scheduler_stopped():
     Optuna the trial COMPLETED with those values: an epoch-1 validation IoU stands in the study as a
     final result (why `--sampler latency-first` fits only final reports)."""
     from raysearch.records import names as obj
-    from raysearch.search.driver import SearchOptions, Space, param_space
     from raysearch.search.methods import make_searcher
+    from raysearch.search.options import SearchOptions, Space, param_space
 
     searcher = make_searcher(SearchOptions.from_flags(mode="search", sampler="tpe", num_samples=3))
     searcher.set_search_properties(None, None, param_space(Space({"a": [0.5, 0.25]}), "search"))

@@ -449,7 +449,7 @@ def test_a_failing_trial_ends_failed_with_the_reason(tmp_path):
     the server's reason, the others finish, the search says how many failed."""
     from raysearch.models import build_model
     from raysearch.models.spec import ModelSpec
-    from raysearch.search.driver import SearchOptions
+    from raysearch.search.options import SearchOptions
     from raysearch.search.stages import stage_space
 
     cap_mb = 0.7
@@ -602,7 +602,8 @@ def test_a_failing_trial_under_pareto_asha(tmp_path):
     import ray
 
     from raysearch.models import ModelFamily, register_family
-    from raysearch.search.driver import SearchOptions, SearchRequest, Space, run_search
+    from raysearch.search.driver import SearchRequest, run_search
+    from raysearch.search.options import SearchOptions, Space
 
     register_family(ModelFamily("flaky", _Flaky.build, knobs=("a",), baseline={"a": 1.0}, choices={"a": (1.0, 0.5)},
                                 resolutions=(64,)), replace=True)

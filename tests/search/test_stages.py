@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raysearch.search.driver import SearchOptions
+from raysearch.search.options import SearchOptions
 from raysearch.search.presets import QUICK
 from raysearch.search.stages import STUDY_STAGE7_RES, stage7_space
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from raysearch.search.driver import SearchOptions
+    from raysearch.search.options import SearchOptions
 
 BASELINE = "random, no stopping"
 
@@ -28,7 +28,7 @@ class Method:
     latency_sweep: str | None = None  # latency-first: "needed" predicts with a latency model (None: the default)
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> "SearchOptions":
-        from raysearch.search.driver import SearchOptions
+        from raysearch.search.options import SearchOptions
 
         tuned = {k: v for k, v in (("grace_period", self.grace_period), ("reduction_factor", self.reduction_factor),
                                    ("latency_sweep", self.latency_sweep)) if v is not None}
@@ -37,7 +37,7 @@ class Method:
 
     def is_default(self) -> bool:
         """Whether this is what `--mode search` runs when nothing else is asked."""
-        from raysearch.search.driver import SearchOptions
+        from raysearch.search.options import SearchOptions
 
         return self.options(seed=0, num_samples=1).schedule == SearchOptions().schedule
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from raysearch.records import names as obj
-from raysearch.search.driver import Space
+from raysearch.search.options import Space
 
 PEERS = ("moasha",)
 NEG_VAL_IOU = "neg_val_iou"
