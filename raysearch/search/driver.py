@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from raysearch.tracking.callback import SearchTracker
 
 # Ray, the data pipeline and the end-of-search reporting are imported inside the functions that
-# use them: SearchOptions and Space (read by the command line and the replay) stay light to import.
+# use them: importing the driver starts nothing.
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """What a search is asked to do: its options, grouped as the command line groups them
 (`SearchOptions` and its `BenchOptions`, `TrackingOptions`, `ClusterOptions`, `ScheduleOptions`), and
-the space it searches (`Space`). Light to import: the command line and the replay read these.
+the space it searches (`Space`). No Ray, Optuna or torch at import: the command line and the replay
+read these.
 """
 
 from __future__ import annotations

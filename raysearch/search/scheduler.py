@@ -290,7 +290,12 @@ class FrontStopping(_StatefulScheduler):
         if iou is None or latency is None:
             return TrialScheduler.CONTINUE
         curve = self.curves.setdefault(trial_id, {})
-        best = curve[epoch] = max(iou, max(curve.values(), default=iou))  # best so far: a dip never stops it
+        # the best so far (a dip never stops it), of the epochs up to this one: a trial retried from a
+        # checkpoint reports some epochs again, and what its first attempt reported after them is gone
+        before = max((v for e, v in curve.items() if e < epoch), default=None)
+        best = curve[epoch] = iou if before is None else max(before, iou)
+        if before is None or iou > before:  # a new best: kept in the state file, so a restore knows it
+            self._save()
         if epoch < self.grace_period or (gain := self.gain(epoch)) is None:
             return TrialScheduler.CONTINUE
         if best + gain + self.margin < front_level(list(self.finished.values()), latency):

@@ -181,3 +181,23 @@ def test_front_stopping_decides_on_the_best_validation_iou_so_far():
     assert s.decide("dip", 2, 0.5, 10.0) == CONTINUE and s.curves["dip"][2] == 0.75
     # a trial whose best so far is 0.6: 0.6 + 0.1 + 0.01 < 0.8, stopped
     assert s.decide("low", 1, 0.6, 10.0) == CONTINUE and s.decide("low", 2, 0.55, 10.0) == STOP
+    # a finished trial's gain is read from its best so far too: 0.9 -> 0.8 after a peak of 0.9 gains 0
+    # (its epoch-2 reading, 0.8, taken alone would have gained 0.1 + 0.05)
+    t = FrontStopping()
+    for k in range(FRONT_MIN_FINISHED):
+        _finish(t, f"g{k}", [0.9, 0.8], 0.85, latency=1.0 + k)
+    assert t.gain(2) == pytest.approx(-0.05) and t.curves["g0"] == {1: 0.9, 2: 0.9}
+
+
+def test_front_stopping_keeps_a_running_trials_best_through_a_restore_and_a_retry(tmp_path):
+    s = FrontStopping(state_path=tmp_path / "front.json")
+    for k in range(FRONT_MIN_FINISHED):
+        _finish(s, f"f{k}", [0.6, 0.7, 0.7], 0.8 - k / 100, latency=1.0 + k)  # gain from epoch 3's best: 0.1
+    assert s.decide("t", 1, 0.78, 10.0) == CONTINUE and s.decide("t", 2, 0.5, 10.0) == CONTINUE
+    back = pickle.loads(pickle.dumps(s))  # what Ray Tune restores: rebuilt from the state file
+    assert back.curves["t"][1] == 0.78
+    assert back.decide("t", 3, 0.55, 10.0) == CONTINUE  # its best, 0.78 + 0.1, still reaches the level 0.8
+    # retried from its epoch-1 checkpoint: epoch 2 again, and a later epoch of the first attempt does not count
+    s.curves["t"][3] = 0.95
+    s.decide("t", 2, 0.6, 10.0)
+    assert s.curves["t"][2] == 0.78
