@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
+from raysearch.replay.compare import standard_error  # noqa: E402
+from raysearch.replay.methods import METHOD_KEYS  # noqa: E402
+from raysearch.replay.simulator import simulate, table_latencies  # noqa: E402
+from raysearch.replay.table import load  # noqa: E402
 from raysearch.search.latency_first import NOISE_SD, BayesLinear, LatencyFirstSearch  # noqa: E402
-from raysearch.search.replay.compare import standard_error  # noqa: E402
-from raysearch.search.replay.methods import METHOD_KEYS  # noqa: E402
-from raysearch.search.replay.simulator import simulate, table_latencies  # noqa: E402
-from raysearch.search.replay.table import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (0.1, 0.25, 0.5)

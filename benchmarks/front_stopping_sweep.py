@@ -19,10 +19,10 @@ import time
 import warnings
 from pathlib import Path
 
+from raysearch.replay.simulator import simulate, table_latencies
+from raysearch.replay.table import load
 from raysearch.search.latency_first import LatencyFirstSearch
 from raysearch.search.options import SearchOptions
-from raysearch.search.replay.simulator import simulate, table_latencies
-from raysearch.search.replay.table import load
 from raysearch.search.scheduler import FrontStopping
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch.models import ModelSpec  # noqa: E402
+from raysearch.replay.table import load  # noqa: E402
 from raysearch.search.latency_model import LatencyModel, config_features, graph_features, model_error  # noqa: E402
-from raysearch.search.replay.table import load  # noqa: E402
 
 TABLES = Path(__file__).resolve().parent / "tables"
 

@@ -17,7 +17,7 @@ before is resumed (`--resume`), one never started is started. Everything goes to
 `runs/live-confirm/` (MLflow SQLite store, Ray storage); the figures go to
 `benchmarks/results/live-A-host.json`.
 
-How a live search is scored, as the replay scores one (`raysearch.search.replay.simulator`): its front after
+How a live search is scored, as the replay scores one (`raysearch.replay.simulator`): its front after
 each trial that ended trained to the end, in the table's box (IoU 0..1 x latency 0..the table's slowest
 configuration), divided by the grid's hypervolume from the table; the share at a budget is the last
 one reached with at most that many epochs spent (epochs counted from the epoch reports logged to
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch import objectives as obj  # noqa: E402
 from raysearch.records.pareto import hypervolume  # noqa: E402
-from raysearch.search.replay.compare import compare  # noqa: E402
-from raysearch.search.replay.methods import METHOD_KEYS, default_label  # noqa: E402
-from raysearch.search.replay.simulator import grid_hypervolume, hv_box  # noqa: E402
-from raysearch.search.replay.table import load  # noqa: E402
+from raysearch.replay.compare import compare  # noqa: E402
+from raysearch.replay.methods import METHOD_KEYS, default_label  # noqa: E402
+from raysearch.replay.simulator import grid_hypervolume, hv_box  # noqa: E402
+from raysearch.replay.table import load  # noqa: E402
 from raysearch.tracking.readback import row_from_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

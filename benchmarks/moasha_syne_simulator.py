@@ -20,7 +20,7 @@ a trial's training seed with NumPy's global generator (seeded here by the replay
 its own seeded generator; Syne Tune adds its fixed cost only at the last epoch as we do; Syne
 Tune counts every reported epoch as an evaluation (our "epochs spent"). The budget is counted in
 reported epochs, the front is made of trials that reported epoch E, the box and the grid's
-reference are `raysearch.search.replay.simulator`'s (`hv_box`, `grid_hypervolume`).
+reference are `raysearch.replay.simulator`'s (`hv_box`, `grid_hypervolume`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from raysearch.records.pareto import hypervolume
-from raysearch.search.replay.simulator import grid_hypervolume, hv_box
-from raysearch.search.replay.table import load
+from raysearch.replay.simulator import grid_hypervolume, hv_box
+from raysearch.replay.table import load
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (0.1, 0.25, 0.5)

@@ -1,4 +1,4 @@
-"""Record a benchmark table of a search space (`raysearch.search.replay.table`): train every configuration
+"""Record a benchmark table of a search space (`raysearch.replay.table`): train every configuration
 with the study's recipe at a reduced scale for several seeds, keep each epoch's validation IoU,
 loss and wall time, the test IoU through onnxruntime of the weights a finished trial would export
 (the best epoch by validation loss), the trial's fixed cost, and each configuration's latency by
@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from raysearch.models import ModelSpec  # noqa: E402
-from raysearch.search.replay.table import FORMAT, VERSION, Epoch, Latency, Run, Table, TableError, load  # noqa: E402
+from raysearch.replay.table import FORMAT, VERSION, Epoch, Latency, Run, Table, TableError, load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "packages"

@@ -2,7 +2,7 @@
 reach 90%, 95%, 98%, 99% and 99.5% of the grid's hypervolume, with and without stopping, for the
 same sampler; the epochs it spends to train (or stop) its whole space; and its shares at 10/25/50%
 of the grid's epochs (no loss where there is nothing to save).
-Each search is replayed (`raysearch.search.replay.simulator.simulate`, the product's searcher and
+Each search is replayed (`raysearch.replay.simulator.simulate`, the product's searcher and
 scheduler) over ``--seeds`` seeds on ``--workers`` simulated workers until it has spent the whole
 grid's epochs or proposed every configuration.
 
@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-from raysearch.search.replay.compare import p_greater, standard_error  # noqa: E402
-from raysearch.search.replay.methods import METHOD_KEYS  # noqa: E402
-from raysearch.search.replay.table import load  # noqa: E402
+from raysearch.replay.compare import p_greater, standard_error  # noqa: E402
+from raysearch.replay.methods import METHOD_KEYS  # noqa: E402
+from raysearch.replay.table import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.9, 0.95, 0.98, 0.99, 0.995)  # the issue's three, then the last points of the front
@@ -47,7 +47,7 @@ def table_path(name: str) -> Path:
 def one(args: tuple[str, str, int, int]) -> dict[str, Any]:
     """One replay: epochs to each target, shares at each budget, trials and stopped trials."""
     path, key, seed, workers = args
-    from raysearch.search.replay.simulator import simulate
+    from raysearch.replay.simulator import simulate
 
     warnings.filterwarnings("ignore", category=UserWarning)
     table = load(path)

@@ -17,7 +17,7 @@ from raysearch.records import names as obj
 from raysearch.storage import write_atomic
 
 if TYPE_CHECKING:
-    from raysearch.search.replay.compare import ReplayCache
+    from raysearch.replay.compare import ReplayCache
 
 # Each command imports what it runs inside its function: torch, Ray, MLflow and Optuna stay out of
 # `raysearch --help` and of the commands that do not need them (a fraction of a second to start).
@@ -299,7 +299,7 @@ def duration(seconds: float) -> str:
 def _replay_cache(args: argparse.Namespace, table: Path) -> ReplayCache | None:
     """The folder that keeps finished replays: --cache DIR, else runs/replay-cache; None with
     --no-cache, or (a warning) where the default folder cannot be made."""
-    from raysearch.search.replay.compare import ReplayCache
+    from raysearch.replay.compare import ReplayCache
 
     if args.no_cache:
         return None
@@ -324,9 +324,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from raysearch.search.replay.compare import compare, plot, text_table
-    from raysearch.search.replay.methods import DEFAULT_METHODS, Method, estimate_seconds, is_slow, select
-    from raysearch.search.replay.table import load
+    from raysearch.replay.compare import compare, plot, text_table
+    from raysearch.replay.methods import DEFAULT_METHODS, Method, estimate_seconds, is_slow, select
+    from raysearch.replay.table import load
 
     table = _table_path(args.table)
     loaded = load(table)

@@ -49,14 +49,14 @@ MAX_REPLAY_SEEDS = 1000  # a replay's results are held in memory: 10^12 seeds gr
 
 def build_parser() -> argparse.ArgumentParser:
     from raysearch.cli.commands import DEFAULT_REPLAY_CACHE, duration
-    from raysearch.search.device_iou import DEFAULT_TOLERANCE
-    from raysearch.search.replay.methods import (
+    from raysearch.replay.methods import (
         DEFAULT_METHODS,
         METHOD_GROUPS,
         METHOD_KEYS,
         SLOW_METHODS,
         seconds_per_seed,
     )
+    from raysearch.search.device_iou import DEFAULT_TOLERANCE
 
     p = Parser(prog="raysearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -113,7 +113,7 @@ class SearchRequest:
     like Ctrl-C and raise `BudgetExpired`; the search continues with ``opts.resume``.
     ``results_cache``: where finished trials are kept by spec (default: per search), so searches
     sharing one never train a configuration twice. ``trial_fn``: the trainable instead of
-    `run_trial` (`raysearch.search.replay.simulator.table_trial` replays a recorded table through
+    `run_trial` (`raysearch.replay.simulator.table_trial` replays a recorded table through
     this very driver)."""
 
     stage: str

@@ -1,7 +1,7 @@
 """The search methods of ``--mode search``, one object each: the samplers (``--sampler``) and the
 schedulers (``--scheduler``). Each knows how to build itself for Ray Tune, what it needs before
 the search starts, and what it logs on the parent run; the command line's choices, the driver and
-the replay (`raysearch.search.replay`) all read these tables, so no code outside this module
+the replay (`raysearch.replay`) all read these tables, so no code outside this module
 compares a method's name.
 
 | sampler       | what it is                                                  | latency first |

@@ -1,11 +1,11 @@
-"""Hand-made recorded tables for the replay tests (`raysearch.search.replay.table` format)."""
+"""Hand-made recorded tables for the replay tests (`raysearch.replay.table` format)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from raysearch.models import ModelSpec
-from raysearch.search.replay.table import FORMAT, VERSION, Epoch, Latency, Run, Table
+from raysearch.replay.table import FORMAT, VERSION, Epoch, Latency, Run, Table
 
 
 def make_table(path: Path, points: dict[str, tuple[dict, float, list[list[float]], list[float]]], *,

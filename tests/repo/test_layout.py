@@ -77,7 +77,7 @@ def readme_layers() -> list[str]:
 
 
 def _layer(module: str, layers: list[str]) -> str | None:
-    """The most specific layer holding ``module`` (search.replay before search)."""
+    """The most specific layer holding ``module`` (a package listed inside another before it)."""
     holding = [layer for layer in layers if module == layer or module.startswith(layer + ".")]
     return max(holding, key=len) if holding else None
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from raysearch.search.options import SearchOptions
-from raysearch.search.replay.compare import p_greater, standard_error
-from raysearch.search.replay.methods import (
+from raysearch.replay.compare import p_greater, standard_error
+from raysearch.replay.methods import (
     BASELINE,
     DEFAULT_METHODS,
     METHOD_GROUPS,
@@ -32,8 +31,9 @@ from raysearch.search.replay.methods import (
     is_slow,
     select,
 )
-from raysearch.search.replay.simulator import grid_hypervolume, simulate
-from raysearch.search.replay.table import TableError, load
+from raysearch.replay.simulator import grid_hypervolume, simulate
+from raysearch.replay.table import TableError, load
+from raysearch.search.options import SearchOptions
 from raysearch.search.scheduler import FRONT_MIN_FINISHED
 from tests.helpers.replay_tables import make_table
 
@@ -273,7 +273,7 @@ def test_replay_command_refuses_bad_input_in_one_line(tmp_path):
 
 
 def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
-    from raysearch.search.replay.compare import compare
+    from raysearch.replay.compare import compare
 
     points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
               for a in (0.125, 0.25, 0.5) for res in (64, 96)}
@@ -290,7 +290,7 @@ def test_anytime_curves_against_epochs_and_simulated_hours(tmp_path):
 
 def test_the_command_line_offers_every_method_and_names_the_default():
     from raysearch import cli
-    from raysearch.search.replay.methods import default_label
+    from raysearch.replay.methods import default_label
 
     replay = cli.build_parser()._subparsers._group_actions[0].choices["replay"]
     methods = next(a for a in replay._actions if a.dest == "methods")
@@ -304,7 +304,7 @@ def test_the_command_line_offers_every_method_and_names_the_default():
 def test_a_cached_comparison_resumes_and_gives_the_same_document(tmp_path):
     """`--cache`: every finished replay is kept, a second run replays nothing and gives the same
     document, a torn file is replayed again, and other settings are not mistaken for cached ones."""
-    from raysearch.search.replay.compare import compare
+    from raysearch.replay.compare import compare
 
     points = {f"a{a}-{res}": ({"a": a, "input_hw": res}, a * res / 10, [[0.3 + a, 0.5 + a]], [0.5 + a])
               for a in (0.125, 0.25, 0.5) for res in (64, 96)}
@@ -361,7 +361,7 @@ def test_the_default_methods_are_the_fast_ones_and_the_slow_ones_come_on_request
 
 
 def default_label_in(methods) -> bool:
-    from raysearch.search.replay.methods import default_label
+    from raysearch.replay.methods import default_label
 
     return default_label(methods) == default_label()
 

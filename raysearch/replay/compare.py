@@ -1,5 +1,5 @@
 """Compare search methods on a recorded table the way HPO papers do: every method replayed over
-many seeds (`raysearch.search.replay.simulator`), the normalized hypervolume of its front (trials
+many seeds (`raysearch.replay.simulator`), the normalized hypervolume of its front (trials
 trained to the end) as a share of the grid's, read at budgets of training epochs (a share of the
 grid's epochs) and of simulated time; mean +- standard error, and a one-sided Mann-Whitney U test
 of each method against random sampling without early stopping at the same budget.
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from raysearch.search.replay.methods import BASELINE, DEFAULT_METHODS, Method, default_label
-from raysearch.search.replay.table import Table, load
+from raysearch.replay.methods import BASELINE, DEFAULT_METHODS, Method, default_label
+from raysearch.replay.table import Table, load
 from raysearch.storage import write_atomic
 
 CURVE_POINTS = 41  # budgets 0 .. the largest, evenly, for the anytime curves
@@ -84,7 +84,7 @@ class SeedResult:
 
 def _one(args: tuple[Any, ...]) -> SeedResult:
     table_path, method, seed, source, workers, budgets, curve_x, time_x, max_latency_ms = args
-    from raysearch.search.replay.simulator import simulate
+    from raysearch.replay.simulator import simulate
 
     table = _cached_table(table_path)
     top = max(max(budgets), max(curve_x)) * table.grid_epochs
@@ -96,8 +96,8 @@ def _one(args: tuple[Any, ...]) -> SeedResult:
         warnings.filterwarnings("ignore", message="Choices for a categorical distribution", category=UserWarning)
         objects = None
         if method.peer is not None:
-            from raysearch.search.replay.peers import make_peer
-            from raysearch.search.replay.simulator import table_space
+            from raysearch.replay.peers import make_peer
+            from raysearch.replay.simulator import table_space
 
             objects = make_peer(method.peer, table_space(table), epochs=table.epochs, seed=seed)
         r = simulate(table, method.options(seed, num_samples, max_latency_ms), source=source, workers=workers,

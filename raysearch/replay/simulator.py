@@ -38,12 +38,12 @@ from ray.tune.search import Searcher
 from raysearch.models import ModelSpec
 from raysearch.records import names as obj
 from raysearch.records.pareto import hypervolume
+from raysearch.replay.table import Run, Table, TableError, load
 from raysearch.search.distinct import DistinctSearch
 from raysearch.search.latency_first import LatencyFirstSearch, LatencyOracle, config_key, grid_configs
 from raysearch.search.latency_model import LatencyModel
 from raysearch.search.methods import make_scheduler, make_searcher, needs_latency_first, sweeps_all
 from raysearch.search.options import SearchOptions, Space, param_space
-from raysearch.search.replay.table import Run, Table, TableError, load
 from raysearch.search.trial import TrialSettings, base_metrics
 from raysearch.storage import DocumentStore
 

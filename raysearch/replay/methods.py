@@ -24,7 +24,7 @@ class Method:
     scheduler: str
     grace_period: int | None = None
     reduction_factor: float | None = None
-    peer: str | None = None  # a peer's own search (`raysearch.search.replay.peers`) instead of sampler + scheduler
+    peer: str | None = None  # a peer's own search (`raysearch.replay.peers`) instead of sampler + scheduler
     latency_sweep: str | None = None  # latency-first: "needed" predicts with a latency model (None: the default)
 
     def options(self, seed: int, num_samples: int, max_latency_ms: float | None = None) -> "SearchOptions":

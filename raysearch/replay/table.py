@@ -1,6 +1,6 @@
 """A recorded benchmark table: every configuration of a search space trained for several seeds,
 with its learning curve, final test IoU and latency by source, so that a search can be replayed
-against it in seconds instead of trained (`raysearch.search.replay.simulator`).
+against it in seconds instead of trained (`raysearch.replay.simulator`).
 
 The file is JSON lines (gzip-compressed when its name ends in ``.gz``), one record per line, each
 with a ``kind``:

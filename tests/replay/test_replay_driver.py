@@ -12,11 +12,11 @@ import pytest
 from raysearch.models import ModelSpec
 from raysearch.records.pareto import pareto_front
 from raysearch.records.results import DUPLICATE, STOPPED, TRAINED
+from raysearch.replay.simulator import simulate, table_space, table_trial
+from raysearch.replay.table import load
 from raysearch.search.driver import SearchRequest, run_search
 from raysearch.search.methods import SAMPLERS
 from raysearch.search.options import SearchOptions
-from raysearch.search.replay.simulator import simulate, table_space, table_trial
-from raysearch.search.replay.table import load
 from tests.helpers.replay_tables import make_table
 
 pytestmark = pytest.mark.slow
