@@ -210,7 +210,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="early stopping. none: every trial to the end (the default: on the recorded tables, 100-epoch "
                         "curves included, no rule reached the front with fewer epochs and every one lost some of it, "
                         "BENCHMARKS.md); front: stop a trial once its best validation IoU, plus the most a finished "
-                        "trial gained after that epoch, cannot beat a faster trained model (spends about a third fewer "
+                        "trial gained after that epoch, cannot beat a faster trained model (a sixth to a third fewer "
                         "epochs when a search trains its whole space); pareto-asha: successive halving "
                         "that ranks the trials at each rung by validation IoU and measured latency together; asha: "
                         "Ray Tune's ASHA on validation IoU only (for comparison) (default %(default)s)")
