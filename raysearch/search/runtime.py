@@ -80,13 +80,11 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
         mask = os.sched_getaffinity(0)
         os.sched_setaffinity(0, reservation.ray)
         try:
-            # address="local": a Ray of our own even when `ray start` left a head on this machine
-            ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
-                     num_cpus=len(reservation.ray))
+            _start_local_ray(num_cpus=len(reservation.ray))
         finally:
             os.sched_setaffinity(0, mask)
     else:
-        ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+        _start_local_ray()
     quiet_worker_exits()  # a retired worker's SIGTERM is not a traceback for the user
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
@@ -94,6 +92,52 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         signal.signal(signal.SIGTERM, INTERRUPTS.handle)
         signal.signal(signal.SIGINT, INTERRUPTS.handle)
+
+
+RAY_START_TRIES = 3
+_NODE_TIMEOUT = "timed out during startup"  # Ray's message when its raylet never registers
+
+
+def _start_local_ray(**kwargs: Any) -> None:
+    """A Ray of our own (address="local": even when `ray start` left a head on this machine),
+    started again when its node never comes up. About one start in a few hundred on a 2-core
+    machine leaves the GCS waiting for a raylet that never wrote a line, and Ray gives up after
+    its fixed 30 s; the processes that start left behind are ended before the next one."""
+    import ray
+
+    for attempt in range(1, RAY_START_TRIES + 1):
+        before = _descendants()
+        try:
+            ray.init(address="local", include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
+                     **kwargs)
+            return
+        except Exception as exc:
+            if _NODE_TIMEOUT not in str(exc) or attempt == RAY_START_TRIES:
+                raise
+            left = sorted(_descendants() - before)
+            log.warning("Ray's local node did not start (%s); ending its %d processes and starting it again "
+                        "(attempt %d of %d)", exc, len(left), attempt + 1, RAY_START_TRIES)
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            ray.shutdown()
+
+
+def _descendants(root: int | None = None) -> set[int]:
+    """The processes below this one (Linux's /proc; empty elsewhere)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command name may hold spaces and parentheses: the fields after the last ")"
+            parents[int(entry.parent.name)] = int(entry.read_text().rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = [os.getpid() if root is None else root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == pid and child not in found]
+        found.update(kids)
+        frontier.extend(kids)
+    return found
 
 
 def storage_uri(opts: SearchOptions) -> str:
