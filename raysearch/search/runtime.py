@@ -80,11 +80,11 @@ def init_ray(address: str | None, reservation: CpuReservation | None = None) -> 
         mask = os.sched_getaffinity(0)
         os.sched_setaffinity(0, reservation.ray)
         try:
-            _start_local_ray(num_cpus=len(reservation.ray))
+            start_local_ray(num_cpus=len(reservation.ray))
         finally:
             os.sched_setaffinity(0, mask)
     else:
-        _start_local_ray()
+        start_local_ray()
     quiet_worker_exits()  # a retired worker's SIGTERM is not a traceback for the user
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own handler aborts the process: `kill` and `ray job stop` end the
@@ -98,7 +98,7 @@ RAY_START_TRIES = 3
 _NODE_TIMEOUT = "timed out during startup"  # Ray's message when its raylet never registers
 
 
-def _start_local_ray(**kwargs: Any) -> None:
+def start_local_ray(**kwargs: Any) -> None:
     """A Ray of our own (address="local": even when `ray start` left a head on this machine),
     started again when its node never comes up. About one start in a few hundred on a 2-core
     machine leaves the GCS waiting for a raylet that never wrote a line, and Ray gives up after

@@ -17,6 +17,7 @@ from raysearch.replay.table import load
 from raysearch.search.driver import SearchRequest, run_search
 from raysearch.search.methods import SAMPLERS
 from raysearch.search.options import SearchOptions
+from raysearch.search.runtime import start_local_ray
 from tests.helpers.replay_tables import make_table
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_the_driver_and_the_simulator_make_the_same_search(tmp_path, scheduler):
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2)
     yield
     ray.shutdown()
 

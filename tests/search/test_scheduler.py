@@ -9,6 +9,7 @@ import pickle
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
+from raysearch.search.runtime import start_local_ray
 from raysearch.search.scheduler import (
     FRONT_MARGIN,
     FRONT_MIN_FINISHED,
@@ -123,7 +124,7 @@ def test_asha_on_iou_stops_the_fast_model_and_pareto_asha_keeps_it(tmp_path):
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # ours, even beside a `ray start` head
+    start_local_ray(num_cpus=2)  # ours, even beside a `ray start` head
     try:
         asha = run(ASHAScheduler(time_attr="epoch", metric="val_iou", mode="max", max_t=EPOCHS + 1,
                                  grace_period=1, reduction_factor=3), "asha")

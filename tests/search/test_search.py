@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from raysearch.records.pareto import normalized_hypervolume
 from raysearch.search.methods import SAMPLERS
+from raysearch.search.runtime import start_local_ray
 from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 from raysearch.tracking.readback import interruption as interruption_note
 from tests.helpers import REPO, tmpfs
@@ -674,7 +675,7 @@ def test_a_gpu_its_torch_cannot_use_fails_the_trial_naming_the_node(tmp_path, ca
     if torch.cuda.is_available():
         pytest.skip("this machine's torch can use its GPU: nothing misconfigured to show")
     store = Store(tmp_path)
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    start_local_ray(num_cpus=2, num_gpus=1)
     try:
         with caplog.at_level("WARNING"):
             rc = stage_main(2, ["--quick", "--res", "64", "--epochs", "1", "--bench-runs", "3",
