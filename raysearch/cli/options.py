@@ -58,6 +58,16 @@ POSITIVE, COUNT = number(int, 1), number(int, 0)
 MAX_INPUT_SIDE = 4096  # larger inputs need tens of GB to train: refused on the command line
 
 
+def knob_arg(text: str) -> tuple[str, Any]:
+    """``--space KNOB=VALUES``: a knob and its listed values or range (`raysearch.search.options.parse_knob`)."""
+    from raysearch.search.options import parse_knob
+
+    try:
+        return parse_knob(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def hw_arg(text: str) -> tuple[int, int]:
     """An input size on the command line, N or HxW: parsed here, once, into (h, w)."""
     from raysearch.models import parse_hw

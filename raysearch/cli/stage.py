@@ -8,7 +8,7 @@ import logging
 import sys
 
 from raysearch.cli.main import configure_logging, store_error
-from raysearch.cli.options import COUNT, POSITIVE, Parser, add_search_args, hw_arg, search_options
+from raysearch.cli.options import COUNT, POSITIVE, Parser, add_search_args, hw_arg, knob_arg, search_options
 
 # The stages and the search are imported when a stage runs, not when its parser is built (--help).
 
@@ -29,6 +29,10 @@ def build_stage_parser(stage: int) -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=POSITIVE, default=10, help="trials of --mode search (default %(default)s)")
     g.add_argument("--quick", action="store_true", help="small inputs, 8 epochs, 120 synthetic images: minutes on 2 CPUs")
     g.add_argument("--res", type=hw_arg, nargs="+", help="input sizes (N or HxW) to use instead of the stage's")
+    g.add_argument("--space", type=knob_arg, action="append", metavar="KNOB=VALUES",
+                   help="search KNOB over VALUES instead of the stage's (stages 2-6; repeat for more knobs): a list "
+                        "(t=6,4,2), every step of a range (input_hw=64:512:32) or, with --mode search, any number "
+                        "in a range (a=0.125:1; latency-first takes 9 evenly spaced values of it)")
     g.add_argument("--epochs", type=POSITIVE, help="training epochs per trial (default 400, or 8 with --quick)")
     g.add_argument("--seed", type=COUNT, default=0)
     add_search_args(p)
@@ -68,7 +72,7 @@ def stage_main(stage: int, argv: list[str] | None = None) -> int:
         opts = search_options(args)
         preflight(opts)  # before anything is opened or started (stage 7 reads the store to plan)
         epochs = args.epochs if args.epochs is not None else preset(opts.quick).epochs
-        outcome = run_stage(stage, opts, epochs, args.res)
+        outcome = run_stage(stage, opts, epochs, args.res, dict(args.space or []))
     except Exception as e:
         line = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else store_error(e, args.tracking_uri)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # every run was ended before this came up

@@ -40,7 +40,7 @@ class SyneTuneMOASHA:
         np.random.seed(seed)  # its sampling and bracket choice use NumPy's global generator
         self._trial = Trial
         # +1: reaching max_t stops a trial, and the last epoch must still report its final figures
-        self.moasha = MOASHA({k: choice(list(v)) for k, v in space.grid.items()},
+        self.moasha = MOASHA({k: choice(v) for k, v in space.lists().items()},
                              metrics=[NEG_VAL_IOU, obj.LATENCY_MS.name], do_minimize=True, time_attr=obj.EPOCH,
                              max_t=epochs + 1, grace_period=grace_period, reduction_factor=reduction_factor,
                              random_seed=seed)

@@ -131,7 +131,7 @@ def table_latencies(table: Table, source: str, space: Space | None = None) -> di
 
     space = space or table_space(table)
     to_id = ConfigIndex(table, space)
-    return {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.grid)}
+    return {config_key(c): table.latency_ms(to_id(c), source) for c in grid_configs(space.lists())}
 
 
 def hv_box(table: Table, source: str) -> dict[str, float]:

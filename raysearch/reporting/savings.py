@@ -59,6 +59,8 @@ def savings_lines(client: MlflowClient, parent_id: str, stage: str, rows: Sequen
              f"       {len(candidates(list(rows)))} trained to the end, {n[STOPPED]} stopped early, {n[PRUNED]} pruned "
              f"by latency untrained, {n[DUPLICATE]} repeats not retrained"
              + (f"; {measured_first} configurations' latency measured before training" if measured_first else "")]
+    if not space_size:
+        return lines + ["       the space is continuous: there is no grid to compare with"]
     exp_id = client.get_run(parent_id).info.experiment_id
     found = grid_search_of(client, exp_id, stage, grid, epochs, exclude=parent_id)
     if found is None:

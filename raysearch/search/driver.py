@@ -8,6 +8,7 @@ what won the replays of the recorded tables (`raysearch replay`, BENCHMARKS.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from raysearch.search.methods import (
     make_searcher,
     method_params,
     needs_latency_first,
+    searched_space,
     sweeps_all,
 )
 from raysearch.search.options import SearchOptions, Space, param_space, planned_trials
@@ -73,7 +75,7 @@ class SearchOutcome:
     hypervolume: float
     errors: int = 0
     epochs_spent: int = 0  # training epochs of every trial together
-    space_size: int = 0  # configurations in the space searched
+    space_size: int = 0  # configurations in the space searched (0: a continuous space)
     epochs: int = 0  # epochs of a trial trained to the end
     measured_first: int = 0  # configurations whose latency was measured before any training (latency-first)
     grid: str = ""  # the space as the parent's "grid" param (JSON): what finds the same grid's search
@@ -146,9 +148,9 @@ class _Where:
 def run_search(req: SearchRequest) -> SearchOutcome:
     """Run one Ray Tune search over ``req.space`` and log it to MLflow (see the module doc)."""
 
+    req.space.check(req.opts.mode)  # bad input, one line each, before Ray starts
+    req = dataclasses.replace(req, space=searched_space(req.opts, req.space))
     stage, space, opts = req.stage, req.space, req.opts
-
-    space.check()  # bad input, one line each, before Ray starts
     preflight(opts)
     if needs_latency_first(opts) and opts.schedule.latency_sweep == "all" and space.size() > SWEEP_LIMIT:
         raise ValueError(f"--latency-sweep all measures every configuration's latency before training: this space "
@@ -230,7 +232,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
                 tags={obj.TAG_STAGE: stage, obj.TAG_MODE: opts.mode, obj.TAG_SEARCH: name, obj.TAG_STORAGE: exp_path,
                       **(req.tags or {})},
                 params={**{k: v for k, v in opts.flags().items() if v is not None}, "epochs": epochs,
-                        "grid": json.dumps(space.grid), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency,
+                        "grid": json.dumps(space.describe()), "fixed": json.dumps(space.fixed), obj.HV_REFERENCE_LATENCY: hv_latency,
                         **method_params(opts)})
         try:  # from the moment the parent exists: a Ctrl-C anywhere below ends it KILLED (inside, open_parent does)
             tracker = SearchTracker(opts.tracking.store(), exp_id, parent_id, stage, state_path, settings.spec_for,
@@ -244,7 +246,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
 
                     log.info("--latency-sweep all: measuring the latency of all %d configurations before training",
                              space.size())
-                    latencies = sweep_latencies(grid_configs(space.grid), settings)
+                    latencies = sweep_latencies(grid_configs(space.lists()), settings)
                 else:
                     oracle = latency_oracle(settings)
             tuner = _tuner(tune, trainable, space, opts, epochs, name, storage, exp_path, tracker,
@@ -294,7 +296,7 @@ def _run_locked(req: SearchRequest, where: _Where, reservation: CpuReservation |
             client.log_metric(parent_id, obj.LATENCY_MEASURED, oracle.measured)
             client.log_metric(parent_id, obj.LATENCY_PREDICTED, space.size() - oracle.measured)
         return SearchOutcome(parent_id, exp_path, rows, front, hv, errors, tracker.state.epochs_spent, space.size(),
-                             epochs, measured_first, json.dumps(space.grid))
+                             epochs, measured_first, json.dumps(space.describe()))
 
 
 def bench_settings(opts: SearchOptions, farm: str, reservation: CpuReservation | None = None) -> BenchSettings:

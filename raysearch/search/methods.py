@@ -21,6 +21,7 @@ Light to import: Ray, Optuna and the searchers are imported when a method is bui
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,14 @@ if TYPE_CHECKING:
     from raysearch.search.latency_first import LatencyOracle
     from raysearch.search.options import SearchOptions, Space
 
+log = logging.getLogger(__name__)
+
 SWEEP_LIMIT = 2000  # configurations --latency-sweep all measures before training (seconds each on a device)
 # latency-first: measure what could change a choice (a latency model), every configuration first, or
 # auto: all in a space of up to SWEEP_LIMIT (it scored higher on the recorded tables), needed beyond
 LATENCY_SWEEPS = ("auto", "needed", "all")
+# latency-first ranks a finite set of configurations: a continuous knob at this many values, ends included
+CONTINUOUS_LEVELS = 9
 
 
 # ---- samplers ----------------------------------------------------------------------------------
@@ -49,6 +54,7 @@ class Sampler:
     latency_first: bool  # needs every configuration's latency, or a latency model, before training
     startup_trials: int  # random proposals before the model-based ones (a parent-run param)
     slow: bool = False  # refits a model for every proposal: minutes per search (replays on request only)
+    levels: int = 0  # searches a continuous knob at this many evenly spaced values (0: any number in its range)
 
     def searcher(self, opts: SearchOptions, first: list[dict[str, Any]] | None = None,
                  latencies: dict[str, float] | None = None, oracle: LatencyOracle | None = None) -> Searcher:
@@ -103,7 +109,7 @@ class OptunaSampler(Sampler):
 
 # startup 10: Optuna's default n_startup_trials for TPE and GP
 SAMPLER_TABLE: dict[str, Sampler] = {s.name: s for s in (
-    LatencyFirstSampler("latency-first", latency_first=True, startup_trials=0),
+    LatencyFirstSampler("latency-first", latency_first=True, startup_trials=0, levels=CONTINUOUS_LEVELS),
     OptunaSampler("tpe", latency_first=False, startup_trials=10),
     OptunaSampler("gp", latency_first=False, startup_trials=10, slow=True),
     OptunaSampler("nsga2", latency_first=False, startup_trials=0),
@@ -167,6 +173,19 @@ SCHEDULERS = tuple(SCHEDULER_TABLE)
 # ---- what the driver and the replay ask ------------------------------------------------------
 def sampler_of(opts: SearchOptions) -> Sampler:
     return SAMPLER_TABLE[opts.schedule.sampler]
+
+
+def searched_space(opts: SearchOptions, space: Space) -> Space:
+    """The space the sampler searches: ``space``, or listed where the sampler ranks a finite set of
+    configurations (latency-first): every step of a range, a continuous knob at evenly spaced values."""
+    levels = sampler_of(opts).levels if opts.mode == "search" else 0
+    if not (levels and space.ranges):
+        return space
+    if space.continuous:
+        ranges = space.describe()
+        log.info("--sampler %s searches %s at %d evenly spaced values (give a step, LOW:HIGH:STEP, for others)",
+                 opts.schedule.sampler, ", ".join(f"{k}={ranges[k]}" for k in space.continuous), levels)
+    return space.finite(levels)
 
 
 def make_searcher(opts: SearchOptions, first: list[dict[str, Any]] | None = None,

@@ -6,9 +6,12 @@ read these.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
 
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement
@@ -172,48 +175,173 @@ class SearchOptions:
         return Requirement(self.max_latency_ms, self.min_iou)
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric knob's interval: every ``step`` from ``low`` to ``high`` (an integer knob such as the
+    input size in steps of 32: ``64:512:32``), or any number in [low, high] (``step`` None: a
+    continuous knob such as the width ``a``: ``0.125:1``)."""
+
+    low: float
+    high: float
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"the range {self.text()} is empty: expected LOW:HIGH[:STEP] with LOW < HIGH")
+        if self.step is not None:
+            levels = (self.high - self.low) / self.step if self.step > 0 else -1.0
+            if levels < 1 or abs(levels - round(levels)) > 1e-9:
+                raise ValueError(f"the range {self.text()}: the step {self.step:g} must be > 0 and divide "
+                                 f"{self.high:g} - {self.low:g}")
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        parts = text.split(":")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 3):
+            raise ValueError(f"{text!r} is not a range: expected LOW:HIGH (continuous) or LOW:HIGH:STEP")
+        return cls(*nums)
+
+    @property
+    def continuous(self) -> bool:
+        return self.step is None
+
+    @property
+    def integer(self) -> bool:
+        return self.step is not None and all(float(v).is_integer() for v in (self.low, self.high, self.step))
+
+    def text(self) -> str:
+        return f"{self.low:g}:{self.high:g}" + (f":{self.step:g}" if self.step is not None else "")
+
+    def values(self, levels: int = 2) -> list[Any]:
+        """Every value of a stepped range; ``levels`` evenly spaced ones (the ends included) of a
+        continuous one."""
+        if self.step is None:
+            return [round(float(v), 6) for v in np.linspace(self.low, self.high, max(2, levels))]
+        n = round((self.high - self.low) / self.step)
+        out = [self.low + i * self.step for i in range(n + 1)]
+        return [int(v) for v in out] if self.integer else [round(v, 9) for v in out]
+
+    def domain(self) -> Any:
+        """Ray Tune's domain: a uniform number, or one of the steps (a number to the model-based
+        samplers, so that TPE and GP see an order where a choice would be a category)."""
+        from ray import tune
+
+        if self.step is None:
+            return tune.uniform(self.low, self.high)
+        if self.integer:
+            return tune.qrandint(int(self.low), int(self.high), int(self.step))
+        return tune.quniform(self.low, self.high, self.step)
+
+
+Knob = list[Any] | Range  # a knob's values in a Space: listed, or a range
+
+
+def parse_knob(text: str) -> tuple[str, Knob]:
+    """``--space KNOB=VALUES``: ``a=0.125:1`` (continuous), ``input_hw=64:512:32`` (every step),
+    ``t=6,4,2`` (listed: numbers, or words such as ``precision=fp32,int8``)."""
+    name, sep, values = text.partition("=")
+    name = "input_hw" if name.strip() == "res" else name.strip()  # --res's knob
+    if not sep or not name or not values.strip():
+        raise ValueError(f"--space {text!r} is not KNOB=VALUES (e.g. a=0.125:1, input_hw=64:512:32, t=6,4,2)")
+    if ":" in values:
+        return name, Range.parse(values.strip())
+    return name, [_number(v.strip()) for v in values.split(",") if v.strip()]
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 @dataclass
 class Space:
     """What a search varies: ``grid`` maps knob names (ModelSpec fields, or "model" for a named
-    model of ``models``) to the values the study's grid takes; ``fixed`` holds the other knobs."""
+    model of ``models``) to the values the knob takes (listed, or a `Range`); ``fixed`` holds the
+    other knobs."""
 
-    grid: dict[str, list[Any]]
+    grid: Mapping[str, Knob]
     fixed: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def ranges(self) -> list[str]:
+        """The knobs given as a `Range`."""
+        return [k for k, v in self.grid.items() if isinstance(v, Range)]
+
+    @property
+    def continuous(self) -> list[str]:
+        """The knobs that take any number in their range (the space has no finite size)."""
+        return [k for k, v in self.grid.items() if isinstance(v, Range) and v.continuous]
+
     def size(self) -> int:
+        """Configurations in the space: 0 where a knob is continuous (see `finite`)."""
+        if self.continuous:
+            return 0
         n = 1
         for v in self.grid.values():
-            n *= len(v)
+            n *= len(v.values() if isinstance(v, Range) else v)
         return n
 
-    def check(self, limit: int = 100_000) -> None:
-        """Every point a valid `ModelSpec` (the first bad value named), before any trial runs."""
+    def finite(self, levels: int) -> Space:
+        """The same space with every range listed: each step, or ``levels`` evenly spaced values of a
+        continuous knob (what the grid and the latency-first sampler search)."""
+        return Space(self.lists(levels), dict(self.fixed), dict(self.models))
+
+    def lists(self, levels: int = 2) -> dict[str, list[Any]]:
+        """Every knob's values, listed (see `finite`)."""
+        return {k: v.values(levels) if isinstance(v, Range) else list(v) for k, v in self.grid.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON can hold it (the parent run's "grid" param): a range as LOW:HIGH[:STEP]."""
+        return {k: v.text() if isinstance(v, Range) else v for k, v in self.grid.items()}
+
+    def with_knobs(self, knobs: dict[str, Knob]) -> Space:
+        """This space with ``knobs`` searched instead (``--space``): a knob that was fixed becomes searched."""
+        fixed = {k: v for k, v in self.fixed.items() if k not in knobs}
+        return Space({**self.grid, **knobs}, fixed, dict(self.models))
+
+    def check(self, mode: str = "search", limit: int = 100_000) -> None:
+        """Every point a valid `ModelSpec` (the first bad value named), before any trial runs; a
+        range is checked at its ends and middle; a grid (``mode``) must be finite."""
         import itertools
 
         from raysearch.models import ModelSpec
 
-        if not self.grid or any(not v for v in self.grid.values()):
-            raise ValueError(f"the search space {self.grid} has no point")
-        for values in itertools.islice(itertools.product(*self.grid.values()), limit):
+        if not self.grid or any(isinstance(v, list) and not v for v in self.grid.values()):
+            raise ValueError(f"the search space {self.describe()} has no point")
+        grid = self.lists(3)
+        for values in itertools.islice(itertools.product(*grid.values()), limit):
             knobs = {**self.fixed}
-            for k, v in zip(self.grid, values):
+            for k, v in zip(grid, values):
                 knobs.update(self.models.get(v, {}) if k == "model" else {k: v})
             ModelSpec.from_dict(knobs, strict=True)
+        if mode == "grid" and self.continuous:
+            raise ValueError(f"--mode grid trains every configuration, and {', '.join(self.continuous)} is continuous "
+                             f"({self.describe()}): give it a step (LOW:HIGH:STEP) or use --mode search")
 
 
 def planned_trials(space: Space, opts: SearchOptions) -> int:
     """Trials the search will run at most: the grid, or --num-samples (every searcher proposes each
-    configuration once, so no more than the space holds)."""
+    configuration once, so no more than a finite space holds)."""
     if opts.mode == "grid":
         return space.size()
-    return min(opts.num_samples, space.size())  # every sampler proposes each configuration once
+    return min(opts.num_samples, space.size()) if space.size() else opts.num_samples
 
 
 def param_space(space: Space, mode: str) -> dict[str, Any]:
-    """Ray Tune's param_space for ``space``: the grid itself, or a choice per knob to search."""
+    """Ray Tune's param_space for ``space``: the grid itself, or a domain per knob to search (a
+    choice of the listed values, a range's numbers)."""
     from ray import tune
 
     if mode == "grid":
-        return {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
-    return {k: tune.choice(list(v)) for k, v in space.grid.items()}
+        assert not space.continuous, "Space.check refuses a continuous grid"
+        return {k: tune.grid_search(v) for k, v in space.lists().items()}
+    return {k: v.domain() if isinstance(v, Range) else tune.choice(list(v)) for k, v in space.grid.items()}

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from raysearch.models import ModelSpec, get_family, parse_hw
 from raysearch.records import names as obj
 from raysearch.search.driver import SearchOutcome, SearchRequest, run_search, search_name
-from raysearch.search.options import SearchOptions, Space
+from raysearch.search.options import Knob, SearchOptions, Space
 from raysearch.search.presets import preset
 from raysearch.storage import read_bytes, storage_fs, write_bytes
 from raysearch.tracking.readback import row_from_run
@@ -122,12 +122,18 @@ def stage7_space(opts: SearchOptions, res: Sequence[SizeArg] | None) -> Space:
     return Space({"input_hw": res, "model": sorted(named)}, {"arch": "fastscnn"}, models=named)
 
 
-def run_stage(stage: int, opts: SearchOptions, epochs: int, res: Sequence[SizeArg] | None = None) -> SearchOutcome:
+def run_stage(stage: int, opts: SearchOptions, epochs: int, res: Sequence[SizeArg] | None = None,
+              knobs: Mapping[str, Knob] | None = None) -> SearchOutcome:
+    """Run ``stage``; ``knobs`` (``--space``) replace or add knobs of the plain spaces (stages 2-6)."""
     label = f"stage{stage}"
+    if knobs and stage in (1, 7):
+        raise ValueError(f"--space changes the knobs of stages 2-6; stage {stage} searches "
+                         + ("one baseline" if stage == 1 else "the models of the stage-6 front"))
     if stage == 1:
         return run_stage1(opts, epochs, res)
-    space = stage7_space(opts, res) if stage == 7 else stage_space(stage, opts, res)
-    log.info("%s (%s): %d grid points, %s", label, opts.mode, space.size(), DESCRIPTIONS[stage])
+    space = stage7_space(opts, res) if stage == 7 else stage_space(stage, opts, res).with_knobs(dict(knobs or {}))
+    size = f"{space.size()} configurations" if space.size() else f"continuous in {', '.join(space.continuous)}"
+    log.info("%s (%s): %s, %s", label, opts.mode, size, DESCRIPTIONS[stage])
     return run_search(SearchRequest(label, space, opts, epochs))
 
 

@@ -42,6 +42,10 @@ BINARY = bytes(range(256)) * 4
     (["--reduction-factor", "1"], "argument --reduction-factor: '1' is not a number > 1"),
     (["--experiment", ""], "argument --experiment: '' is empty"),
     (["--sampler", "cmaes"], "argument --sampler: invalid choice: 'cmaes'"),
+    (["--space", "a"], "argument --space: --space 'a' is not KNOB=VALUES"),
+    (["--space", "a=1:0.5"], "argument --space: the range 1:0.5 is empty"),
+    (["--space", "res=64:500:32"], "the range 64:500:32: the step 32 must be > 0 and divide 500 - 64"),
+    (["--space", "a=x:y"], "argument --space: 'x:y' is not a range"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(capsys, no_ray, args, says):
     with pytest.raises(SystemExit) as e:
@@ -84,6 +88,21 @@ def test_bad_data_and_inventories_are_refused_before_ray(tmp_path, capsys, no_ra
     assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     client = MlflowClient(uri)
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.parametrize("stage, args, says", [
+    (7, ["--space", "a=0.25:1"], "--space changes the knobs of stages 2-6; stage 7 searches"),
+    (4, ["--space", "width=0.25:1"], "unknown ModelSpec field(s) ['width']"),
+    (4, ["--space", "a=0:1"], "a=0.0 must be > 0"),
+    (4, ["--space", "res=48:112:32"], "input_hw=48x48 must be a multiple of 32"),
+    (4, ["--space", "a=0.25:1"], "--mode grid trains every configuration, and a is continuous"),
+])
+def test_a_bad_space_is_refused_before_ray(tmp_path, capsys, no_ray, stage, args, says):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--quick", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), *args]
+    assert cli.stage_main(stage, argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_evaluate_refuses_a_farm_port_grpc_would_wrap(tmp_path, capsys):

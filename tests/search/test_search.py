@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from raysearch.records.pareto import normalized_hypervolume
-from raysearch.search.methods import SAMPLERS
+from raysearch.search.methods import CONTINUOUS_LEVELS, SAMPLERS
 from raysearch.search.runtime import start_local_ray
 from raysearch.search.scheduler import FRONT_MARGIN, FRONT_MIN_FINISHED
 from raysearch.tracking.readback import interruption as interruption_note
@@ -177,14 +178,18 @@ def test_latency_budget_prunes_before_training(tmp_path):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_real_search(tmp_path, sampler):
-    """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle);
-    latency-first with the default scheduler (none), the others with front stopping."""
+    """Each --sampler with the Optuna a fresh install gets (5.1's NSGA-II once failed to pickle), on
+    a continuous knob (--space a=LOW:HIGH); latency-first with the default scheduler (none), the
+    others with front stopping."""
     store = Store(tmp_path)
     front = sampler != "latency-first"
-    out = store.stage(7, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1",
-                      "--bench-runs", "3", "--sampler", sampler, *(["--scheduler", "front"] if front else []))
-    (parent,) = store.parents("stage7")
+    low, high = 0.125, 0.5
+    out = store.stage(4, "--quick", "--mode", "search", "--num-samples", "3", "--res", "64", "--epochs", "1",
+                      "--space", f"a={low}:{high}", "--space", "t=2", "--bench-runs", "3", "--sampler", sampler,
+                      *(["--scheduler", "front"] if front else []))
+    (parent,) = store.parents("stage4")
     assert parent.data.params["sampler"] == sampler and parent.info.status == "FINISHED"
+    assert json.loads(parent.data.params["grid"])["a"] == f"{low:g}:{high:g}" or sampler == "latency-first"
     kids = store.children(parent.info.run_id)
     assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), out.stdout[-3000:]
     assert parent.data.params["stopped_trials_tell_searcher"] and "startup_trials" in parent.data.params
@@ -195,12 +200,18 @@ def test_every_sampler_runs_a_real_search(tmp_path, sampler):
         assert float(parent.data.params["front_margin"]) == FRONT_MARGIN
     else:
         assert "front_margin" not in parent.data.params
-    if sampler == "latency-first":  # the 3 configurations' latencies before any training, each trained once
-        assert "latency sweep: 3 configurations" in out.stdout + out.stderr
-        console = out.stdout + out.stderr  # only what matters: no Ray box, TensorBoard hint, token warning
+    widths = [float(k.data.params["a"]) for k in kids]
+    assert all(low <= a <= high for a in widths) and len(set(widths)) == 3  # each configuration once
+    lattice = set(np.round(np.linspace(low, high, CONTINUOUS_LEVELS), 6))
+    console = out.stdout + out.stderr
+    if sampler == "latency-first":  # the lattice's latencies before any training, each trained once
+        assert set(widths) <= lattice and f"latency sweep: {CONTINUOUS_LEVELS} configurations" in console
+        assert f"at {CONTINUOUS_LEVELS} evenly spaced values" in console
+        # only what matters: no Ray box, TensorBoard hint, token warning
         for noise in ("Configuration for experiment", "TensorBoard", "Token authentication", "exported fastscnn"):
             assert noise not in console, console[-3000:]
-        assert len({k.data.tags["raysearch.spec"] for k in kids}) == 3
+    else:  # any number in the range: off the lattice (a random draw lands on it with probability 0)
+        assert not set(widths) <= lattice and "the space is continuous" in out.stdout
 
 
 @pytest.mark.parametrize("scheduler", ["pareto-asha", "asha"])
