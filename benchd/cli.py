@@ -26,7 +26,7 @@ _EPILOG = """examples:
   benchd serve --address 0.0.0.0 --token-file ~/.config/benchd/token --device-class rpi4
   benchd bench model.onnx --target pi4-01.lan:50051 --token-file ~/.config/benchd/token
   benchd bench model.onnx --farm clusters/farm.yaml --class rpi4 --json
-  benchd bench model.onnx --local --threads 4 --runs 50
+  benchd bench model.onnx --local --intra-op-threads 4 --runs 50
   benchd info --target pi4-01.lan:50051
   benchd farm status clusters/farm.yaml
 """
@@ -104,15 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--class", dest="device_class", help="with --farm: device class to use")
     b.add_argument("--label", action="append", default=[], metavar="K=V", help="with --farm: required label")
     b.add_argument("--runs", type=int, default=DEFAULTS.runs, help="minimum timed runs (default %(default)s)")
-    b.add_argument("--warmup", type=int, default=DEFAULTS.warmup_runs,
+    # each timing flag is named for the BenchmarkRequest field it sets (raysearch's --bench-X too);
+    # the first names benchd had stay as aliases
+    b.add_argument("--warmup-runs", "--warmup", dest="warmup_runs", type=int, default=DEFAULTS.warmup_runs,
                    help="discarded runs after the cold first run (default %(default)s)")
     b.add_argument("--min-duration-s", type=float, default=0.0, help="keep timing at least this long")
-    b.add_argument("--precision", type=float, default=DEFAULTS.target_rel_ci,
+    b.add_argument("--target-rel-ci", "--precision", dest="target_rel_ci", type=float, default=DEFAULTS.target_rel_ci,
                    help="then keep timing until the 95%% CI of the p50 is within +-this share of it "
-                        "(0: exactly --runs)")
+                        "(0: exactly --runs; default %(default)s)")
     b.add_argument("--max-runs", type=int, default=DEFAULTS.max_runs,
-                   help="stop chasing --precision after this many timed runs")
-    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores of the device)")
+                   help="stop chasing --target-rel-ci after this many timed runs")
+    b.add_argument("--intra-op-threads", "--threads", dest="intra_op_threads", type=int, default=0,
+                   help="intra-op threads (0: all cores of the device)")
     b.add_argument("--batch-size", type=int, default=1, help="for a dynamic batch dimension")
     b.add_argument("--shape", action="append", default=[], metavar="NAME=1x3xHxW",
                    help="full shape of an input with dynamic non-batch dimensions")
@@ -261,18 +264,18 @@ def _print_result(result: dict[str, Any]) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from benchd.errors import BenchError, FarmError
+    from benchd.runner import BenchParams
 
-    shapes = _shapes(args.shape)
+    params = BenchParams(
+        warmup_runs=args.warmup_runs, runs=args.runs, min_duration_s=args.min_duration_s,
+        intra_op_threads=args.intra_op_threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
+        input_shapes=_shapes(args.shape), return_samples=args.samples, target_rel_ci=args.target_rel_ci,
+        max_runs=args.max_runs,
+    )
     if args.local:
         from benchd.cache import sha256_file
-        from benchd.runner import BenchmarkError, BenchParams, run_benchmark
+        from benchd.runner import BenchmarkError, run_benchmark
 
-        params = BenchParams(
-            warmup_runs=args.warmup, runs=args.runs, min_duration_s=args.min_duration_s,
-            intra_op_threads=args.threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
-            input_shapes=shapes, return_samples=args.samples, target_rel_ci=args.precision,
-            max_runs=args.max_runs,
-        )
         try:
             result = run_benchmark(args.model, params)
         except BenchmarkError as exc:
@@ -280,14 +283,6 @@ def _bench(args: argparse.Namespace) -> int:
             return 1
         result.update(model_sha256=sha256_file(args.model), device_name="local", device_class="local")
     else:
-        from benchd.runner import BenchParams
-
-        opts = BenchParams(
-            runs=args.runs, warmup_runs=args.warmup, min_duration_s=args.min_duration_s,
-            intra_op_threads=args.threads, batch_size=args.batch_size, graph_optimization=args.graph_optimization,
-            input_shapes=shapes, return_samples=args.samples, target_rel_ci=args.precision,
-            max_runs=args.max_runs,
-        )
         try:
             if args.farm:
                 from benchd.farm import BenchFarm
@@ -296,13 +291,13 @@ def _bench(args: argparse.Namespace) -> int:
                 if not args.verbose:  # the progress lines say what its warnings would, once in a while
                     logging.getLogger("benchd.farm").setLevel(logging.ERROR)
                 with BenchFarm.from_file(args.farm) as farm:
-                    res = farm.benchmark(args.model, opts, device_class=args.device_class, labels=labels,
+                    res = farm.benchmark(args.model, params, device_class=args.device_class, labels=labels,
                                          timeout_s=args.timeout_s or 1800.0, wait_s=args.timeout_s or FARM_WAIT_S,
                                          progress=lambda line: print(f"benchd bench: {line}", file=sys.stderr,
                                                                      flush=True))
             else:
                 with _client(args) as client:
-                    res = client.benchmark(args.model, opts, timeout_s=args.timeout_s)
+                    res = client.benchmark(args.model, params, timeout_s=args.timeout_s)
         except (BenchError, FarmError) as exc:
             print(f"benchd bench: {exc}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@ source. `raysearch replay` then compares search methods on the table in minutes.
     python benchmarks/record_table.py --space C                   # 2304 configurations, 6 epochs at --limit 60
     python benchmarks/record_table.py --space A --status          # what is done, what is left
     python benchmarks/record_table.py --space A --latency-only    # (re)measure the host latency only
+    python benchmarks/record_table.py --space B --latency-only --latency-source host-int8  # another device class
     python benchmarks/record_table.py --space mine --grid a=0.25,0.125 t=6,2 r=1 pp=0 input_hw=64,96 \\
         --data DIR --seeds 0 1 --epochs 10 --out my-table.jsonl.gz # your own space and data
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -36,6 +38,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
@@ -142,35 +145,85 @@ def train_one(spec_dict: dict, seed: int, data: str, limit: int | None, epochs: 
 
 
 # ---- latency -------------------------------------------------------------------------------------
-def measure_latency(table: Table, passes: int, work: Path) -> None:
+# the latency sources a table can hold: the host as the tables' latency (`host`), and the same machine
+# as other device classes (a new class for the latency model, issue 31 item 3)
+LATENCY_SOURCES = {
+    "host": dict(what="a local benchd on this machine, its worker on a reserved core", precision="fp32",
+                 intra_op_threads=1, reserved=True),
+    "host-int8": dict(what="the int8 (static QDQ) model of each configuration, a local benchd on a reserved core",
+                      precision="int8", intra_op_threads=1, reserved=True),
+    "host-2threads": dict(what="a local benchd with both cores, 2 intra-op threads", precision="fp32",
+                          intra_op_threads=2, reserved=False),
+    "pi-emulated": dict(what="benchd in the Debian arm64 root of clusters/pi_root.sh (a Cortex-A72 under qemu-user): "
+                             "emulated, so not a Pi's latency, but another instruction set and other kernels",
+                        precision="fp32", intra_op_threads=1, reserved=False, emulated=True),
+}
+
+
+@contextlib.contextmanager
+def emulated_benchd(work: Path) -> Iterator[str]:
+    """`clusters/pi_root.sh serve` (the root built by `pi_root.sh build`), as a farm inventory with its token."""
+    script = Path(__file__).resolve().parents[1] / "clusters" / "pi_root.sh"
+    p = subprocess.run(["bash", str(script), "--device-class", "pi-emulated", "--port", "0", "--start-timeout-s", "900",
+                        "serve"], capture_output=True, text=True, timeout=1000)
+    if p.returncode != 0:
+        sys.exit(f"record_table: pi_root.sh serve failed (build the root first: sudo bash {script} build):\n"
+                 f"{p.stdout}{p.stderr}")
+    fields = dict(kv.split("=", 1) for kv in p.stdout.split())
+    try:
+        token = work / "pi-token"
+        token.write_text(Path(fields["token_file"]).read_text())
+        token.chmod(0o600)
+        farm = work / "pi-farm.yaml"
+        farm.write_text(f"defaults:\n  token_file: {token}\n"
+                        f"devices:\n  - {{name: pi-emulated, address: '{fields['address']}', class: pi-emulated}}\n")
+        yield str(farm)
+    finally:
+        subprocess.run(["bash", str(script), "stop", fields["pid"]], capture_output=True, timeout=300)
+
+
+def measure_latency(table: Table, passes: int, work: Path, source: str = "host", data: str = "") -> None:
+    import dataclasses
+
     import torch
 
+    from raysearch.data import open_split
     from raysearch.models import build_model
     from raysearch.search.latency import BenchSettings, local_benchd, measure, reserve_cpu
     from raysearch.training.export import export_onnx
+    from raysearch.training.quantize import calibration_inputs, quantize_int8
 
+    kind = LATENCY_SOURCES[source]
     torch.set_num_threads(1)
-    reservation = reserve_cpu()
-    todo = [c for c in table.configs if ("host" not in table.sources() or (c, "host") not in table.latencies)]
+    reservation = reserve_cpu() if kind["reserved"] else None
+    todo = [c for c in table.configs if (c, source) not in table.latencies]
     if not todo:
         return
     paths = {}
     for cid in todo:
-        paths[cid] = export_onnx(build_model(ModelSpec.from_dict(table.configs[cid])), work / f"{cid}.onnx").path
-    settings = dict(runs=50, warmup_runs=10, intra_op_threads=1, min_duration_s=2.0, target_rel_ci=0.01,
-                    max_duration_s=30.0)
-    table.meta["latency_sources"]["host"] = {
-        "what": "a local benchd on this machine, its worker on a reserved core", "passes": passes, **settings,
+        spec = dataclasses.replace(ModelSpec.from_dict(table.configs[cid]), precision=str(kind["precision"]))
+        fp32 = export_onnx(build_model(spec), work / f"{cid}.onnx").path
+        if spec.precision == "int8":  # calibrated on validation images, as a trial's int8 model is
+            val = open_split(data, "val", seed=0, limit=16)
+            fp32 = quantize_int8(fp32, work / f"{cid}.int8.onnx", calibration_inputs(val, spec))
+        paths[cid] = fp32
+    settings = dict(runs=50, warmup_runs=10, intra_op_threads=int(kind["intra_op_threads"]), min_duration_s=2.0,
+                    target_rel_ci=0.01, max_duration_s=30.0)
+    table.meta["latency_sources"][source] = {
+        "what": kind["what"], "precision": kind["precision"], "passes": passes, **settings,
         "machine": machine(), "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     got: dict[str, list[float]] = {c: [] for c in todo}
-    with local_benchd("host", cpus=reservation.benchd if reservation else ()) as target:
-        bench = BenchSettings(farm=target, device_class="host", **settings)
+    serve = emulated_benchd(work) if kind.get("emulated") else local_benchd(
+        source, cpus=reservation.benchd if reservation else ())
+    with serve as target:
+        bench = BenchSettings(farm=target, device_class=source, **settings)
         for p in range(passes):
             for i, cid in enumerate(todo, 1):
                 got[cid].append(round(measure(paths[cid], bench).result.latency_ms_p50, 6))
-                log.info("latency pass %d/%d, %d/%d %s: %.4f ms", p + 1, passes, i, len(todo), cid, got[cid][-1])
+                log.info("%s latency pass %d/%d, %d/%d %s: %.4f ms", source, p + 1, passes, i, len(todo), cid,
+                         got[cid][-1])
     for cid, values in got.items():
-        table.latencies[(cid, "host")] = Latency(cid, "host", tuple(values))
+        table.latencies[(cid, source)] = Latency(cid, source, tuple(values))
 
 
 def copy_latency(table: Table, source: Path) -> None:
@@ -196,7 +249,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2 for A, 0 1 for B)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each (default %(default)s)")
     ap.add_argument("--latency-passes", type=int, default=3)
-    ap.add_argument("--latency-only", action="store_true", help="measure the missing host latencies, train nothing")
+    ap.add_argument("--latency-only", action="store_true", help="measure the missing latencies, train nothing")
+    ap.add_argument("--latency-source", choices=sorted(LATENCY_SOURCES), default="host",
+                    help="which latency --latency-only and --remeasure-latency measure: host (the table's), or the "
+                         "same machine as another device class: host-int8 (each configuration's int8 model), "
+                         "host-2threads (both cores), pi-emulated (the arm64 root of clusters/pi_root.sh under qemu) (default "
+                         "%(default)s)")
     ap.add_argument("--remeasure-latency", action="store_true",
                     help="drop the table's host latencies and measure them all again (on an idle machine)")
     ap.add_argument("--skip-latency", action="store_true",
@@ -246,10 +304,11 @@ def main() -> None:
         copy_latency(table, TABLES / f"{LATENCY_FROM[args.space]}.jsonl.gz")
         table.save(out)
     if args.remeasure_latency:
-        table.latencies = {k: v for k, v in table.latencies.items() if k[1] != "host"}
-        table.meta["latency_sources"].pop("host", None)
-    if not args.skip_latency and ("host" not in table.sources() or table.missing("host")):
-        measure_latency(table, args.latency_passes, work)
+        table.latencies = {k: v for k, v in table.latencies.items() if k[1] != args.latency_source}
+        table.meta["latency_sources"].pop(args.latency_source, None)
+    source = args.latency_source
+    if not args.skip_latency and (source not in table.sources() or table.missing(source)):
+        measure_latency(table, args.latency_passes, work, source, args.data)
         table.save(out)
     if args.latency_only:
         return

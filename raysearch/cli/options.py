@@ -230,8 +230,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "class (fitted on what the latency cache holds) predicts every latency with an uncertainty, "
                         "and the farm measures only the configurations whose latency could change which one is "
                         "trained next (any space size; on the recorded tables it measured about a quarter of the "
-                        "space and scored 0.004 lower early on, BENCHMARKS.md); auto: all up to 2,000 "
-                        "configurations, needed beyond (default %(default)s)")
+                        "space and scored 0.004 lower early on, BENCHMARKS.md); auto: all in a listed space of up to "
+                        "2,000 configurations, needed beyond and for a continuous knob (default %(default)s)")
     g.add_argument("--grace-period", type=POSITIVE, default=1, help="epochs before a trial can be stopped (default "
                                                                "%(default)s); rungs at grace x factor^k epochs")
     g.add_argument("--reduction-factor", type=number(float, 1, lo_open=True), default=3.0,

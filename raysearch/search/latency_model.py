@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,6 +210,24 @@ class LatencyModel:
         ms[done] = [self.measured[specs[i]] for i in done]
         log_sd[done] = 0.0
         return LatencyPrediction(ms, log_sd, measured)
+
+
+def class_model(device_class: str, timing: str,
+                groups: Mapping[tuple[str, str], Sequence[tuple[ModelSpec, float]]]) -> LatencyModel:
+    """The model of ``device_class`` from what a latency cache holds (``groups``: (class, timing key)
+    -> measurements): its own measurements under ``timing``, and, while another group knows more
+    configurations, that group's model as the reference (a new class predicted from a handful of
+    its measurements plus the shape the other class measured)."""
+    own = list(groups.get((device_class, timing), ()))
+    richer = [(len(g), key) for key, g in groups.items() if key != (device_class, timing) and len(g) > len(own)]
+    reference = None
+    if richer:
+        _, key = max(richer)
+        reference = LatencyModel(key[0])
+        reference.update(groups[key])
+    model = LatencyModel(device_class, reference=reference)
+    model.update(own)
+    return model
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_LIMIT = 2000  # configurations --latency-sweep all measures before training (seconds each on a device)
 # latency-first: measure what could change a choice (a latency model), every configuration first, or
-# auto: all in a space of up to SWEEP_LIMIT (it scored higher on the recorded tables), needed beyond
+# auto: all in a listed space of up to SWEEP_LIMIT (it scored higher on the recorded tables), needed
+# beyond and for a continuous knob
 LATENCY_SWEEPS = ("auto", "needed", "all")
 # latency-first ranks a finite set of configurations: a continuous knob at this many values, ends included
 CONTINUOUS_LEVELS = 9
@@ -216,6 +217,7 @@ def needs_latency_first(opts: SearchOptions) -> bool:
 
 
 def sweeps_all(opts: SearchOptions, space: Space) -> bool:
-    """Whether a latency-first search measures every configuration before training (``--latency-sweep``)."""
+    """Whether a latency-first search measures every configuration before training (``--latency-sweep``):
+    ``auto`` sweeps a listed space of up to `SWEEP_LIMIT`, not the values a continuous knob was listed at."""
     sweep = opts.schedule.latency_sweep
-    return sweep == "all" or (sweep == "auto" and space.size() <= SWEEP_LIMIT)
+    return sweep == "all" or (sweep == "auto" and space.size() <= SWEEP_LIMIT and not space.levels)

@@ -270,6 +270,7 @@ class Space:
     grid: Mapping[str, Knob]
     fixed: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    levels: int = 0  # the evenly spaced values a continuous knob was listed at (`finite`; 0: none was)
 
     @property
     def ranges(self) -> list[str]:
@@ -293,7 +294,7 @@ class Space:
     def finite(self, levels: int) -> Space:
         """The same space with every range listed: each step, or ``levels`` evenly spaced values of a
         continuous knob (what the grid and the latency-first sampler search)."""
-        return Space(self.lists(levels), dict(self.fixed), dict(self.models))
+        return Space(self.lists(levels), dict(self.fixed), dict(self.models), levels if self.continuous else self.levels)
 
     def lists(self, levels: int = 2) -> dict[str, list[Any]]:
         """Every knob's values, listed (see `finite`)."""
@@ -306,7 +307,7 @@ class Space:
     def with_knobs(self, knobs: dict[str, Knob]) -> Space:
         """This space with ``knobs`` searched instead (``--space``): a knob that was fixed becomes searched."""
         fixed = {k: v for k, v in self.fixed.items() if k not in knobs}
-        return Space({**self.grid, **knobs}, fixed, dict(self.models))
+        return Space({**self.grid, **knobs}, fixed, dict(self.models), self.levels)
 
     def check(self, mode: str = "search", limit: int = 100_000) -> None:
         """Every point a valid `ModelSpec` (the first bad value named), before any trial runs; a

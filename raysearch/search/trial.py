@@ -449,15 +449,16 @@ def latency_oracle(settings: TrialSettings) -> LatencyOracle:
     """Latency-first's latencies without a sweep: a latency model of the device class, fitted on what
     the latency cache already holds, that measures on the farm (through the cache) what it needs."""
     from raysearch.search.latency_first import LatencyOracle
-    from raysearch.search.latency_model import LatencyModel
+    from raysearch.search.latency_model import class_model
 
-    model = LatencyModel(settings.bench.device_class)
-    timing = settings.bench.timing_key()
-    known = [m for (_, key), group in cached_latencies(settings.latency_cache).items() if key == timing for m in group]
-    model.update(known)
-    if known:
+    model = class_model(settings.bench.device_class, settings.bench.timing_key(), cached_latencies(settings.latency_cache))
+    if model.reference is not None:
+        log.info("latency model of %r: %d configurations of its own measured by earlier searches; until it knows "
+                 "more, it also reads the latencies of %r (%d measured) from the latency cache",
+                 model.device_class, len(model), model.reference.device_class, len(model.reference))
+    elif len(model):
         log.info("latency model of %r: %d configurations measured by earlier searches (the latency cache)",
-                 settings.bench.device_class, len(known))
+                 model.device_class, len(model))
 
     def measure_configs(configs: list[dict[str, Any]]) -> list[float]:
         return measure_configs_of(configs, settings, "latency measured for the search")

@@ -149,7 +149,8 @@ def test_cli_bench_target_local_and_info(farm_servers: tuple[Path, dict[str, sub
     remote = cli("bench", str(model), "--target", address, "--runs", "3", "--warmup", "1", "--precision", "0", "--json")
     assert remote.returncode == 0, remote.stderr
     assert json.loads(remote.stdout)["runs"] == 3
-    local = cli("bench", str(model), "--local", "--runs", "3", "--threads", "1", "--precision", "0", "--json")
+    # the flags under the BenchmarkRequest fields' names (above: the first names, still aliases)
+    local = cli("bench", str(model), "--local", "--runs", "3", "--intra-op-threads", "1", "--target-rel-ci", "0", "--json")
     assert local.returncode == 0, local.stderr
     assert json.loads(local.stdout)["intra_op_threads"] == 1
     human = cli("bench", str(model), "--target", address, "--runs", "2")

@@ -11,7 +11,14 @@ from ray import tune
 
 from raysearch.models import ModelSpec
 from raysearch.search.latency_first import LatencyFirstSearch, LatencyOracle, grid_configs
-from raysearch.search.latency_model import FEATURES, LatencyModel, LatencyPrediction, graph_features, model_error
+from raysearch.search.latency_model import (
+    FEATURES,
+    LatencyModel,
+    LatencyPrediction,
+    class_model,
+    graph_features,
+    model_error,
+)
 
 SPECS = [ModelSpec(a=0.25, t=2, r=1, pp=0, input_hw=hw) for hw in range(64, 513, 32)]  # 15 input sizes
 
@@ -72,6 +79,16 @@ def test_a_new_device_class_borrows_the_rank_of_another():
     rest = [s for s in SPECS if s not in new.measured]
     err = model_error(new.predict(rest), [pi[s] for s in rest])
     assert err.spearman == pytest.approx(1.0) and err.within_10pct == 1.0
+
+
+def test_a_class_the_cache_knows_little_of_reads_the_best_known_other_class():
+    host = [(s, 0.05 + 1e-5 * s.height ** 2) for s in SPECS]
+    groups = {("host", "k1"): host, ("host", "k0"): host[:4], ("pi", "k2"): [(s, 3.0 * v) for s, v in host[::7]]}
+    pi = class_model("pi", "k2", groups)  # 3 of its own: the richest other group, host under k1, is its reference
+    assert len(pi) == 3 and pi.reference is not None and len(pi.reference) == len(SPECS)
+    assert pi.reference.device_class == "host"
+    assert class_model("host", "k1", groups).reference is None  # the best known class needs no other
+    assert class_model("new", "k9", {}).reference is None and len(class_model("new", "k9", {})) == 0
 
 
 # ---- latency-first's rule: measure what could change the next choice -------------------------------------

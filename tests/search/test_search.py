@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -204,8 +205,9 @@ def test_every_sampler_runs_a_real_search(tmp_path, sampler):
     assert all(low <= a <= high for a in widths) and len(set(widths)) == 3  # each configuration once
     lattice = set(np.round(np.linspace(low, high, CONTINUOUS_LEVELS), 6))
     console = out.stdout + out.stderr
-    if sampler == "latency-first":  # the lattice's latencies before any training, each trained once
-        assert set(widths) <= lattice and f"latency sweep: {CONTINUOUS_LEVELS} configurations" in console
+    if sampler == "latency-first":  # its latency model, not a sweep, over the evenly spaced values
+        assert set(widths) <= lattice and f"predicted (of {CONTINUOUS_LEVELS})" in console
+        assert "latency sweep" not in console
         assert f"at {CONTINUOUS_LEVELS} evenly spaced values" in console
         # only what matters: no Ray box, TensorBoard hint, token warning
         for noise in ("Configuration for experiment", "TensorBoard", "Token authentication", "exported fastscnn"):
@@ -730,24 +732,39 @@ def test_the_quickstart_search_says_what_it_saved_against_the_grid(tmp_path):
 def test_latency_model_search_measures_part_of_the_space_and_the_next_search_reads_the_cache(tmp_path):
     """--latency-sweep needed on real Ray and a real local benchd: the first search measures part of
     the space for its latency model (and says how much), the second on the same storage starts from
-    what the first measured (the latency cache) and measures fewer."""
+    what the first measured (the latency cache) and measures none of it again, a third on a new device class
+    reads the first's as its reference."""
     store = Store(tmp_path)
-    args = ("--quick", "--mode", "search", "--num-samples", "2", "--res", "64", "96", "128", "--epochs", "1",
-            "--bench-runs", "3", "--latency-sweep", "needed", "--concurrency", "1")
-    first = store.stage(7, *args, "--name", "first")
-    (parent,) = store.parents("stage7")
-    space = json.loads(parent.data.params["grid"])
-    size = math.prod(len(v) for v in space.values())
+    # a continuous width (at latency-first's evenly spaced values) and four input sizes: 36 configurations,
+    # the slowest several times slower than the fastest (nowhere near the first choices)
+    args = ("--quick", "--mode", "search", "--num-samples", "2", "--space", "a=0.125:0.5", "--space", "t=2",
+            "--space", "res=64:160:32", "--epochs", "1", "--bench-runs", "3", "--latency-sweep", "needed",
+            "--concurrency", "1")
+    size = CONTINUOUS_LEVELS * 4
+    first = store.stage(4, *args, "--name", "first")
+    (parent,) = store.parents("stage4")
     measured = parent.data.metrics["latency_configs_measured"]
     assert parent.data.params["latency_sweep"] == "needed"
     assert 5 <= measured < size and parent.data.metrics["latency_configs_predicted"] == size - measured
     assert "latency sweep" not in first.stdout + first.stderr  # nothing measured wholesale
-    second = store.stage(7, *args, "--name", "second")
+    second = store.stage(4, *args, "--name", "second")
     log_text = second.stdout + second.stderr
     assert "measured by earlier searches (the latency cache)" in log_text, log_text[-3000:]
-    (again,) = [p for p in store.parents("stage7") if p.info.run_name == "second"]
-    assert again.data.metrics["latency_configs_measured"] < measured
+    (again,) = [p for p in store.parents("stage4") if p.info.run_name == "second"]
+    # nothing the first measured is measured again: the cache's latencies are known exactly
+    def measured_for_search(out: subprocess.CompletedProcess) -> set[str]:
+        return set(re.findall(r"latency measured for the search \d+/\d+: (\S+)", out.stdout + out.stderr))
+
+    assert len(measured_for_search(first)) == measured, first.stderr[-3000:]
+    assert not measured_for_search(first) & measured_for_search(second)
     assert len(store.children(again.info.run_id)) == 2
+    # a farm with a new device class: its model reads the class the cache knows best until it knows more
+    third = store.stage(4, *args, "--name", "third", "--device-class", "newboard")
+    log_text = third.stdout + third.stderr
+    assert "latency model of 'newboard': 0 configurations of its own" in log_text, log_text[-3000:]
+    assert "also reads the latencies of 'local'" in log_text
+    (new,) = [p for p in store.parents("stage4") if p.info.run_name == "third"]
+    assert new.info.status == "FINISHED" and new.data.metrics["latency_configs_measured"] >= 5
     # what the cache holds, and the model's error on it, in a few lines
     cache = str(tmp_path / "ray" / "latency_cache")
     shown = subprocess.run(["raysearch", "latency", "--cache", cache], capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raysearch.search.methods import CONTINUOUS_LEVELS, SAMPLERS, make_searcher, searched_space
+from raysearch.search.methods import CONTINUOUS_LEVELS, SAMPLERS, make_searcher, searched_space, sweeps_all
 from raysearch.search.options import Range, SearchOptions, Space, param_space, parse_knob, planned_trials
 
 
@@ -89,3 +89,9 @@ def test_latency_first_searches_a_continuous_knob_on_evenly_spaced_values():
     lf = searched_space(SearchOptions.from_flags(mode="search", sampler="latency-first"), space)
     assert lf.grid == {"a": Range(0.125, 1).values(CONTINUOUS_LEVELS), "input_hw": [64, 96, 128]}
     assert searched_space(SearchOptions.from_flags(mode="search", sampler="tpe"), space) is space
+    # --latency-sweep auto sweeps a listed space, not the values a continuous knob was listed at
+    auto = SearchOptions.from_flags(mode="search", sampler="latency-first")
+    assert lf.levels == CONTINUOUS_LEVELS and not sweeps_all(auto, lf)
+    stepped = searched_space(auto, Space({"input_hw": Range(64, 128, 32)}))
+    assert stepped.levels == 0 and sweeps_all(auto, stepped)
+    assert sweeps_all(SearchOptions.from_flags(mode="search", sampler="latency-first", latency_sweep="all"), lf)
