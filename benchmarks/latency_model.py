@@ -113,7 +113,8 @@ def new_class(name: str, source: str, reference: str, measured: int, seeds: int)
             out[label].append(model_error(model.predict([specs[i] for i in rest]), truth[rest]))
         as_is = [table.latency_ms(cids[i], reference) for i in rest]
         out["reference as is"].append(float(spearmanr(as_is, truth[rest]).statistic))
-    rep = repeatability([table.latencies[(c, source)].passes_ms for c in cids])
+    passes = [table.latencies[(c, source)].passes_ms for c in cids]
+    rep = repeatability(passes) if min(map(len, passes)) > 1 else None
     print(f"table {name}: new class {source!r} from {measured} of its measurements (at random), reference "
           f"{reference!r} ({len(cids)} measured), {seeds} seeds")
     for label in ("with reference", "alone"):
@@ -125,7 +126,7 @@ def new_class(name: str, source: str, reference: str, measured: int, seeds: int)
               f"{statistics.mean(r.covered_2sd for r in rows):.2f}")
     print(f"  {reference!r}'s own figures as the order: Spearman {statistics.mean(out['reference as is']):.3f}")
     print(f"  the measurement itself: {rep[0]:.3f} of single passes within +-10% of the others' median, "
-          f"Spearman pass 1 vs 2 {rep[1]:.3f}")
+          f"Spearman pass 1 vs 2 {rep[1]:.3f}" if rep else "  the measurement itself: one pass, its repeatability unknown")
     return out
 
 

@@ -11,7 +11,8 @@ Latency-first lists the continuous width at its evenly spaced values (`CONTINUOU
 7 sizes x 3 x 3 x 2 = 1,134 configurations, predicted by the latency model (``--latency-sweep auto``
 does not sweep the values of a continuous knob); Optuna's samplers draw any width. The scale is the
 quick preset's (120 synthetic images) with 2 epochs a trial: the point is the latency model's work on
-a large space, not the front's IoU. Runs go to `runs/live-continuous/`, figures to
+a large space, not the front's IoU. Each search has a storage (and so a latency cache) of its own: each
+seed starts cold. Runs go to `runs/live-continuous/`, figures to
 `benchmarks/results/live-continuous.json`.
 """
 
@@ -41,7 +42,7 @@ def run(sampler: str, seed: int, trials: int, epochs: int) -> dict:
     uri = f"sqlite:///{WORK / 'mlflow.db'}"
     cmd = [sys.executable, str(REPO / "raysearch" / "stage4.py"), "--quick", "--mode", "search", "--sampler", sampler,
            "--num-samples", str(trials), "--epochs", str(epochs), "--seed", str(seed), "--name", name,
-           "--tracking-uri", uri, "--storage-path", str(WORK / "ray"), "--concurrency", "1",
+           "--tracking-uri", uri, "--storage-path", str(WORK / name), "--concurrency", "1",
            *[arg for knob in SPACE for arg in ("--space", knob)]]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

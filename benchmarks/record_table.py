@@ -171,7 +171,7 @@ def emulated_benchd(work: Path) -> Iterator[str]:
                  f"{p.stdout}{p.stderr}")
     fields = dict(kv.split("=", 1) for kv in p.stdout.split())
     try:
-        token = work / "pi-token"
+        token = work.resolve() / "pi-token"
         token.write_text(Path(fields["token_file"]).read_text())
         token.chmod(0o600)
         farm = work / "pi-farm.yaml"
