@@ -200,11 +200,11 @@ def measure_latency(table: Table, passes: int, work: Path, source: str = "host",
     if not todo:
         return
     paths = {}
+    val = open_split(data, "val", seed=0, limit=16) if kind["precision"] == "int8" else None
     for cid in todo:
         spec = dataclasses.replace(ModelSpec.from_dict(table.configs[cid]), precision=str(kind["precision"]))
         fp32 = export_onnx(build_model(spec), work / f"{cid}.onnx").path
-        if spec.precision == "int8":  # calibrated on validation images, as a trial's int8 model is
-            val = open_split(data, "val", seed=0, limit=16)
+        if val is not None:  # calibrated on validation images, as a trial's int8 model is
             fp32 = quantize_int8(fp32, work / f"{cid}.int8.onnx", calibration_inputs(val, spec))
         paths[cid] = fp32
     settings = dict(runs=50, warmup_runs=10, intra_op_threads=int(kind["intra_op_threads"]), min_duration_s=2.0,

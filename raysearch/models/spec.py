@@ -163,7 +163,7 @@ class ModelSpec:
             kw["a"] = float(kw["a"])
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"MLflow params {dict(params)} are not a ModelSpec's (input_h, input_w, a): {e}") from None
-        kw["extra"] = tuple((k.removeprefix("extra."), _param_value(v)) for k, v in params.items()
+        kw["extra"] = tuple((k.removeprefix("extra."), parse_scalar(v)) for k, v in params.items()
                             if k.startswith("extra."))
         return cls(**kw)
 
@@ -218,8 +218,8 @@ def _as_int(name: str, value: Any) -> int:
     raise ValueError(f"{name}={value!r} is not an integer")
 
 
-def _param_value(text: str) -> Any:
-    """An extra knob's value back from its MLflow param text (a number when it reads as one)."""
+def parse_scalar(text: str) -> Any:
+    """A knob's value from text (an MLflow param, a command-line list): a number when it reads as one."""
     for kind in (int, float):
         try:
             return kind(text)

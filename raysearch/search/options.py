@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-import numpy as np
-
+from raysearch.models.spec import parse_scalar
 from raysearch.records import names as obj
 from raysearch.records.results import Requirement
 from raysearch.search.latency import WIRE_KNOBS, check_farm_address
@@ -220,7 +219,8 @@ class Range:
         """Every value of a stepped range; ``levels`` evenly spaced ones (the ends included) of a
         continuous one."""
         if self.step is None:
-            return [round(float(v), 6) for v in np.linspace(self.low, self.high, max(2, levels))]
+            n = max(2, levels)
+            return [round(self.low + i * (self.high - self.low) / (n - 1), 6) for i in range(n)]
         n = round((self.high - self.low) / self.step)
         out = [self.low + i * self.step for i in range(n + 1)]
         return [int(v) for v in out] if self.integer else [round(v, 9) for v in out]
@@ -249,16 +249,7 @@ def parse_knob(text: str) -> tuple[str, Knob]:
         raise ValueError(f"--space {text!r} is not KNOB=VALUES (e.g. a=0.125:1, input_hw=64:512:32, t=6,4,2)")
     if ":" in values:
         return name, Range.parse(values.strip())
-    return name, [_number(v.strip()) for v in values.split(",") if v.strip()]
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    return name, [parse_scalar(v.strip()) for v in values.split(",") if v.strip()]
 
 
 @dataclass
